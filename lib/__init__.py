@@ -1,0 +1,1 @@
+"""Generative models on MNIST: the thin package behind the tier notebooks."""

