@@ -13,32 +13,35 @@ import torch
 import torch.nn.functional as F
 
 
-def bce(x_logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+def _reduce(per_image: torch.Tensor, per_image_out: bool) -> torch.Tensor:
+    return per_image if per_image_out else per_image.mean()
+
+
+def bce(x_logits: torch.Tensor, x: torch.Tensor, per_image: bool = False) -> torch.Tensor:
     """Bernoulli negative log-likelihood -sum_i [x_i log p_i + (1-x_i) log(1-p_i)], p = sigmoid(logits).
 
-    Summed over pixels, averaged over the batch (nats per image)."""
-    per_image = F.binary_cross_entropy_with_logits(x_logits, x, reduction="none").flatten(1).sum(1)
-    return per_image.mean()
+    Summed over pixels, averaged over the batch (nats per image); ``per_image=True`` gives shape [B]."""
+    return _reduce(F.binary_cross_entropy_with_logits(x_logits, x, reduction="none").flatten(1).sum(1), per_image)
 
 
-def mse(x_logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+def mse(x_logits: torch.Tensor, x: torch.Tensor, per_image: bool = False) -> torch.Tensor:
     """Squared error sum_i (sigmoid(logit_i) - x_i)^2, summed over pixels, averaged over the batch."""
-    return (torch.sigmoid(x_logits) - x).pow(2).flatten(1).sum(1).mean()
+    return _reduce((torch.sigmoid(x_logits) - x).pow(2).flatten(1).sum(1), per_image)
 
 
-def l1(x_logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+def l1(x_logits: torch.Tensor, x: torch.Tensor, per_image: bool = False) -> torch.Tensor:
     """Absolute error sum_i |sigmoid(logit_i) - x_i|, summed over pixels, averaged over the batch."""
-    return (torch.sigmoid(x_logits) - x).abs().flatten(1).sum(1).mean()
+    return _reduce((torch.sigmoid(x_logits) - x).abs().flatten(1).sum(1), per_image)
 
 
-RECON_LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+RECON_LOSSES: dict[str, Callable[..., torch.Tensor]] = {
     "bce": bce,
     "mse": mse,
     "l1": l1,
 }
 
 
-def get_recon_loss(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+def get_recon_loss(name: str) -> Callable[..., torch.Tensor]:
     """Look up a reconstruction term by name; unknown names list the valid ones."""
     try:
         return RECON_LOSSES[name]

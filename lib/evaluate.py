@@ -1,0 +1,258 @@
+"""Measured quality: test bound, importance-weighted bound, an in-project classifier, Fréchet
+distance on its features, class coverage, image statistics, PSNR/SSIM.
+
+All bounds are in nats per image: summed over the 784 pixels, averaged over every image given.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import data, losses
+from .config import generator
+
+EVAL_BATCH = 1000  # evaluation batches can be much larger than training ones (no backward)
+
+
+def _vae_parts(model, x, recon, gen):
+    """Per-image reconstruction term and KL, shape [B] each."""
+    mu, logvar = model.encode(x)
+    x_logits = model.decode_logits(model.reparameterize(mu, logvar, gen))
+    per_recon = losses.get_recon_loss(recon)(x_logits, x, per_image=True)
+    return per_recon, losses.gaussian_kl(mu, logvar, reduce=False).sum(1)
+
+
+@torch.inference_mode()
+def test_bound(model, x: torch.Tensor, recon: str = "bce", beta: float = 1.0, recon_weight: float = 1.0,
+               generator: torch.Generator | None = None, batch_size: int = EVAL_BATCH) -> dict[str, float]:
+    """Averages over **all** images of x (not a mean of batch means):
+
+    * ``recon`` — E_q[-log p(x|z)] (one z per image), ``kl`` — KL(q(z|x) || p(z));
+    * ``bound`` = recon + kl — the negative ELBO (β = 1), comparable across β;
+    * ``loss`` = recon_weight * recon + beta * kl — the training objective.
+    """
+    was_training = model.training
+    model.eval()
+    tot_r = tot_k = 0.0
+    for start in range(0, len(x), batch_size):
+        r, k = _vae_parts(model, x[start : start + batch_size], recon, generator)
+        tot_r += r.double().sum().item()
+        tot_k += k.double().sum().item()
+    model.train(was_training)
+    n = len(x)
+    rec, kl = tot_r / n, tot_k / n
+    return {"loss": recon_weight * rec + beta * kl, "recon": rec, "kl": kl, "bound": rec + kl}
+
+
+@torch.inference_mode()
+def log_weights(model, x: torch.Tensor, k: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """log w_j = log p(x|z_j) + log p(z_j) - log q(z_j|x), z_j ~ q(z|x); Bernoulli decoder. Shape [B, k]."""
+    mu, logvar = model.encode(x)
+    b, d = mu.shape
+    mu_k = mu.unsqueeze(1).expand(b, k, d).reshape(b * k, d)
+    lv_k = logvar.unsqueeze(1).expand(b, k, d).reshape(b * k, d)
+    z = model.reparameterize(mu_k, lv_k, generator)
+    x_logits = model.decode_logits(z)
+    x_k = x.unsqueeze(1).expand(b, k, *x.shape[1:]).reshape(b * k, *x.shape[1:])
+    log_px_z = -losses.bce(x_logits, x_k, per_image=True)
+    log2pi = math.log(2 * math.pi)
+    log_pz = -0.5 * (z.pow(2) + log2pi).sum(1)
+    log_qz = -0.5 * ((z - mu_k).pow(2) / lv_k.exp() + lv_k + log2pi).sum(1)
+    return (log_px_z + log_pz - log_qz).view(b, k)
+
+
+@torch.inference_mode()
+def iwae_bound(model, x: torch.Tensor, k: int, generator: torch.Generator | None = None,
+               chunk_decodes: int = 20_000) -> float:
+    """Negative importance-weighted bound -E[log (1/k) sum_j w_j] in nats per image (Burda et al. 2016).
+
+    k = 1 is the single-sample ELBO estimate; the bound tightens (decreases) as k grows."""
+    model.eval()
+    per_batch = max(1, chunk_decodes // k)
+    total = 0.0
+    for start in range(0, len(x), per_batch):
+        lw = log_weights(model, x[start : start + per_batch], k, generator)
+        total += (torch.logsumexp(lw.double(), dim=1) - math.log(k)).sum().item()
+    return -total / len(x)
+
+
+# --- the in-project MNIST classifier --------------------------------------------------------
+
+class Classifier(nn.Module):
+    """LeNet-style CNN; ``features`` is the 128-d penultimate layer used for the Fréchet distance."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # 32 x 14 x 14
+            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # 64 x 7 x 7
+            nn.Flatten(), nn.Linear(64 * 7 * 7, 128), nn.ReLU(),
+        )
+        self.head = nn.Linear(128, 10)
+
+    def features(self, x):
+        return self.body(x)
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+
+CLASSIFIER_SETTINGS = {
+    "full": dict(epochs=4, train_subset=None, min_accuracy=0.99),
+    "smoke": dict(epochs=1, train_subset=5_000, min_accuracy=None),
+}
+
+
+def _classifier_path(kind: str, cache: Path) -> Path:
+    src = Path(__file__).read_bytes()
+    key = hashlib.sha256(src + kind.encode() + data.data_fingerprint().encode()).hexdigest()[:10]
+    return Path(cache) / f"classifier-{kind}-{key}.pt"
+
+
+_classifiers: dict[tuple[str, str], tuple[Classifier, float]] = {}
+
+
+def get_classifier(kind: str = "full", device: torch.device | str = "cpu", cache: Path | None = None,
+                   progress: bool = True) -> tuple[Classifier, float]:
+    """The project's MNIST classifier and its test accuracy: loaded from ``data/cache`` or trained
+    (seeded, about a minute on 2 CPU cores for ``full``). ``full`` must reach >= 99 % test accuracy."""
+    from .train import CACHE, load_checkpoint, save_checkpoint
+
+    if kind not in CLASSIFIER_SETTINGS:
+        raise ValueError(f"classifier kind {kind!r}; allowed {sorted(CLASSIFIER_SETTINGS)}")
+    device = torch.device(device)
+    memo = (kind, str(device))
+    if memo in _classifiers:
+        return _classifiers[memo]
+    cfg = CLASSIFIER_SETTINGS[kind]
+    path = _classifier_path(kind, cache or CACHE)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1234)
+        clf = Classifier()
+    state = load_checkpoint(path)
+    test = data.load_split("test")
+    x_test = test.float_images(device)
+    if state is not None:
+        clf.load_state_dict(state["model"])
+        clf.to(device)
+    else:
+        clf.to(device)
+        x = data.subset(data.load_split("train").float_images(device), cfg["train_subset"])
+        y = data.subset(data.load_split("train").labels.to(device), cfg["train_subset"])
+        opt = torch.optim.Adam(clf.parameters(), lr=1e-3)
+        g = generator(1234)
+        from .train import _progress
+
+        for epoch in range(cfg["epochs"]):
+            clf.train()
+            batches = list(data.batches(len(x), 128, g))
+            for idx in _progress(batches, len(batches), f"classifier epoch {epoch + 1}/{cfg['epochs']}", progress):
+                idx = idx.to(device)
+                loss = F.cross_entropy(clf(x[idx]), y[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+        save_checkpoint(path, {"model": clf.state_dict()})
+    clf.eval()
+    acc = (predict_proba(clf, x_test).argmax(1).cpu() == test.labels).float().mean().item()
+    if cfg["min_accuracy"] is not None and acc < cfg["min_accuracy"]:
+        raise RuntimeError(f"classifier test accuracy {acc:.4f} < required {cfg['min_accuracy']}; delete {path} "
+                           "and retrain")
+    _classifiers[memo] = (clf, acc)
+    return clf, acc
+
+
+def _as_float_images(images, device) -> torch.Tensor:
+    t = torch.as_tensor(images)
+    if t.dtype == torch.uint8:
+        t = t.float() / 255.0
+    return t.reshape(-1, 1, 28, 28).to(device)
+
+
+@torch.inference_mode()
+def features(clf: Classifier, images, batch_size: int = 2000) -> torch.Tensor:
+    device = next(clf.parameters()).device
+    x = _as_float_images(images, device)
+    return torch.cat([clf.features(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]).double().cpu()
+
+
+@torch.inference_mode()
+def predict_proba(clf: Classifier, images, batch_size: int = 2000) -> torch.Tensor:
+    device = next(clf.parameters()).device
+    x = _as_float_images(images, device)
+    return torch.cat([F.softmax(clf(x[i : i + batch_size]), 1) for i in range(0, len(x), batch_size)]).cpu()
+
+
+def gaussian_stats(feats: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    f = feats.double().numpy()
+    return f.mean(0), np.cov(f, rowvar=False)
+
+
+def frechet_distance(stats_a, stats_b) -> float:
+    """||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a^1/2 S_b S_a^1/2)^1/2): symmetric, 0 for equal Gaussians."""
+    (mu_a, s_a), (mu_b, s_b) = stats_a, stats_b
+    w, v = np.linalg.eigh(s_a)
+    sqrt_a = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    m = sqrt_a @ s_b @ sqrt_a
+    cross = np.sqrt(np.clip(np.linalg.eigvalsh((m + m.T) / 2), 0, None)).sum()
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(s_a) + np.trace(s_b) - 2 * cross)
+
+
+def classifier_fid(clf: Classifier, images_a, images_b) -> float:
+    """Fréchet distance between Gaussians fitted to the classifier's penultimate features.
+    Not Inception FID: an MNIST-specific feature space, comparable only within this project."""
+    return frechet_distance(gaussian_stats(features(clf, images_a)), gaussian_stats(features(clf, images_b)))
+
+
+def coverage(probs: torch.Tensor) -> dict[str, float]:
+    """Predicted-class histogram of samples: smallest class share, entropy (nats; log 10 = uniform),
+    and recognisability = mean max-probability."""
+    pred = probs.argmax(1)
+    share = torch.bincount(pred, minlength=10).double() / len(pred)
+    nz = share[share > 0]
+    return {
+        "min_class_share": share.min().item(),
+        "class_entropy": float(-(nz * nz.log()).sum()),
+        "recognisability": probs.max(1).values.double().mean().item(),
+        "class_shares": [round(s, 4) for s in share.tolist()],
+    }
+
+
+def image_stats(images) -> dict[str, float]:
+    """Measures for the seed's words: ``mean_intensity`` (bright vs dark/faint), ``stroke_brightness``
+    (mean of each image's 50 brightest pixels: faint strokes score low), ``gradient_energy`` (mean squared
+    finite difference: blur lowers it, so it measures "sharp"), ``greyness`` (mean 4x(1-x): 0 for
+    crisp black/white, 1 for all-grey)."""
+    x = _as_float_images(images, "cpu").double()[:, 0]
+    dx, dy = x[:, :, 1:] - x[:, :, :-1], x[:, 1:, :] - x[:, :-1, :]
+    return {
+        "mean_intensity": x.mean().item(),
+        "stroke_brightness": x.flatten(1).topk(50, dim=1).values.mean().item(),
+        "gradient_energy": (dx.pow(2).mean((1, 2)) + dy.pow(2).mean((1, 2))).mean().item(),
+        "greyness": (4 * x * (1 - x)).mean().item(),
+    }
+
+
+def psnr_ssim(reconstructions, clean) -> dict[str, float]:
+    """Mean PSNR (dB) and SSIM (scikit-image, data_range 1) of reconstructions against clean images."""
+    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+    a = _as_float_images(reconstructions, "cpu")[:, 0].double().numpy()
+    b = _as_float_images(clean, "cpu")[:, 0].double().numpy()
+    psnr = [peak_signal_noise_ratio(bi, ai, data_range=1.0) for ai, bi in zip(a, b)]
+    ssim = [structural_similarity(bi, ai, data_range=1.0) for ai, bi in zip(a, b)]
+    return {"psnr": float(np.mean(psnr)), "ssim": float(np.mean(ssim))}
+
+
+@torch.inference_mode()
+def reconstruct(model, x: torch.Tensor, batch_size: int = EVAL_BATCH) -> torch.Tensor:
+    """Decoder mean at z = mu (no sampling): deterministic reconstructions in [0, 1]."""
+    model.eval()
+    out = [model.decode(model.encode(x[i : i + batch_size])[0]) for i in range(0, len(x), batch_size)]
+    return torch.cat(out)

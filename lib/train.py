@@ -1,0 +1,333 @@
+"""Training loops with load-or-train: ``fit_vae`` and ``fit_gan``.
+
+Each run is described by a ``RunSpec``; its ``run_id`` hashes the spec, the dataset checksums
+and the source of every lib module that changes a result, so a code or parameter change never
+reuses a stale model. A checkpoint is written atomically after every epoch; rerunning a killed
+run resumes from the last epoch and, because each epoch's randomness comes from a generator
+seeded by (seed, epoch), reaches the same numbers as an uninterrupted run.
+
+Seed bugs fixed here: the seed trained on the 10,000 *test* images (``train=False``) — we train
+on the 60,000-image training split and evaluate on the test split every epoch; its "average
+loss" divided a total that accumulated across epochs — we reset it every epoch; the GAN zeroed
+the discriminator's gradients *before* ``g_loss.backward()``, so the generator's loss leaked
+into the discriminator's update — ``d_step`` clears them first.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from . import data, losses, models, noise
+from .config import ROOT, generator
+
+CACHE = Path(os.environ.get("GENMNIST_CACHE", ROOT / "data" / "cache"))
+_RESULT_SOURCES = ("data.py", "models.py", "losses.py", "noise.py", "train.py")
+GRID = 64  # images in the per-epoch sample grid (fixed z)
+
+
+class TrainingError(RuntimeError):
+    """Training produced a non-finite loss."""
+
+
+def source_hash(files=_RESULT_SOURCES) -> str:
+    h = hashlib.sha256()
+    here = Path(__file__).resolve().parent
+    for name in files:
+        h.update(name.encode())
+        h.update((here / name).read_bytes())
+    return h.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything that changes a trained model. ``tag`` is a readable prefix of the run id."""
+
+    tag: str
+    model: str = "ConvVAE"  # ConvVAE | BetaVAE | GAN
+    epochs: int = 1
+    batch_size: int = 64
+    lr: float = 1e-3
+    latent_dim: int = 32
+    seed: int = 0
+    recon: str = "bce"
+    beta: float = 1.0
+    recon_weight: float = 1.0
+    noise_amount: float = 0.0
+    train_subset: int | None = None
+    test_subset: int | None = None
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+
+    def key(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["adam_betas"] = list(self.adam_betas)
+        return d
+
+    @property
+    def run_id(self) -> str:
+        blob = json.dumps({"spec": self.key(), "data": data.data_fingerprint(), "code": source_hash()}, sort_keys=True)
+        return f"{self.tag}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
+
+
+@dataclass
+class Run:
+    spec: RunSpec
+    model: torch.nn.Module
+    history: list[dict[str, float]]
+    grids: torch.Tensor  # uint8 [epochs, GRID, 28, 28]: samples from one fixed z after each epoch
+    discriminator: torch.nn.Module | None = None
+    resumed_from: int = 0
+    trained_epochs: int = 0  # epochs trained in this call (0 = loaded from cache)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def run_id(self) -> str:
+        return self.spec.run_id
+
+
+# --- data for a spec ------------------------------------------------------------------------
+
+def run_data(spec: RunSpec, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(train_x, test_x, clean_train_x, clean_test_x) as float tensors on ``device``.
+
+    With ``noise_amount > 0`` the inputs *and* targets are the salt-and-pepper images (the model
+    only ever sees noisy data, as in the seed); the noise is drawn once from the run's seed."""
+    train = data.subset(data.load_split("train").float_images(device), spec.train_subset)
+    test = data.subset(data.load_split("test").float_images(device), spec.test_subset)
+    if spec.noise_amount > 0:
+        noisy_train = noise.salt_and_pepper(train, spec.noise_amount, generator=generator(spec.seed + 1))
+        noisy_test = noise.salt_and_pepper(test, spec.noise_amount, generator=generator(spec.seed + 2))
+        return noisy_train, noisy_test, train, test
+    return train, test, train, test
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """[N, 1, 28, 28] floats in [0, 1] -> uint8 [N, 28, 28] on the CPU."""
+    return (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).reshape(-1, 28, 28).cpu()
+
+
+# --- checkpoints ----------------------------------------------------------------------------
+
+def checkpoint_path(run_id: str, cache: Path = CACHE) -> Path:
+    return Path(cache) / run_id / "checkpoint.pt"
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """torch.save to a temporary file in the same folder, then an atomic rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any] | None:
+    """The checkpoint's state, or None when absent. A corrupted file is reported and ignored
+    (the run is retrained), never crashed on."""
+    if not path.exists():
+        return None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable checkpoint means "retrain"
+        warnings.warn(f"checkpoint {path} is corrupted ({type(e).__name__}: {e}); retraining this run from scratch")
+        return None
+
+
+def _progress(iterable, total: int, desc: str, enabled: bool):
+    if not enabled:
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, leave=False, mininterval=1.0, unit="batch")
+
+
+def _check_finite(value: torch.Tensor, run_id: str, epoch: int, batch: int, path: Path) -> None:
+    if not torch.isfinite(value):
+        last = f"{path} (epoch {epoch - 1})" if path.exists() else "none (no epoch finished yet)"
+        raise TrainingError(
+            f"run {run_id}: non-finite loss ({value.item()}) at epoch {epoch}, batch {batch}; training stopped. "
+            f"Last good checkpoint: {last}. Try a smaller learning rate."
+        )
+
+
+def _epoch_generators(spec: RunSpec, epoch: int, device: torch.device):
+    """Shuffling (CPU) and model noise (on device) generators for one epoch: resumable exactly."""
+    s = spec.seed * 1_000_003 + epoch
+    return generator(s), generator(s + 500_000, device)
+
+
+# --- VAE ------------------------------------------------------------------------------------
+
+def build_vae(spec: RunSpec) -> models.VAEBase:
+    cls = {"ConvVAE": models.ConvVAE, "BetaVAE": models.BetaVAE}.get(spec.model)
+    if cls is None:
+        raise ValueError(f"model {spec.model!r} is not a VAE; allowed 'ConvVAE' or 'BetaVAE'")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(spec.seed)  # weight init flows from the run's seed
+        return cls(latent_dim=spec.latent_dim)
+
+
+def fit_vae(
+    spec: RunSpec,
+    device: torch.device | str = "cpu",
+    cache: Path = CACHE,
+    progress: bool = True,
+    on_epoch_end: Callable[[int, dict], None] | None = None,
+) -> Run:
+    """Train (or load, or resume) a VAE for ``spec.epochs`` epochs; evaluate on the test split after each."""
+    from .evaluate import test_bound
+
+    device = torch.device(device)
+    losses.get_recon_loss(spec.recon)  # unknown loss name -> clear error before any work
+    run_id, path = spec.run_id, checkpoint_path(spec.run_id, cache)
+    model = build_vae(spec).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=spec.lr, betas=spec.adam_betas)
+    history: list[dict[str, float]] = []
+    grids: list[torch.Tensor] = []
+    state = load_checkpoint(path)
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        history, grids = list(state["history"]), list(state["grids"])
+    start = len(history)
+    fixed_z = torch.randn(GRID, spec.latent_dim, generator=generator(spec.seed + 3)).to(device)
+    if start >= spec.epochs:
+        model.eval()
+        return Run(spec, model, history, torch.stack(grids), resumed_from=start)
+
+    train_x, test_x, _, _ = run_data(spec, device)
+    n, bs = len(train_x), spec.batch_size
+    n_batches = math.ceil(n / bs)
+    for epoch in range(start + 1, spec.epochs + 1):
+        g_shuffle, g_noise = _epoch_generators(spec, epoch, device)
+        model.train()
+        t0 = time.perf_counter()
+        sums = torch.zeros(3, dtype=torch.float64, device=device)
+        batches = data.batches(n, bs, g_shuffle)
+        for i, idx in enumerate(_progress(batches, n_batches, f"{run_id} epoch {epoch}/{spec.epochs}", progress)):
+            x = train_x[idx.to(device)]
+            x_logits, mu, logvar = model(x, generator=g_noise)
+            terms = losses.elbo(x_logits, x, mu, logvar, spec.recon, spec.beta, spec.recon_weight)
+            _check_finite(terms.loss.detach(), run_id, epoch, i, path)
+            opt.zero_grad(set_to_none=True)
+            terms.loss.backward()
+            opt.step()
+            sums += torch.stack([t.detach() for t in terms]).double() * len(idx)
+        train_seconds = time.perf_counter() - t0
+        model.eval()
+        test = test_bound(model, test_x, spec.recon, beta=spec.beta, recon_weight=spec.recon_weight,
+                          generator=generator(spec.seed + 4, device))
+        tr = (sums / n).tolist()  # per-image means over this epoch only (the seed accumulated across epochs)
+        row = {"epoch": epoch, "train_loss": tr[0], "train_recon": tr[1], "train_kl": tr[2],
+               "test_loss": test["loss"], "test_recon": test["recon"], "test_kl": test["kl"],
+               "test_bound": test["bound"], "train_seconds": train_seconds}
+        history.append(row)
+        grids.append(to_uint8(model.sample(GRID, z=fixed_z)))
+        save_checkpoint(path, {"model": model.state_dict(), "opt": opt.state_dict(), "history": history,
+                               "grids": grids, "run_id": run_id})
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, row)
+    model.eval()
+    return Run(spec, model, history, torch.stack(grids), resumed_from=start, trained_epochs=spec.epochs - start)
+
+
+# --- GAN ------------------------------------------------------------------------------------
+
+def build_gan(spec: RunSpec) -> tuple[models.Generator, models.Discriminator]:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(spec.seed)
+        return models.Generator(spec.latent_dim), models.Discriminator()
+
+
+def g_step(G, D, opt_g, z) -> tuple[torch.Tensor, torch.Tensor]:
+    """One generator update: make D call G(z) real. Returns (loss, fake images)."""
+    fake = G(z)
+    loss = losses.g_loss(D(fake))
+    opt_g.zero_grad(set_to_none=True)
+    loss.backward()
+    opt_g.step()
+    return loss.detach(), fake
+
+
+def d_step(D, opt_d, real, fake) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One discriminator update. Returns (loss, mean D(x), mean D(G(z)))."""
+    opt_d.zero_grad(set_to_none=True)  # clears the grads g_step's backward left in D (seed bug)
+    real_logits = D(real)
+    fake_logits = D(fake.detach())  # detach: D's loss must not update G
+    loss = losses.d_loss(real_logits, fake_logits)
+    loss.backward()
+    opt_d.step()
+    return loss.detach(), torch.sigmoid(real_logits).mean().detach(), torch.sigmoid(fake_logits).mean().detach()
+
+
+def fit_gan(
+    spec: RunSpec,
+    device: torch.device | str = "cpu",
+    cache: Path = CACHE,
+    progress: bool = True,
+    on_epoch_end: Callable[[int, dict], None] | None = None,
+) -> Run:
+    """Train (or load, or resume) the seed's MLP GAN on images scaled to [-1, 1]."""
+    device = torch.device(device)
+    run_id, path = spec.run_id, checkpoint_path(spec.run_id, cache)
+    G, D = build_gan(spec)
+    G, D = G.to(device), D.to(device)
+    opt_g = torch.optim.Adam(G.parameters(), lr=spec.lr, betas=spec.adam_betas)
+    opt_d = torch.optim.Adam(D.parameters(), lr=spec.lr, betas=spec.adam_betas)
+    history: list[dict[str, float]] = []
+    grids: list[torch.Tensor] = []
+    state = load_checkpoint(path)
+    if state is not None:
+        G.load_state_dict(state["G"])
+        D.load_state_dict(state["D"])
+        opt_g.load_state_dict(state["opt_g"])
+        opt_d.load_state_dict(state["opt_d"])
+        history, grids = list(state["history"]), list(state["grids"])
+    start = len(history)
+    fixed_z = torch.randn(GRID, spec.latent_dim, generator=generator(spec.seed + 3)).to(device)
+    if start >= spec.epochs:
+        G.eval(), D.eval()
+        return Run(spec, G, history, torch.stack(grids), discriminator=D, resumed_from=start)
+
+    train_x, _, _, _ = run_data(spec, device)
+    train_x = train_x * 2 - 1  # [0, 1] -> [-1, 1], the seed's Normalize([0.5], [0.5]) to match tanh
+    n, bs = len(train_x), spec.batch_size
+    n_batches = math.ceil(n / bs)
+    for epoch in range(start + 1, spec.epochs + 1):
+        g_shuffle, g_noise = _epoch_generators(spec, epoch, device)
+        G.train(), D.train()
+        t0 = time.perf_counter()
+        sums = torch.zeros(4, dtype=torch.float64, device=device)
+        batches = data.batches(n, bs, g_shuffle)
+        for i, idx in enumerate(_progress(batches, n_batches, f"{run_id} epoch {epoch}/{spec.epochs}", progress)):
+            real = train_x[idx.to(device)]
+            z = torch.randn(len(idx), spec.latent_dim, generator=g_noise, device=device)
+            gl, fake = g_step(G, D, opt_g, z)
+            dl, d_real, d_fake = d_step(D, opt_d, real, fake)
+            _check_finite(gl + dl, run_id, epoch, i, path)
+            sums += torch.stack([gl, dl, d_real, d_fake]).double() * len(idx)
+        m = (sums / n).tolist()
+        row = {"epoch": epoch, "g_loss": m[0], "d_loss": m[1], "d_real": m[2], "d_fake": m[3],
+               "train_seconds": time.perf_counter() - t0}
+        history.append(row)
+        G.eval()
+        grids.append(to_uint8(G.sample(GRID, z=fixed_z)))
+        save_checkpoint(path, {"G": G.state_dict(), "D": D.state_dict(), "opt_g": opt_g.state_dict(),
+                               "opt_d": opt_d.state_dict(), "history": history, "grids": grids, "run_id": run_id})
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, row)
+    G.eval(), D.eval()
+    return Run(spec, G, history, torch.stack(grids), discriminator=D, resumed_from=start,
+               trained_epochs=spec.epochs - start)
+
+
+def fit(spec: RunSpec, **kw) -> Run:
+    return fit_gan(spec, **kw) if spec.model == "GAN" else fit_vae(spec, **kw)
