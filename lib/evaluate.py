@@ -256,3 +256,44 @@ def reconstruct(model, x: torch.Tensor, batch_size: int = EVAL_BATCH) -> torch.T
     model.eval()
     out = [model.decode(model.encode(x[i : i + batch_size])[0]) for i in range(0, len(x), batch_size)]
     return torch.cat(out)
+
+
+# --- scoring a trained run ------------------------------------------------------------------
+
+_ref_stats: dict[tuple[int, str], tuple] = {}
+
+
+def reference_stats(clf: Classifier, test_images) -> tuple:
+    """Feature Gaussian of the (clean) test images, memoised per size."""
+    key = (len(test_images), str(next(clf.parameters()).device))
+    if key not in _ref_stats:
+        _ref_stats[key] = gaussian_stats(features(clf, test_images))
+    return _ref_stats[key]
+
+
+def score_samples(clf: Classifier, samples, test_images) -> dict:
+    """FID on classifier features (vs the test images), class coverage, recognisability, image stats."""
+    out = {"fid": frechet_distance(gaussian_stats(features(clf, samples)), reference_stats(clf, test_images))}
+    out.update(coverage(predict_proba(clf, samples)))
+    out.update(image_stats(samples))
+    return out
+
+
+def score_vae(model, recon: str, test_x: torch.Tensor, clf: Classifier, reference_x: torch.Tensor,
+              n_samples: int, iwae_k: int, iwae_images: int, seed: int, beta: float = 1.0,
+              recon_weight: float = 1.0) -> tuple[dict, torch.Tensor]:
+    """Every number of a trained VAE, and its ``n_samples`` samples (uint8 [N, 28, 28], fixed seed).
+
+    ``test_x``: what the model is evaluated on (noisy for the noisy tier); ``reference_x``: the clean
+    test images the samples are compared with."""
+    device = next(model.parameters()).device
+    m = {f"test_{k}": v for k, v in test_bound(model, test_x, recon, beta, recon_weight,
+                                                generator=generator(seed + 4, device)).items()}
+    if recon == "bce":
+        m["iwae_k"] = iwae_k
+        m["test_iwae"] = iwae_bound(model, test_x[:iwae_images], iwae_k, generator(seed + 5, device))
+    from .train import to_uint8
+
+    samples = to_uint8(model.sample(n_samples, generator=generator(seed + 6, device)))
+    m.update(score_samples(clf, samples, reference_x))
+    return m, samples

@@ -1,0 +1,126 @@
+"""Figures: image grids, training curves, side-by-side panels, traversals. Each returns a Figure."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+
+
+def _np_images(images) -> np.ndarray:
+    t = torch.as_tensor(images).detach().cpu()
+    if t.dtype == torch.uint8:
+        t = t.float() / 255.0
+    return t.reshape(-1, 28, 28).numpy()
+
+
+def tile(images, nrow: int = 8, pad: int = 1) -> np.ndarray:
+    """Images [N, 28, 28] -> one [H, W] mosaic with ``nrow`` images per row."""
+    x = _np_images(images)
+    n = len(x)
+    rows = int(np.ceil(n / nrow))
+    out = np.ones((rows * (28 + pad) + pad, nrow * (28 + pad) + pad)) * 0.5
+    for i, img in enumerate(x):
+        r, c = divmod(i, nrow)
+        out[pad + r * (28 + pad) : pad + r * (28 + pad) + 28, pad + c * (28 + pad) : pad + c * (28 + pad) + 28] = img
+    return out
+
+
+def grid(images, nrow: int = 8, title: str | None = None, ax=None, size: float = 4.0):
+    """One image grid."""
+    fig = None
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(size, size * np.ceil(len(images) / nrow) / nrow + (0.3 if title else 0)))
+    ax.imshow(tile(images, nrow), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title, fontsize=10)
+    return fig or ax.figure
+
+
+def panels(image_sets: Sequence, titles: Sequence[str], nrow: int = 8, size: float = 3.2, suptitle: str | None = None):
+    """Several grids side by side (e.g. the three losses' final samples)."""
+    fig, axes = plt.subplots(1, len(image_sets), figsize=(size * len(image_sets), size + 0.4), squeeze=False)
+    for ax, imgs, t in zip(axes[0], image_sets, titles):
+        grid(imgs, nrow, t, ax=ax)
+    if suptitle:
+        fig.suptitle(suptitle)
+    fig.tight_layout()
+    return fig
+
+
+def progression(grids, epochs: Sequence[int] | None = None, max_cols: int = 6, n: int = 16, title: str | None = None):
+    """Samples from one fixed z after selected epochs: the training progression."""
+    grids = torch.as_tensor(grids)
+    total = len(grids)
+    pick = sorted(set(np.linspace(0, total - 1, min(max_cols, total)).round().astype(int).tolist()))
+    labels = [f"epoch {(epochs[i] if epochs else i + 1)}" for i in pick]
+    return panels([grids[i][:n] for i in pick], labels, nrow=4, size=2.0, suptitle=title)
+
+
+def curves(histories: dict[str, list[dict]], keys: Sequence[str], ylabel: str, title: str | None = None,
+           logy: bool = False):
+    """One line per (run, key) over epochs."""
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for name, hist in histories.items():
+        ep = [h["epoch"] for h in hist]
+        for k in keys:
+            style = "--" if k.startswith("train") else "-"
+            ax.plot(ep, [h[k] for h in hist], style, marker="o", ms=3, label=f"{name}: {k}")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    if logy:
+        ax.set_yscale("log")
+    if title:
+        ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def bars(values: dict[str, float], ylabel: str, title: str | None = None, ref: float | None = None,
+         ref_label: str = "test set"):
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.bar(list(values), list(values.values()), color="tab:blue")
+    if ref is not None:
+        ax.axhline(ref, color="k", ls="--", lw=1, label=ref_label)
+        ax.legend(fontsize=8)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def compare_rows(rows: Sequence, labels: Sequence[str], n: int = 10):
+    """Rows of images (e.g. clean / noisy / reconstruction), one labelled row each."""
+    fig, axes = plt.subplots(len(rows), 1, figsize=(n * 0.6, len(rows) * 0.75 + 0.2), squeeze=False)
+    for ax, imgs, lab in zip(axes[:, 0], rows, labels):
+        ax.imshow(tile(torch.as_tensor(imgs)[:n], nrow=n), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        ax.set_axis_off()
+        ax.set_title(lab, fontsize=8, loc="left")
+    fig.tight_layout()
+    return fig
+
+
+@torch.no_grad()
+def traversal(model, base_z: torch.Tensor, values=np.linspace(-3, 3, 9), title: str | None = None):
+    """Each row sweeps one latent dimension from -3 to 3 (others fixed at base_z)."""
+    d = base_z.numel()
+    device = next(model.parameters()).device
+    z = base_z.reshape(1, 1, d).repeat(d, len(values), 1).clone()
+    for j in range(d):
+        z[j, :, j] = torch.as_tensor(values, dtype=z.dtype)
+    imgs = model.decode(z.reshape(-1, d).to(device)).cpu()
+    fig, ax = plt.subplots(figsize=(len(values) * 0.45, d * 0.45 + 0.4))
+    ax.imshow(tile(imgs, nrow=len(values)), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    ax.set_yticks([(28 + 1) * j + 15 for j in range(d)], [f"z{j}" for j in range(d)], fontsize=7)
+    ax.set_xticks([(28 + 1) * i + 15 for i in range(len(values))], [f"{v:+.1f}" for v in values], fontsize=6)
+    for s in ax.spines.values():
+        s.set_visible(False)
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig
