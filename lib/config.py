@@ -56,9 +56,9 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
         "full": dict(batch_size=64, lr=1e-3, latent_dim=10, betas=[1.0, 2.0, 3.0, 4.0], epochs=15),
     },
     "05_noisy_data": {
-        "smoke": dict(_VAE, noise_amounts=[0.01, 0.1, 0.2, 0.8], epochs=1),
-        "default": dict(_VAE, noise_amounts=[0.01, 0.1, 0.2, 0.8], epochs=2),
-        "full": dict(_VAE, noise_amounts=[0.01, 0.1, 0.2, 0.8], epochs=300),
+        "smoke": dict(_VAE, noise_amounts=[0.0, 0.01, 0.1, 0.2, 0.8], epochs=1),
+        "default": dict(_VAE, noise_amounts=[0.0, 0.01, 0.1, 0.2, 0.8], epochs=2),
+        "full": dict(_VAE, noise_amounts=[0.0, 0.01, 0.1, 0.2, 0.8], epochs=300),
     },
 }
 

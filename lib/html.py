@@ -1,11 +1,28 @@
-"""HTML for the report: each executed notebook as a page, and report/index.html."""
+"""HTML for the report: each executed notebook as a page, and report/index.html.
+
+Everything works offline and from ``file://``:
+
+* mathematics is typeset by the MathJax 3 bundled in ``report/assets/mathjax/`` (no CDN); the
+  pages load it by the relative path :data:`MATHJAX_JS` after a MathJax 3 config that turns on
+  ``$…$`` inline math (nbconvert's own config block is MathJax 2 syntax, which MathJax 3 ignores);
+* nbconvert's CDN scripts (require.js, mermaid) are left out — the notebooks need neither;
+* every notebook page gets a table of contents built from its Markdown headings (h1–h3), with
+  clean, unique anchor ids, and a bar linking back to the index and to the executed ``.ipynb``.
+
+``write_index(report)`` also puts the MathJax bundle into ``report/assets/`` when the report
+folder is not the repository's own ``report/`` (e.g. ``--report-dir /tmp/rep``).
+"""
 from __future__ import annotations
 
+import hashlib
 import html as _html
 import json
+import re
+import shutil
 from pathlib import Path
+from typing import Any
 
-from .config import NOTEBOOKS
+from .config import NOTEBOOKS, ROOT
 
 TITLES = {
     "01_vae_basic": "Basic: convolutional VAE with BCE, MSE and L1 reconstruction",
@@ -14,38 +31,423 @@ TITLES = {
     "04_beta_vae": "Advanced: β-VAE, β ∈ {1, 2, 3, 4}",
     "05_noisy_data": "Advanced: VAE trained on salt-and-pepper data",
 }
+TIERS = {"01_vae_basic": "basic", "02_vae_derivation": "intermediate", "03_gan": "advanced",
+         "04_beta_vae": "advanced", "05_noisy_data": "advanced"}
+
+# --- MathJax, bundled ------------------------------------------------------------------------
+
+ASSETS_SRC = ROOT / "report" / "assets"          # the committed copy (npm mathjax@3.2.2)
+MATHJAX_JS = "assets/mathjax/tex-svg-full.js"    # relative to the report folder
+MATHJAX_SHA256 = "a4354ff94fd868aea0cc6eaaa79a57fda0588646fc46ee3700a349ee0a11cbe6"
+MATHJAX_FILES = ("tex-svg-full.js", "LICENSE", "README.md")
+
+# MathJax 3 config: $…$ and \(…\) inline, $$…$$ and \[…\] display; code (<pre>/<code>) is skipped
+# by MathJax's default skipHtmlTags, so dollar signs in Python source and printed output stay text.
+MATHJAX_CONFIG = r"""<script>
+window.MathJax = {
+  tex: {
+    inlineMath: [['$', '$'], ['\\(', '\\)']],
+    displayMath: [['$$', '$$'], ['\\[', '\\]']],
+    processEscapes: true,
+    processEnvironments: true,
+    tags: 'ams'
+  },
+  svg: {fontCache: 'global'},
+  options: {ignoreHtmlClass: 'tex2jax_ignore', processHtmlClass: 'tex2jax_process'}
+};
+</script>"""
+
+
+def mathjax_head(prefix: str = "") -> str:
+    """The <script> tags that load the bundled MathJax (``prefix``: path from the page to report/)."""
+    return f'{MATHJAX_CONFIG}\n<script defer id="MathJax-script" src="{prefix}{MATHJAX_JS}"></script>'
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def install_assets(report: Path) -> Path:
+    """Make sure ``report/assets/mathjax/`` holds the verified MathJax bundle; return its path."""
+    dest = Path(report) / "assets" / "mathjax"
+    src = ASSETS_SRC / "mathjax"
+    js = src / "tex-svg-full.js"
+    if not js.exists() or _sha256(js) != MATHJAX_SHA256:
+        raise FileNotFoundError(
+            f"{js} is missing or not the MathJax 3.2.2 bundle (sha256 {MATHJAX_SHA256}); restore it with "
+            "`git checkout -- report/assets` or fetch it again as report/assets/mathjax/README.md describes")
+    if dest.resolve() != src.resolve():
+        dest.mkdir(parents=True, exist_ok=True)
+        for name in MATHJAX_FILES:
+            if (src / name).exists() and (not (dest / name).exists() or _sha256(dest / name) != _sha256(src / name)):
+                shutil.copy2(src / name, dest / name)
+    return dest
+
+
+# --- one notebook -> one page ----------------------------------------------------------------
+
+PAGE_CSS = """
+:root { --gm-accent: #1f5fa8; --gm-border: #d7dce3; --gm-toc-w: 17rem; }
+.gm-bar { position: sticky; top: 0; z-index: 20; display: flex; gap: 1.25rem; align-items: baseline;
+  padding: .55rem 1.25rem; background: #f7f9fc; border-bottom: 1px solid var(--gm-border);
+  font: 14px/1.4 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; }
+.gm-bar a { color: var(--gm-accent); text-decoration: none; }
+.gm-bar a:hover { text-decoration: underline; }
+.gm-bar .gm-title { font-weight: 600; color: #222; flex: 1; }
+.gm-toc { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif;
+  border: 1px solid var(--gm-border); border-radius: 6px; background: #fbfcfe;
+  margin: 1rem auto; padding: .4rem 1rem; max-width: 1100px; }
+.gm-toc summary { font-weight: 600; cursor: pointer; padding: .2rem 0; }
+.gm-toc ol { list-style: none; margin: .3rem 0; padding: 0; }
+.gm-toc li { margin: .15rem 0; }
+.gm-toc li.gm-l2 { padding-left: 1rem; }
+.gm-toc li.gm-l3 { padding-left: 2rem; font-size: 13px; }
+.gm-toc a { color: #234; text-decoration: none; }
+.gm-toc a:hover { color: var(--gm-accent); text-decoration: underline; }
+@media (min-width: 1280px) {
+  .gm-toc { position: fixed; top: 2.6rem; left: 0; bottom: 0; width: var(--gm-toc-w); margin: 0;
+    overflow-y: auto; border-radius: 0; border-width: 0 1px 0 0; padding: .6rem 1rem; }
+  body.jp-Notebook > main { margin-left: calc(var(--gm-toc-w) + 1rem); }
+}
+.jp-RenderedMarkdown :is(h1, h2, h3, h4) { scroll-margin-top: 3rem; }
+.jp-RenderedMarkdown :is(h1, h2, h3, h4):hover > a.anchor-link { display: inline; margin-left: .3em;
+  color: #999; text-decoration: none; }
+mjx-container[display="true"] { overflow-x: auto; overflow-y: hidden; max-width: 100%; }
+"""
+
+# Overrides nbconvert's lab template: our MathJax instead of its CDN MathJax 2, no CDN require.js
+# or mermaid, our CSS. The template name is looked up before the lab folder's own files.
+_TEMPLATE = """{%- extends 'index.html.j2' -%}
+{%- block html_head_js_requirejs -%}{%- endblock html_head_js_requirejs -%}
+{%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}
+{%- block html_head_js_mathjax -%}
+{{ resources.genmnist_mathjax }}
+{%- endblock html_head_js_mathjax -%}
+{% block extra_css %}<style type="text/css">{{ resources.genmnist_css }}</style>{% endblock extra_css %}
+"""
+
+_HEADING = re.compile(r'<h([1-6]) id="([^"]*)">(.*?)<a class="anchor-link" href="#[^"]*">¶</a></h\1>', re.S)
+_NESTED_A = re.compile(r"</?a\b[^>]*>")  # links inside a heading cannot nest in the TOC link
+_CLEAN_ID = re.compile(r"^[A-Za-z][A-Za-z0-9_.:-]*$")
+
+
+def _slug(inner_html: str) -> str:
+    text = _html.unescape(re.sub(r"<[^>]+>", "", inner_html))
+    slug = re.sub(r"[^\w]+", "-", text, flags=re.A).strip("-")
+    return slug if slug and slug[0].isalpha() else f"s-{slug}".rstrip("-")
+
+
+def add_toc(page: str, max_level: int = 3) -> str:
+    """Give every Markdown heading a clean unique id and put a table of contents after <main>.
+
+    nbconvert makes ids from the raw heading text ("Title-$x$", repeated headings share one id);
+    a clean id it made is kept (so hand-written ``[..](#The-ELBO)`` links keep working), any
+    other one is replaced by a slug, made unique with -2, -3, ..."""
+    used = set(re.findall(r'\sid="([^"]*)"', page))
+    seen: set[str] = set()
+    entries: list[tuple[int, str, str]] = []
+
+    def fix(m: re.Match) -> str:
+        level, old, inner = int(m.group(1)), _html.unescape(m.group(2)), m.group(3)
+        base = old if _CLEAN_ID.match(old) else _slug(inner)
+        new, n = base, 1
+        while new in seen or (new != old and new in used):
+            n += 1
+            new = f"{base}-{n}"
+        seen.add(new)
+        if level <= max_level:
+            entries.append((level, new, inner))
+        return (f'<h{level} id="{new}">{inner}<a class="anchor-link" href="#{new}">¶</a></h{level}>')
+
+    page = _HEADING.sub(fix, page)
+    if not entries:
+        return page
+    top = min(lvl for lvl, _, _ in entries)
+    items = "\n".join(f'<li class="gm-l{lvl - top + 1}"><a href="#{hid}">{_NESTED_A.sub("", inner)}</a></li>'
+                      for lvl, hid, inner in entries)
+    toc = (f'<nav class="gm-toc" aria-label="Contents"><details open><summary>Contents</summary>'
+           f'<ol>\n{items}\n</ol></details></nav>\n')
+    return page.replace("<main>", toc + "<main>", 1)
 
 
 def export(ipynb: Path, out_html: Path) -> None:
-    """Executed notebook -> standalone HTML page."""
+    """Executed notebook -> standalone HTML page (written next to, and linking to, the .ipynb).
+
+    The page loads MathJax from ``assets/`` next to it; :func:`write_index` installs that folder."""
     import nbformat
+    from jinja2 import DictLoader
     from nbconvert import HTMLExporter
 
+    ipynb, out_html = Path(ipynb), Path(out_html)
+    name = out_html.stem
+    title = TITLES.get(name, name)
     nb = nbformat.read(str(ipynb), as_version=4)
-    body, _ = HTMLExporter(template_name="lab").from_notebook_node(nb)
-    Path(out_html).write_text(body, encoding="utf-8")
+    exporter = HTMLExporter(template_name="lab", extra_loaders=[DictLoader({"genmnist.html.j2": _TEMPLATE})],
+                            template_file="genmnist.html.j2")
+    resources = {"metadata": {"name": title}, "genmnist_mathjax": mathjax_head(), "genmnist_css": PAGE_CSS}
+    body, _ = exporter.from_notebook_node(nb, resources=resources)
+    bar = (f'<header class="gm-bar"><a href="index.html">← Report index</a>'
+           f'<span class="gm-title">{_html.escape(title)}</span>'
+           f'<a href="{_html.escape(ipynb.name)}" download>executed notebook (.ipynb)</a></header>\n')
+    body = re.sub(r"(<body\b[^>]*>)", lambda m: m.group(1) + "\n" + bar, body, count=1)
+    out_html.write_text(add_toc(body), encoding="utf-8")
+
+
+# --- report/index.html -----------------------------------------------------------------------
+
+# (metrics.json key, header, tooltip, format). Columns no run has are left out.
+METRIC_COLUMNS: list[tuple[str, str, str, str]] = [
+    ("test_bound", "−ELBO", "negative ELBO on the test set, nats per image (sum over 784 pixels, mean over "
+     "the test images); lower is better", "{:.2f}"),
+    ("test_recon", "recon.", "reconstruction term of the test bound, nats per image", "{:.2f}"),
+    ("test_kl", "KL", "KL(q(z|x) ‖ p(z)) term of the test bound, nats per image", "{:.2f}"),
+    ("test_iwae", "IWAE bound", "importance-weighted bound −log p̂(x) with k samples, nats per image "
+     "(tighter than −ELBO; lower is better)", "{:.2f}"),
+    ("fid", "classifier-FID", "Fréchet distance between Gaussians fitted to the project's MNIST classifier's "
+     "features of samples vs test images (not Inception FID); lower is better", "{:.2f}"),
+    ("min_class_share", "min class share", "smallest share of any digit among the samples, by the "
+     "classifier (0.100 = all ten equally)", "{:.3f}"),
+    ("class_entropy", "class entropy", "entropy of the predicted-class histogram of the samples, nats "
+     "(ln 10 ≈ 2.303 = uniform)", "{:.3f}"),
+    ("recognisability", "recognisability", "mean max class probability the classifier gives a sample", "{:.3f}"),
+    ("psnr", "PSNR (dB)", "PSNR of reconstructions against the clean test images", "{:.2f}"),
+    ("ssim", "SSIM", "SSIM of reconstructions against the clean test images", "{:.3f}"),
+    ("gradient_energy", "gradient energy", "mean squared pixel gradient of the samples (sharpness)", "{:.4f}"),
+]
+
+# Thumbnail per tier: the first figure whose name (after "<nb>_") contains one of these, in this
+# order; otherwise the notebook's first figure by name. A figure saved as "<nb>_key.png" always wins.
+THUMBNAIL_PREFERENCE = {
+    "01_vae_basic": ["comparison", "samples", "grid"],
+    "02_vae_derivation": ["iwae", "bound", "kl"],
+    "03_gan": ["samples", "comparison", "grid"],
+    "04_beta_vae": ["traversal", "rate", "samples"],
+    "05_noisy_data": ["denois", "reconstruction", "comparison", "samples"],
+}
+
+INDEX_CSS = """
+:root { --accent: #1f5fa8; --border: #d7dce3; --muted: #5b6573; --bg: #f7f9fc; }
+* { box-sizing: border-box; }
+body { margin: 0; font: 15px/1.5 system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", sans-serif;
+  color: #1d232b; background: #fff; }
+header.top { background: var(--bg); border-bottom: 1px solid var(--border); padding: 1.4rem 0 1rem; }
+.wrap { max-width: 1180px; margin: 0 auto; padding: 0 1.5rem; }
+h1 { font-size: 1.7rem; margin: 0 0 .3rem; }
+h2 { font-size: 1.25rem; margin: 2rem 0 .8rem; padding-bottom: .3rem; border-bottom: 1px solid var(--border); }
+.sub { color: var(--muted); margin: 0; }
+a { color: var(--accent); text-decoration: none; }
+a:hover { text-decoration: underline; }
+.tiers { display: grid; grid-template-columns: repeat(auto-fill, minmax(340px, 1fr)); gap: 1rem; }
+.card { border: 1px solid var(--border); border-radius: 8px; padding: .9rem 1rem; display: flex;
+  flex-direction: column; gap: .5rem; background: #fff; }
+.card.missing { background: var(--bg); color: var(--muted); }
+.card .tier { text-transform: uppercase; letter-spacing: .06em; font-size: .72rem; color: var(--muted); }
+.card h3 { margin: 0; font-size: 1.02rem; }
+.card .thumb { display: block; border: 1px solid var(--border); border-radius: 4px; background: #fff;
+  height: 200px; overflow: hidden; text-align: center; }
+.card .thumb img { max-width: 100%; max-height: 198px; object-fit: contain; }
+.card .links { display: flex; gap: 1rem; flex-wrap: wrap; font-size: .92rem; }
+.card .meta { font-size: .82rem; color: var(--muted); }
+details.figs summary { cursor: pointer; font-size: .88rem; color: var(--muted); }
+details.figs .grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(96px, 1fr)); gap: .4rem;
+  margin-top: .4rem; }
+details.figs .grid img { width: 100%; height: 80px; object-fit: contain; border: 1px solid var(--border); }
+.table-wrap { overflow-x: auto; border: 1px solid var(--border); border-radius: 8px; }
+table { border-collapse: collapse; width: 100%; font-size: .88rem; }
+th, td { padding: .38rem .6rem; border-bottom: 1px solid var(--border); white-space: nowrap; }
+th { background: var(--bg); text-align: left; position: sticky; top: 0; }
+th[title] { cursor: help; text-decoration: underline dotted #9aa4b2; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+tbody tr:hover { background: #f2f6fb; }
+tr.group td { background: #eef2f7; font-weight: 600; }
+dl.manifest { display: grid; grid-template-columns: max-content 1fr; gap: .25rem 1.2rem; margin: 0; }
+dl.manifest dt { color: var(--muted); }
+dl.manifest dd { margin: 0; font-variant-numeric: tabular-nums; }
+code { font-size: .88em; background: var(--bg); padding: .05em .3em; border-radius: 3px; }
+.note { color: var(--muted); font-size: .88rem; }
+footer { margin: 2.5rem 0 2rem; color: var(--muted); font-size: .85rem; }
+"""
 
 
 def _runs(report: Path) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted((report / "runs").glob("*/metrics.json"))]
+    runs = []
+    for p in sorted((report / "runs").glob("*/metrics.json")):
+        doc = json.loads(p.read_text())
+        doc["_dir"] = p.parent.name
+        runs.append(doc)
+    return runs
+
+
+def _figures(report: Path, nb: str) -> list[Path]:
+    return sorted((report / "figures").glob(f"{nb}_*.png"))
+
+
+def pick_thumbnail(figures: list[Path], nb: str) -> Path | None:
+    """The tier's key figure: ``<nb>_key.png``, else the first matching THUMBNAIL_PREFERENCE, else the first."""
+    if not figures:
+        return None
+    names = {f.stem[len(nb) + 1:]: f for f in figures}
+    if "key" in names:
+        return names["key"]
+    for word in THUMBNAIL_PREFERENCE.get(nb, []):
+        for short, f in names.items():
+            if word in short:
+                return f
+    return figures[0]
+
+
+def _duration(seconds: Any) -> str:
+    if not isinstance(seconds, (int, float)):
+        return "–"
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s // 3600} h {s % 3600 // 60:02d} min"
+
+
+def _e(x: Any) -> str:
+    return _html.escape(str(x))
+
+
+def _summary_table(runs: list[dict]) -> str:
+    order = {nb: i for i, nb in enumerate(NOTEBOOKS)}
+    runs = sorted(runs, key=lambda r: (order.get(r.get("notebook"), len(order)), str(r.get("notebook"))))
+    cols = [c for c in METRIC_COLUMNS
+            if any(isinstance(r.get("metrics", {}).get(c[0]), (int, float)) for r in runs)]
+    head = "".join(f'<th title="{_e(tip)}">{_e(h)}</th>' for _, h, tip, _ in cols)
+    body, last_nb = [], None
+    for r in runs:
+        nb = r.get("notebook", "?")
+        if nb != last_nb:
+            body.append(f'<tr class="group"><td colspan="{len(cols) + 1}">{_e(TITLES.get(nb, nb))}</td></tr>')
+            last_nb = nb
+        m = r.get("metrics", {})
+        cells = []
+        for key, _, _, fmt in cols:
+            v = m.get(key)
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                cells.append('<td class="num">–</td>')
+                continue
+            tip = f' title="k = {_e(m["iwae_k"])}"' if key == "test_iwae" and "iwae_k" in m else ""
+            cells.append(f'<td class="num"{tip}>{fmt.format(v)}</td>')
+        label = f'<a href="runs/{_e(r["_dir"])}/metrics.json" title="run {_e(r.get("run_id", r["_dir"]))}">' \
+                f'{_e(r.get("label", r["_dir"]))}</a>'
+        body.append(f"<tr><td>{label}</td>{''.join(cells)}</tr>")
+    if not runs:
+        return '<p class="note">No trained models recorded yet (<code>runs/*/metrics.json</code>).</p>'
+    return (f'<div class="table-wrap"><table><thead><tr><th>run</th>{head}</tr></thead>'
+            f'<tbody>{"".join(body)}</tbody></table></div>')
+
+
+def _tier_cards(report: Path, manifest: dict) -> str:
+    cards = []
+    for nb in NOTEBOOKS:
+        title, tier = TITLES[nb], TIERS[nb]
+        built = (report / f"{nb}.html").exists()
+        if not built:
+            cards.append(f'<section class="card missing"><div class="tier">{tier} · {nb}</div>'
+                         f'<h3>{_e(title)}</h3><p class="meta">not built in this report</p></section>')
+            continue
+        figs = _figures(report, nb)
+        thumb = pick_thumbnail(figs, nb)
+        thumb_html = (f'<a class="thumb" href="figures/{_e(thumb.name)}" title="{_e(thumb.name)}">'
+                      f'<img src="figures/{_e(thumb.name)}" alt="{_e(nb)}: {_e(thumb.stem)}"></a>') if thumb else ""
+        links = [f'<a href="{nb}.html">Read the page</a>']
+        if (report / f"{nb}.ipynb").exists():
+            links.append(f'<a href="{nb}.ipynb" download>executed notebook (.ipynb)</a>')
+        info = manifest.get("notebooks", {}).get(nb, {})
+        meta = []
+        if info.get("profile"):
+            meta.append(f'profile <code>{_e(info["profile"])}</code>')
+        if "wall_seconds" in info:
+            meta.append(f"ran in {_duration(info['wall_seconds'])}")
+        if info.get("built"):
+            meta.append(f"built {_e(info['built'])}")
+        all_figs = ""
+        if len(figs) > 1:
+            grid = "".join(f'<a href="figures/{_e(f.name)}" title="{_e(f.stem)}"><img src="figures/{_e(f.name)}" '
+                           f'alt="{_e(f.stem)}"></a>' for f in figs)
+            all_figs = (f'<details class="figs"><summary>all {len(figs)} figures</summary>'
+                        f'<div class="grid">{grid}</div></details>')
+        cards.append(f'<section class="card"><div class="tier">{tier} · {nb}</div>'
+                     f'<h3><a href="{nb}.html">{_e(title)}</a></h3>{thumb_html}'
+                     f'<div class="links">{"".join(links)}</div>'
+                     f'<div class="meta">{" · ".join(meta)}</div>{all_figs}</section>')
+    return f'<div class="tiers">{"".join(cards)}</div>'
+
+
+def _manifest_summary(report: Path, manifest: dict) -> str:
+    if not manifest:
+        return '<p class="note">No <code>manifest.json</code> in this report folder.</p>'
+    env = manifest.get("environment", {})
+    prof = manifest.get("profile", "–")
+    prof = ", ".join(prof) if isinstance(prof, list) else prof
+    commit = str(manifest.get("git_commit", "–"))
+    dirty = " (with uncommitted changes to lib/ or notebooks/)" if manifest.get("git_dirty") else ""
+    rows = [
+        ("profile", f"<code>{_e(prof)}</code>"),
+        ("git commit", f"<code>{_e(commit[:12])}</code>{_e(dirty)}"),
+        ("sources sha256", f'<code title="{_e(manifest.get("sources_sha256", ""))}">'
+                           f'{_e(str(manifest.get("sources_sha256", "–"))[:16])}</code>'),
+        ("total wall time", f"{_duration(manifest.get('total_wall_seconds'))} "
+                            f"(sum over the notebooks' last builds)"),
+        ("device", _e(env.get("device", "–"))),
+        ("CPU", _e(f"{env.get('cpu', '–')}, {env.get('cores', '?')} cores, "
+                   f"{env.get('torch_threads', '?')} torch threads")),
+        ("libraries", _e(", ".join(f"{k} {env[k]}" for k in ("python", "torch", "torchvision", "numpy",
+                                                            "matplotlib") if k in env) or "–")),
+        ("platform", _e(env.get("platform", "–"))),
+    ]
+    dl = "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in rows)
+    note = manifest.get("reproducibility")
+    note_html = f'<p class="note">{_e(note)}</p>' if note else ""
+    link = '<p><a href="manifest.json">manifest.json</a> — every parameter, version and time.</p>' \
+        if (report / "manifest.json").exists() else ""
+    return f'<dl class="manifest">{dl}</dl>{note_html}{link}'
 
 
 def write_index(report: Path) -> None:
-    """report/index.html: the tiers, links, and one summary table of every run's metrics."""
+    """report/index.html: the tiers with a key figure each, one summary table of every run's metrics,
+    the manifest in brief, links to every page, notebook and figure. Also installs report/assets/."""
     report = Path(report)
-    rows = []
-    cols = ["test_bound", "test_iwae", "fid", "min_class_share", "recognisability", "gradient_energy"]
-    for r in _runs(report):
-        m = r["metrics"]
-        cells = "".join(f"<td>{m[c]:.3f}</td>" if isinstance(m.get(c), (int, float)) else "<td>–</td>" for c in cols)
-        rows.append(f"<tr><td>{_html.escape(r['notebook'])}</td><td>{_html.escape(r['label'])}</td>{cells}</tr>")
-    tiers = "".join(
-        f'<li><a href="{nb}.html">{_html.escape(TITLES[nb])}</a> (<a href="{nb}.ipynb">notebook</a>)</li>'
-        for nb in NOTEBOOKS if (report / f"{nb}.html").exists()
-    )
-    head = "".join(f"<th>{c}</th>" for c in ["notebook", "run", *cols])
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>Generative models on MNIST</title></head>
-<body><h1>Generative models on MNIST — report</h1><ol>{tiers}</ol>
-<h2>Summary of every trained model</h2><table border="1"><tr>{head}</tr>{''.join(rows)}</table>
-<p><a href="manifest.json">manifest.json</a></p></body></html>"""
+    install_assets(report)
+    mpath = report / "manifest.json"
+    manifest = json.loads(mpath.read_text()) if mpath.exists() else {}
+    runs = _runs(report)
+    env = manifest.get("environment", {})
+    prof = manifest.get("profile", "")
+    prof = ", ".join(prof) if isinstance(prof, list) else prof
+    sub = " · ".join(x for x in [
+        f"profile <code>{_e(prof)}</code>" if prof else "",
+        f"commit <code>{_e(str(manifest.get('git_commit', ''))[:12])}</code>" if manifest.get("git_commit") else "",
+        f"device {_e(env['device'])}" if env.get("device") else "",
+        f"total wall time {_duration(manifest.get('total_wall_seconds'))}" if "total_wall_seconds" in manifest else "",
+    ] if x)
+    page = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Generative models on MNIST — report</title>
+<style>{INDEX_CSS}</style></head>
+<body>
+<header class="top"><div class="wrap">
+<h1>Generative models on MNIST — report</h1>
+<p class="sub">{sub or "VAE, ELBO derivation, GAN, β-VAE and noisy data, one executed notebook per tier"}</p>
+</div></header>
+<main class="wrap">
+<h2 id="tiers">Tiers</h2>
+{_tier_cards(report, manifest)}
+<h2 id="summary">Summary of every trained model</h2>
+<p class="note">One row per trained model; hover a column name for its definition; the run's name links
+to its <code>metrics.json</code> (every number, the per-epoch history and the run's full spec).
+Bounds are in nats per test image.</p>
+{_summary_table(runs)}
+<h2 id="build">Build</h2>
+{_manifest_summary(report, manifest)}
+<footer>Built by <code>make report</code> (<code>python -m lib.report</code>); pages render offline
+(MathJax 3 bundled in <code>assets/mathjax/</code>).</footer>
+</main>
+</body></html>
+"""
     (report / "index.html").write_text(page, encoding="utf-8")

@@ -256,3 +256,9 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def verdict(claim: str, status: str, evidence: str) -> str:
+    """One Markdown line: the seed's claim, the measured verdict (kept / partly kept / refuted), the numbers."""
+    icon = {"kept": "✅", "partly kept": "◐", "refuted": "❌"}.get(status, "•")
+    return f"- {icon} **{status}** — *{claim}* — {evidence}"

@@ -331,3 +331,11 @@ def fit_gan(
 
 def fit(spec: RunSpec, **kw) -> Run:
     return fit_gan(spec, **kw) if spec.model == "GAN" else fit_vae(spec, **kw)
+
+
+def spec_from(cfg: dict[str, Any], tag: str, model: str = "ConvVAE", **changes: Any) -> RunSpec:
+    """The RunSpec a notebook's resolved config describes (same config -> same run id -> cache hit)."""
+    base = dict(tag=tag, model=model, epochs=cfg["epochs"], batch_size=cfg["batch_size"], lr=cfg["lr"],
+                latent_dim=cfg["latent_dim"], seed=cfg["seed"], train_subset=cfg["train_subset"],
+                test_subset=cfg["test_subset"])
+    return RunSpec(**{**base, **changes})
