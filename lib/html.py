@@ -43,6 +43,7 @@ MATHJAX_FILES = ("tex-svg-full.js", "LICENSE", "README.md")
 
 # MathJax 3 config: $…$ and \(…\) inline, $$…$$ and \[…\] display; code (<pre>/<code>) is skipped
 # by MathJax's default skipHtmlTags, so dollar signs in Python source and printed output stay text.
+# \bm (LaTeX's bm package, common in ML notation) is mapped to \boldsymbol.
 MATHJAX_CONFIG = r"""<script>
 window.MathJax = {
   tex: {
@@ -50,7 +51,8 @@ window.MathJax = {
     displayMath: [['$$', '$$'], ['\\[', '\\]']],
     processEscapes: true,
     processEnvironments: true,
-    tags: 'ams'
+    tags: 'ams',
+    macros: {bm: ['\\boldsymbol{#1}', 1]}
   },
   svg: {fontCache: 'global'},
   options: {ignoreHtmlClass: 'tex2jax_ignore', processHtmlClass: 'tex2jax_process'}
@@ -128,21 +130,23 @@ _TEMPLATE = """{%- extends 'index.html.j2' -%}
 
 _HEADING = re.compile(r'<h([1-6]) id="([^"]*)">(.*?)<a class="anchor-link" href="#[^"]*">¶</a></h\1>', re.S)
 _NESTED_A = re.compile(r"</?a\b[^>]*>")  # links inside a heading cannot nest in the TOC link
-_CLEAN_ID = re.compile(r"^[A-Za-z][A-Za-z0-9_.:-]*$")
+# nbconvert's (and JupyterLab's) id is the heading text with spaces as "-"; keep it unless it carries
+# characters that are awkward in a URL fragment or leftovers of TeX/HTML.
+_CLEAN_ID = re.compile(r"""^[^\s"<>&\\$#%{}^`|]+$""")
 
 
 def _slug(inner_html: str) -> str:
     text = _html.unescape(re.sub(r"<[^>]+>", "", inner_html))
-    slug = re.sub(r"[^\w]+", "-", text, flags=re.A).strip("-")
-    return slug if slug and slug[0].isalpha() else f"s-{slug}".rstrip("-")
+    slug = re.sub(r"[^\w.()']+", "-", text, flags=re.A).strip("-")
+    return slug or "section"
 
 
 def add_toc(page: str, max_level: int = 3) -> str:
     """Give every Markdown heading a clean unique id and put a table of contents after <main>.
 
-    nbconvert makes ids from the raw heading text ("Title-$x$", repeated headings share one id);
-    a clean id it made is kept (so hand-written ``[..](#The-ELBO)`` links keep working), any
-    other one is replaced by a slug, made unique with -2, -3, ..."""
+    nbconvert makes ids from the raw heading text ("Title-$x$"; repeated headings share one id).
+    Its id is kept when it is clean (so links written in JupyterLab, ``[..](#2.-The-ELBO)``, keep
+    working); one with TeX or HTML leftovers is replaced by a slug; repeats get -2, -3, ..."""
     used = set(re.findall(r'\sid="([^"]*)"', page))
     seen: set[str] = set()
     entries: list[tuple[int, str, str]] = []
@@ -331,7 +335,10 @@ def _summary_table(runs: list[dict]) -> str:
                 cells.append('<td class="num">–</td>')
                 continue
             tip = f' title="k = {_e(m["iwae_k"])}"' if key == "test_iwae" and "iwae_k" in m else ""
-            cells.append(f'<td class="num"{tip}>{fmt.format(v)}</td>')
+            text = fmt.format(v)
+            if text.startswith("-") and float(text) == 0:
+                text = text[1:]  # -0.000 (a rounded tiny negative, e.g. an entropy) reads as 0.000
+            cells.append(f'<td class="num"{tip}>{text}</td>')
         label = f'<a href="runs/{_e(r["_dir"])}/metrics.json" title="run {_e(r.get("run_id", r["_dir"]))}">' \
                 f'{_e(r.get("label", r["_dir"]))}</a>'
         body.append(f"<tr><td>{label}</td>{''.join(cells)}</tr>")

@@ -187,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-p", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                     help="override a notebook parameter (YAML value), as papermill's -p")
     ap.add_argument("--report-dir", default=str(REPORT), help=argparse.SUPPRESS)
+    ap.add_argument("--notebook-dir", default=str(NB_DIR), help=argparse.SUPPRESS)  # tests inject failures
     args = ap.parse_args(argv)
 
     notebooks = [n for part in args.nb for n in part.replace(",", " ").split()] or list(NOTEBOOKS)
@@ -216,9 +217,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"=== {nb} (profile {args.profile}) ===", flush=True)
         t0 = time.perf_counter()
         try:
-            pm.execute_notebook(str(NB_DIR / f"{nb}.ipynb"), str(tmp / f"{nb}.ipynb"), parameters=params[nb],
+            pm.execute_notebook(str(Path(args.notebook_dir) / f"{nb}.ipynb"), str(tmp / f"{nb}.ipynb"), parameters=params[nb],
                                 kernel_name="python3", cwd=str(ROOT), log_output=True, progress_bar=False)
-        except Exception as e:  # noqa: BLE001 - papermill's error is shown and the build is kept aside
+        except (Exception, KeyboardInterrupt) as e:  # noqa: BLE001 - shown; the partial build is kept aside
             failed = report.parent / f"report.failed-{stamp}"
             os.replace(tmp, failed)
             (failed / "FAILED.txt").write_text(f"{nb} failed:\n{e}\n")

@@ -142,7 +142,8 @@ def load_checkpoint(path: Path) -> dict[str, Any] | None:
 
 
 def _progress(iterable, total: int, desc: str, enabled: bool):
-    if not enabled:
+    """A tqdm bar (widget in JupyterLab, text in make report's terminal); off in CI logs (CI=true)."""
+    if not enabled or os.environ.get("CI"):
         return iterable
     from tqdm.auto import tqdm
 

@@ -1,0 +1,245 @@
+"""Bad input, data faults, training faults, resumability and reproducibility (issue: reliability)."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+import torch
+
+from lib import config, train
+from lib.config import ParameterError, resolve
+from lib.data import DataError, ensure_mnist
+from lib.train import RunSpec, TrainingError, fit_vae
+
+ROOT = Path(__file__).resolve().parent.parent
+UNWRITABLE = "/proc/genmnist-cannot-write-here"  # even root cannot create folders in /proc
+
+
+# --- bad parameters: a clear error naming the parameter and the allowed values -------------
+
+@pytest.mark.parametrize("nb, kwargs, pattern", [
+    ("01_vae_basic", {"losses": ["bce", "huber"]}, r"'losses'.*'huber'.*\['bce', 'l1', 'mse'\]"),
+    ("01_vae_basic", {"epochs": 0}, r"'epochs' = 0 .*integer >= 1"),
+    ("01_vae_basic", {"batch_size": -5}, r"'batch_size' = -5 .*integer >= 1"),
+    ("01_vae_basic", {"latent_dim": 0}, r"'latent_dim' = 0 .*integer >= 1"),
+    ("01_vae_basic", {"epochs": 2.5}, r"'epochs' = 2.5 .*integer >= 1"),
+    ("03_gan", {"lr": 0}, r"'lr' = 0 .*> 0"),
+    ("03_gan", {"lr": -1e-3}, r"'lr' = -0.001 .*> 0"),
+    ("04_beta_vae", {"betas": [1, -2]}, r"'betas' = -2 .*>= 0"),
+    ("05_noisy_data", {"noise_amounts": [0.1, 1.5]}, r"'noise_amounts' = 1.5 .*\[0, 1\]"),
+    ("05_noisy_data", {"noise_amounts": []}, r"'noise_amounts' = \[\] .*non-empty list"),
+    ("03_gan", {"device": "tpu"}, r"'device' = 'tpu' .*'auto', 'cpu'"),
+    ("03_gan", {"betas": [1.0]}, r"unknown parameter\(s\) \['betas'\] for 03_gan"),
+])
+def test_bad_parameters_name_parameter_and_allowed_values(nb, kwargs, pattern, tmp_path):
+    with pytest.raises(ParameterError, match=pattern):
+        resolve(nb, "smoke", output_dir=str(tmp_path), **kwargs)
+
+
+def test_unknown_profile():
+    with pytest.raises(ParameterError, match=r"'profile' = 'fast' .*\['smoke', 'default', 'full'\]"):
+        resolve("03_gan", "fast")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_cuda_requested_without_gpu(tmp_path):
+    with pytest.raises(ParameterError, match=r"'device' = 'cuda' .*no CUDA GPU"):
+        resolve("03_gan", "smoke", device="cuda", output_dir=str(tmp_path))
+
+
+def test_unwritable_output_dir():
+    with pytest.raises(ParameterError, match=r"'output_dir' .*cannot be written"):
+        resolve("03_gan", "smoke", output_dir=UNWRITABLE)
+
+
+def test_explicit_parameters_override_the_profile(tmp_path):
+    cfg = resolve("04_beta_vae", "default", epochs=3, betas=[2], output_dir=str(tmp_path))
+    assert cfg["epochs"] == 3 and cfg["betas"] == [2] and cfg["batch_size"] == 64
+
+
+def _report(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, "-m", "lib.report", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_report_rejects_a_bad_p_value_before_running(tmp_path):
+    r = _report("--nb", "03_gan", "-p", "epochs", "0", "--report-dir", str(tmp_path / "report"))
+    assert r.returncode == 2
+    assert "parameter 'epochs' = 0 is invalid" in r.stderr
+    assert not (tmp_path / "report").exists() and not list(tmp_path.glob("report.tmp-*"))
+
+
+def test_report_rejects_unknown_notebook_and_parameter(tmp_path):
+    r = _report("--nb", "09_nope", "--report-dir", str(tmp_path / "report"))
+    assert r.returncode == 2 and "09_nope" in r.stderr and "03_gan" in r.stderr
+    r = _report("--nb", "03_gan", "-p", "colour", "red", "--report-dir", str(tmp_path / "report"))
+    assert r.returncode == 2 and "colour" in r.stderr
+
+
+def test_make_report_exits_nonzero_on_bad_parameter():
+    r = subprocess.run(["make", "report", "NB=03_gan", "P=-p lr -1"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode != 0
+    assert "parameter 'lr' = -1 is invalid" in r.stderr
+
+
+def test_failed_notebook_leaves_the_previous_report_untouched(tmp_path, mnist_raw):
+    nb_dir = tmp_path / "notebooks"
+    nb_dir.mkdir()
+    nb = nbformat.read(str(ROOT / "notebooks" / "03_gan.ipynb"), as_version=4)
+    nb.cells.insert(3, nbformat.v4.new_code_cell("raise RuntimeError('injected failure')"))
+    nbformat.write(nb, str(nb_dir / "03_gan.ipynb"))
+    report = tmp_path / "report"
+    (report / "figures").mkdir(parents=True)
+    (report / "03_gan.html").write_text("previous good page")
+    (report / "figures" / "03_gan_progression.png").write_bytes(b"previous figure")
+    r = _report("--nb", "03_gan", "--profile", "smoke", "--report-dir", str(report), "--notebook-dir", str(nb_dir))
+    assert r.returncode == 1
+    assert "injected failure" in r.stderr + r.stdout
+    assert (report / "03_gan.html").read_text() == "previous good page"
+    assert (report / "figures" / "03_gan_progression.png").read_bytes() == b"previous figure"
+    failed = list(tmp_path.glob("report.failed-*"))
+    assert len(failed) == 1 and "03_gan failed" in (failed[0] / "FAILED.txt").read_text()
+    assert not list(tmp_path.glob("report.tmp-*"))
+
+
+# --- data faults ----------------------------------------------------------------------------
+
+def test_unwritable_data_dir_is_a_clear_error():
+    with pytest.raises(DataError, match=r"cannot be written.*Fix: make it writable"):
+        ensure_mnist(UNWRITABLE)
+
+
+# --- training faults ------------------------------------------------------------------------
+
+SPEC = RunSpec(tag="t", epochs=2, train_subset=128, test_subset=64, batch_size=32, latent_dim=4)
+
+
+def _poisonable(monkeypatch):
+    """Make run_data return tensors the test can poison with NaN later."""
+    real = train.run_data
+    held = {}
+
+    def run_data(spec, device):
+        out = real(spec, device)
+        held["train"] = out[0]
+        return out
+
+    monkeypatch.setattr(train, "run_data", run_data)
+    return held
+
+
+def test_nan_loss_stops_with_run_epoch_batch_and_last_checkpoint(tmp_path, monkeypatch, mnist_raw):
+    held = _poisonable(monkeypatch)
+
+    def poison(epoch, row):
+        held["train"][:] = float("nan")
+
+    with pytest.raises(TrainingError) as e:
+        fit_vae(SPEC, cache=tmp_path, progress=False, on_epoch_end=poison)
+    msg = str(e.value)
+    assert SPEC.run_id in msg and "epoch 2, batch 0" in msg
+    assert str(train.checkpoint_path(SPEC.run_id, tmp_path)) in msg and "(epoch 1)" in msg
+
+
+def test_nan_in_first_batch_says_there_is_no_checkpoint(tmp_path, monkeypatch, mnist_raw):
+    real = train.run_data
+
+    def nan_data(spec, device):
+        out = real(spec, device)
+        out[0][:] = float("nan")
+        return out
+
+    monkeypatch.setattr(train, "run_data", nan_data)
+    with pytest.raises(TrainingError, match=r"epoch 1, batch 0.*Last good checkpoint: none"):
+        fit_vae(SPEC, cache=tmp_path, progress=False)
+
+
+def test_checkpoints_are_atomic_and_weights_only(tmp_path, mnist_raw):
+    fit_vae(SPEC, cache=tmp_path, progress=False)
+    path = train.checkpoint_path(SPEC.run_id, tmp_path)
+    assert path.exists() and not list(path.parent.glob("*.tmp*"))
+    state = torch.load(path, weights_only=True)
+    assert len(state["history"]) == 2
+
+
+def test_corrupted_checkpoint_is_reported_and_retrained(tmp_path, mnist_raw):
+    ref = fit_vae(SPEC, cache=tmp_path / "a", progress=False)
+    path = train.checkpoint_path(SPEC.run_id, tmp_path / "b")
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"this is not a checkpoint")
+    with pytest.warns(UserWarning, match="corrupted"):
+        run = fit_vae(SPEC, cache=tmp_path / "b", progress=False)
+    assert run.trained_epochs == 2
+    assert _no_time(run.history) == _no_time(ref.history)
+
+
+def _no_time(history):
+    return [{k: v for k, v in row.items() if k != "train_seconds"} for row in history]
+
+
+def test_killed_run_resumes_and_matches_an_uninterrupted_one(tmp_path, mnist_raw):
+    spec = RunSpec(tag="resume", epochs=3, train_subset=256, test_subset=128, batch_size=64, latent_dim=8)
+    full = fit_vae(spec, cache=tmp_path / "full", progress=False)
+
+    def kill(epoch, row):
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit_vae(spec, cache=tmp_path / "killed", progress=False, on_epoch_end=kill)
+    resumed = fit_vae(spec, cache=tmp_path / "killed", progress=False)
+    assert resumed.resumed_from == 1 and resumed.trained_epochs == 2
+    assert _no_time(resumed.history) == _no_time(full.history)
+    for (k, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), k
+    assert torch.equal(full.grids, resumed.grids)
+    # and a finished run is loaded, not retrained
+    again = fit_vae(spec, cache=tmp_path / "killed", progress=False)
+    assert again.trained_epochs == 0
+
+
+def test_run_id_covers_parameters_data_and_code(monkeypatch):
+    base = SPEC.run_id
+    for change in (dict(recon="mse"), dict(epochs=3), dict(seed=1), dict(beta=2.0), dict(noise_amount=0.1),
+                   dict(lr=2e-3), dict(train_subset=None), dict(model="BetaVAE")):
+        assert RunSpec(**{**SPEC.key(), "adam_betas": SPEC.adam_betas, **change}).run_id != base, change
+    monkeypatch.setattr(train, "source_hash", lambda: "other-code")
+    assert SPEC.run_id != base
+    monkeypatch.undo()
+    monkeypatch.setattr(train.data, "data_fingerprint", lambda: "other-data")
+    assert SPEC.run_id != base
+
+
+def test_source_hash_changes_with_the_training_code(tmp_path):
+    assert train.source_hash() == train.source_hash()
+    assert train.source_hash(("models.py",)) != train.source_hash(("losses.py",))
+
+
+# --- reproducibility --------------------------------------------------------------------------
+
+@pytest.mark.notebooks
+def test_two_smoke_runs_with_the_same_seed_give_identical_metrics(tmp_path, monkeypatch, mnist_raw):
+    import papermill as pm
+
+    outs = []
+    for i in range(2):
+        monkeypatch.setenv("GENMNIST_CACHE", str(tmp_path / f"cache{i}"))  # a fresh cache: really retrain
+        out = tmp_path / f"out{i}"
+        pm.execute_notebook(str(ROOT / "notebooks" / "04_beta_vae.ipynb"), str(tmp_path / f"nb{i}.ipynb"),
+                            parameters={"profile": "smoke", "output_dir": str(out), "betas": [1.0, 4.0]},
+                            kernel_name="python3", cwd=str(ROOT), progress_bar=False)
+        outs.append(out)
+    a = sorted((outs[0] / "runs").glob("*/metrics.json"))
+    b = sorted((outs[1] / "runs").glob("*/metrics.json"))
+    assert len(a) == 2 and [p.parent.name for p in a] == [p.parent.name for p in b]
+    for pa, pb in zip(a, b):
+        assert pa.read_bytes() == pb.read_bytes()
+        assert json.loads(pa.read_text())["metrics"]["test_bound"] > 0
+
+
+def test_seeded_generators_make_everything_repeatable():
+    g1, g2 = config.generator(7), config.generator(7)
+    assert torch.equal(torch.randn(5, generator=g1), torch.randn(5, generator=g2))
