@@ -10,7 +10,7 @@ P ?=
 PORT ?= 8888
 
 .DEFAULT_GOAL := help
-.PHONY: help setup data test report lab bench check-html clean
+.PHONY: help setup data test report lab bench check-html chromium clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-12s %s\n", $$1, $$2}'
@@ -30,8 +30,11 @@ setup: $(STAMP) ## create .venv and install the pinned dependencies (done by eve
 data: $(STAMP) ## materialise and MD5-verify MNIST under data/
 	$(PY) -c "from lib.data import ensure_mnist; print('MNIST verified in', ensure_mnist())"
 
-test: $(STAMP) ## unit tests on lib + smoke execution of all five notebooks
+test: $(STAMP) ## unit tests on lib + smoke execution of all five notebooks + the browser check of report/
 	$(PY) -m pytest -q
+	@if command -v chromium >/dev/null 2>&1 || [ "$$(id -u)" = 0 ]; then \
+	  $(MAKE) --no-print-directory check-html; \
+	else echo "NOTE: chromium is not installed and this is not root: skipping 'make check-html' (sudo apt-get install chromium)"; fi
 
 report: $(STAMP) ## execute the notebooks into report/ (PROFILE=default; NB=01_vae_basic for one; P='-p epochs 2')
 	$(PY) -m lib.report --profile $(PROFILE) $(if $(NB),--nb $(NB)) $(P)
@@ -39,8 +42,13 @@ report: $(STAMP) ## execute the notebooks into report/ (PROFILE=default; NB=01_v
 bench: $(STAMP) ## training throughput: seed pipeline vs lib, writes report/bench.json
 	$(PY) bench/bench.py
 
-check-html: $(STAMP) ## headless-Chromium check of report/index.html and the derivation page
+check-html: $(STAMP) chromium ## headless-Chromium check of report/ (math typeset, images, links; screenshots)
 	$(PY) -m pytest -q tests/test_html.py --run-html
+
+chromium: ## install Debian's chromium (for check-html) when it is missing
+	@command -v chromium >/dev/null 2>&1 || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium fonts-wqy-zenhei; }
 
 lab: $(STAMP) ## start JupyterLab on the project's environment (kernel "Python (genmnist)")
 	$(VENV)/bin/jupyter lab --notebook-dir=notebooks --port=$(PORT) --no-browser

@@ -157,6 +157,18 @@ def plan(notebooks: list[str], profile: str, overrides: dict[str, Any], output_d
     return params
 
 
+def _show_final_paths(ipynb: Path, tmp: Path, report: Path) -> None:
+    """The executed notebook's injected-parameters cell shows where its files end up, not the temp folder."""
+    import nbformat
+
+    nb = nbformat.read(str(ipynb), as_version=4)
+    for cell in nb.cells:
+        if "injected-parameters" in cell.metadata.get("tags", []):
+            cell.source = cell.source.replace(str(tmp), str(report.relative_to(ROOT)) if report.is_relative_to(ROOT)
+                                              else str(report))
+    nbformat.write(nb, str(ipynb))
+
+
 def _move_into_report(tmp: Path, notebooks: list[str], report: Path) -> None:
     report.mkdir(exist_ok=True)
     for sub in ("figures", "runs"):
@@ -227,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
             return 1
         walls[nb] = round(time.perf_counter() - t0, 1)
+        _show_final_paths(tmp / f"{nb}.ipynb", tmp, report)
         html.export(tmp / f"{nb}.ipynb", tmp / f"{nb}.html")
         print(f"=== {nb} done in {walls[nb]:.0f} s ===", flush=True)
 
