@@ -138,9 +138,11 @@ def get_classifier(kind: str = "full", device: torch.device | str = "cpu", cache
     state = load_checkpoint(path)
     test = data.load_split("test")
     x_test = test.float_images(device)
+    acc = None
     if state is not None:
         clf.load_state_dict(state["model"])
         clf.to(device)
+        acc = state.get("test_accuracy")
     else:
         clf.to(device)
         x = data.subset(data.load_split("train").float_images(device), cfg["train_subset"])
@@ -158,9 +160,12 @@ def get_classifier(kind: str = "full", device: torch.device | str = "cpu", cache
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-        save_checkpoint(path, {"model": clf.state_dict()})
+        clf.eval()
+        acc = (predict_proba(clf, x_test).argmax(1).cpu() == test.labels).float().mean().item()
+        save_checkpoint(path, {"model": clf.state_dict(), "test_accuracy": acc})
     clf.eval()
-    acc = (predict_proba(clf, x_test).argmax(1).cpu() == test.labels).float().mean().item()
+    if acc is None:  # a checkpoint from before the accuracy was stored
+        acc = (predict_proba(clf, x_test).argmax(1).cpu() == test.labels).float().mean().item()
     if cfg["min_accuracy"] is not None and acc < cfg["min_accuracy"]:
         raise RuntimeError(f"classifier test accuracy {acc:.4f} < required {cfg['min_accuracy']}; delete {path} "
                            "and retrain")
