@@ -110,8 +110,11 @@ CLASSIFIER_SETTINGS = {
 
 
 def _classifier_path(kind: str, cache: Path) -> Path:
-    src = Path(__file__).read_bytes()
-    key = hashlib.sha256(src + kind.encode() + data.data_fingerprint().encode()).hexdigest()[:10]
+    """Keyed by the classifier's own code and settings (not the rest of this module) and the data."""
+    import inspect
+
+    src = inspect.getsource(Classifier) + inspect.getsource(get_classifier) + repr(CLASSIFIER_SETTINGS[kind])
+    key = hashlib.sha256((src + kind + data.data_fingerprint()).encode()).hexdigest()[:10]
     return Path(cache) / f"classifier-{kind}-{key}.pt"
 
 

@@ -1,0 +1,147 @@
+"""Evaluation: whole-set averages, IWAE, classifier, Fréchet distance, coverage, image statistics."""
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from lib import evaluate
+from lib.config import generator
+from lib.models import ConvVAE
+
+
+class FakeVAE(nn.Module):
+    """encode -> mu = per-image constant c, logvar = 0; the decoder ignores z and outputs logits L.
+
+    Its per-image reconstruction and KL are known in closed form, and differ from image to image."""
+
+    latent_dim = 2
+
+    def __init__(self):
+        super().__init__()
+        self.p = nn.Parameter(torch.zeros(()))
+
+    def encode(self, x):
+        c = x.flatten(1).mean(1, keepdim=True) * 10
+        return c.expand(-1, 2).contiguous(), torch.zeros(len(x), 2)
+
+    reparameterize = staticmethod(ConvVAE.reparameterize)
+
+    def decode_logits(self, z):
+        return torch.zeros(len(z), 1, 28, 28)
+
+
+def test_test_bound_is_the_exact_mean_over_every_image_not_a_mean_of_batch_means():
+    # 2,500 images in batches of 1,000: the last batch is smaller, so a mean of batch means would be wrong.
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(2_500, 1, 28, 28, generator=g) * torch.linspace(0, 1, 2_500).view(-1, 1, 1, 1)
+    got = evaluate.test_bound(FakeVAE(), x, "bce", batch_size=1_000)
+    # BCE at logit 0 is log 2 per pixel whatever x is; KL = 1/2 * 2 * c^2 = c^2 per image.
+    c = x.flatten(1).mean(1).double() * 10
+    assert got["recon"] == pytest.approx(784 * math.log(2), rel=1e-6)
+    assert got["kl"] == pytest.approx((c ** 2).mean().item(), rel=1e-6)
+    batch_means = np.mean([(c[i:i + 1000] ** 2).mean().item() for i in range(0, 2500, 1000)])
+    assert abs(batch_means - got["kl"]) > 1e-3, "the fixture must distinguish the two averages"
+    assert got["bound"] == pytest.approx(got["recon"] + got["kl"])
+
+
+def test_test_bound_beta_and_recon_weight():
+    x = torch.rand(10, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    a = evaluate.test_bound(FakeVAE(), x, "bce", beta=3.0, recon_weight=0.5)
+    assert a["loss"] == pytest.approx(0.5 * a["recon"] + 3.0 * a["kl"])
+    assert a["bound"] == pytest.approx(a["recon"] + a["kl"])
+
+
+@pytest.fixture(scope="module")
+def small_vae():
+    torch.manual_seed(0)
+    return ConvVAE(latent_dim=4).eval()
+
+
+def test_iwae_with_k1_is_the_single_sample_elbo(small_vae):
+    x = torch.rand(8, 1, 28, 28, generator=torch.Generator().manual_seed(2))
+    lw = evaluate.log_weights(small_vae, x, 1, generator(3))
+    assert evaluate.iwae_bound(small_vae, x, 1, generator(3)) == pytest.approx(-lw.double().mean().item(), rel=1e-6)
+    # its expectation is the ELBO: average many single-sample estimates vs the closed-form-KL bound
+    many = torch.stack([evaluate.log_weights(small_vae, x, 1, generator(100 + i))[:, 0] for i in range(400)])
+    elbo = -evaluate.test_bound(small_vae, x, "bce", generator=generator(5))["kl"]
+    recon = torch.stack([evaluate._vae_parts(small_vae, x, "bce", generator(900 + i))[0] for i in range(400)])
+    assert (-many.mean()).item() == pytest.approx((recon.mean() - elbo).item(), rel=2e-3)
+
+
+def test_iwae_is_not_below_the_elbo_and_tightens_with_k(small_vae):
+    x = torch.rand(16, 1, 28, 28, generator=torch.Generator().manual_seed(4))
+    b1 = np.mean([evaluate.iwae_bound(small_vae, x, 1, generator(10 + i)) for i in range(20)])
+    b10 = np.mean([evaluate.iwae_bound(small_vae, x, 10, generator(50 + i)) for i in range(20)])
+    b50 = evaluate.iwae_bound(small_vae, x, 50, generator(99))
+    assert b10 <= b1 and b50 <= b10 + 0.5  # negative bounds: smaller = tighter
+
+
+@pytest.fixture(scope="module")
+def classifier(mnist_raw):
+    return evaluate.get_classifier("full")
+
+
+def test_classifier_reaches_99_percent(classifier):
+    _, acc = classifier
+    assert acc >= 0.99
+
+
+def test_fid_zero_on_itself_symmetric_and_grows_with_degradation(classifier):
+    from lib import data
+
+    clf, _ = classifier
+    test = data.load_split("test").float_images()
+    a, b = test[:2000], test[2000:4000]
+    assert evaluate.classifier_fid(clf, a, a) == pytest.approx(0.0, abs=1e-3)  # vs ~1e1-1e3 for real gaps
+    assert evaluate.classifier_fid(clf, a, b) == pytest.approx(evaluate.classifier_fid(clf, b, a), rel=1e-6)
+    g = torch.Generator().manual_seed(0)
+    fids = [evaluate.classifier_fid(clf, a, (b + s * torch.randn(b.shape, generator=g)).clamp(0, 1))
+            for s in (0.0, 0.2, 0.5)]
+    assert fids[0] < fids[1] < fids[2]
+    blurred = torch.nn.functional.avg_pool2d(b, 3, stride=1, padding=1)
+    assert evaluate.classifier_fid(clf, a, blurred) > fids[0]
+
+
+def test_frechet_distance_matches_the_gaussian_formula():
+    rng = np.random.default_rng(0)
+    m1, m2 = rng.normal(size=3), rng.normal(size=3)
+    s1 = np.diag([1.0, 2.0, 3.0])
+    s2 = np.diag([2.0, 2.0, 0.5])
+    expected = ((m1 - m2) ** 2).sum() + sum(a + b - 2 * np.sqrt(a * b) for a, b in zip([1, 2, 3], [2, 2, 0.5]))
+    assert evaluate.frechet_distance((m1, s1), (m2, s2)) == pytest.approx(expected, rel=1e-9)
+
+
+def test_coverage_of_real_digits_and_of_a_single_class(classifier):
+    from lib import data
+
+    clf, _ = classifier
+    test = data.load_split("test")
+    cov = evaluate.coverage(evaluate.predict_proba(clf, test.float_images()[:2000]))
+    assert cov["min_class_share"] > 0.07 and cov["class_entropy"] > 0.99 * math.log(10)
+    ones = test.float_images()[test.labels == 1][:300]
+    cov1 = evaluate.coverage(evaluate.predict_proba(clf, ones))
+    assert cov1["min_class_share"] == 0.0 and cov1["class_entropy"] < 0.2 and cov1["recognisability"] > 0.9
+
+
+def test_image_stats_measure_blur_and_faintness():
+    from lib import data
+
+    x = data.load_split("test").float_images()[:500]
+    sharp = evaluate.image_stats(x)
+    blurred = evaluate.image_stats(torch.nn.functional.avg_pool2d(x, 3, stride=1, padding=1))
+    faint = evaluate.image_stats(x * 0.5)
+    assert blurred["gradient_energy"] < sharp["gradient_energy"] and blurred["greyness"] > sharp["greyness"]
+    assert faint["stroke_brightness"] == pytest.approx(0.5 * sharp["stroke_brightness"], rel=1e-6)
+
+
+def test_psnr_ssim_against_clean_images():
+    x = torch.rand(20, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    perfect = evaluate.psnr_ssim(x, x)
+    assert perfect["ssim"] == pytest.approx(1.0) and math.isinf(perfect["psnr"])
+    noisy = (x + 0.1 * torch.randn(x.shape, generator=torch.Generator().manual_seed(1))).clamp(0, 1)
+    m = evaluate.psnr_ssim(noisy, x)
+    mse = ((noisy - x) ** 2).flatten(1).mean(1).double()
+    assert m["psnr"] == pytest.approx((10 * torch.log10(1 / mse)).mean().item(), rel=1e-6)
+    assert 0 < m["ssim"] < 1
