@@ -21,7 +21,9 @@ and the rounds repeat; the figure reported is the median over rounds, and the sp
 seed is the median of the per-round ratios. FLOPs per image are counted with
 ``torch.utils.flop_counter.FlopCounterMode`` on one training step (forward + loss + backward;
 the optimiser's elementwise work is not counted) and turned into GFLOP/s; the peak is the best
-fp32 2048x2048 matmul measured in this same process (several times, at the thread count used).
+fp32 2048x2048 matmul measured in this same process (several times, at the thread count used),
+through ``torch.mm`` (MKL) and through oneDNN -- on AMD CPUs MKL's sgemm skips its AVX-512
+kernels, so the two differ ~2x; both fractions are reported.
 Because each run replays identical steps, the model left by the last run of a variant is
 scored on a fixed test subset and compared with the fp32 default; "noise" is how far the default
 itself moves when only the data order / sampling noise changes (two other seeds).
@@ -44,7 +46,7 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -237,6 +239,9 @@ def _cpu_model() -> dict[str, Any]:
         info["model_name"] = kv.get("model name", info["model_name"])
         info["vendor"] = kv.get("vendor_id")
         info["family"], info["model"] = kv.get("cpu family"), kv.get("model")
+        info["physical_cores"] = len({(b.get("physical id"), b.get("core id")) for b in (
+            dict(tuple(x.strip() for x in ln.split(":", 1)) for ln in blk.splitlines() if ":" in ln)
+            for blk in text.split("\n\n") if blk.strip())}) or None
         flags = set(kv.get("flags", "").split())
         info["isa_flags"] = sorted(f for f in flags if f.startswith(("avx", "amx", "fma")))
         info["hypervisor"] = "hypervisor" in flags
@@ -583,7 +588,8 @@ class LibVAERunner(Runner):
         if self.v.bf16:
             kw["autocast_dtype"] = torch.bfloat16
         terms = self.step_fn(self.fwd_model, self.opt, x, **kw)
-        self.sums += torch.stack([t.detach() for t in terms]).double() * len(idx)  # fit_vae's bookkeeping
+        if isinstance(terms, tuple):  # fit_vae's bookkeeping (ELBOTerms: loss, recon, kl)
+            self.sums += torch.stack([t.detach().float() for t in terms]).double() * len(idx)
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
@@ -943,7 +949,8 @@ def bench_model(model: str, args, peaks: PeakLog, flops: dict[str, float], deadl
             results[v.name]["compile_seconds"] = round(time.perf_counter() - t, 1)
             log(f"  {model} {v.name}: first (compiling) steps took {results[v.name]['compile_seconds']} s")
         except Exception as e:  # noqa: BLE001 - CompileTimeout or a compiler failure
-            results[v.name]["status"] = f"skipped: {type(e).__name__}: {e}"[:300]
+            first_line = (str(e).strip().splitlines() or [""])[0]
+            results[v.name]["status"] = f"skipped: {type(e).__name__}: {first_line}"[:300]
             results[v.name]["compile_seconds"] = round(time.perf_counter() - t, 1)
             del runners[v.name]
             torch._dynamo.reset()
@@ -951,14 +958,22 @@ def bench_model(model: str, args, peaks: PeakLog, flops: dict[str, float], deadl
 
     n_rounds = max(v.rounds or args.repeats for v in variants)
     rounds_done = 0
+    # Past ``deadline`` no third round starts; past ``hard`` (a busy machine) no second round, and
+    # only the headline pair (seed, lib) still runs in the first.
+    hard = deadline + 0.5 * max(deadline - time.perf_counter(), 0)
     for rnd in range(n_rounds):
-        if rnd >= 2 and time.perf_counter() > deadline:
-            log(f"  {model}: time budget reached, stopping after {rnd} rounds")
+        now = time.perf_counter()
+        if (rnd >= 2 and now > deadline) or (rnd >= 1 and now > hard):
+            log(f"  {model}: time budget reached, stopping after {rnd} round(s)")
             break
         active = [v for v in variants if v.name in runners and rnd < (v.rounds or args.repeats)]
         order = active[rnd % len(active):] + active[: rnd % len(active)]  # rotate the order each round
         seed_ips = None
         for v in order:
+            if time.perf_counter() > hard and v.name not in ("seed", "lib"):
+                if not results[v.name]["images_per_s"]:
+                    results[v.name]["status"] = "skipped: time budget spent (busy machine?)"
+                continue
             gc.collect()
             sec = runners[v.name].run(warmup, steps, seed=0)
             ips = steps * BATCH / sec
@@ -968,13 +983,14 @@ def bench_model(model: str, args, peaks: PeakLog, flops: dict[str, float], deadl
                 seed_ips = ips
         if seed_ips is not None:
             for v in order:
-                if v.pipeline != "seed":
+                if v.pipeline != "seed" and len(results[v.name]["images_per_s"]) == rounds_done + 1:
                     results[v.name]["round_ratio_vs_seed"].append(
                         round(results[v.name]["images_per_s"][-1] / seed_ips, 3))
         peaks.measure()
         rounds_done += 1
         log(f"  {model} round {rnd + 1}/{n_rounds}: " + ", ".join(
-            f"{v.name} {results[v.name]['images_per_s'][-1]:.0f}" for v in order))
+            f"{v.name} {results[v.name]['images_per_s'][-1]:.0f}" for v in order
+            if len(results[v.name]["images_per_s"]) == rounds_done))
 
     # Loss check: each runner's model is the result of warmup+steps identical steps (seed 0).
     ref_name = "lib"
@@ -1106,6 +1122,8 @@ def print_table(report: dict[str, Any]) -> None:
         print(f"Fastest lib ConvVAE variant with loss within noise: '{t['best_variant']}' "
               f"{_fmt(t['best_ratio'], '.2f')}x the seed, "
               f"{_fmt(t['best_fraction_of_peak'] and 100 * t['best_fraction_of_peak'], '.0f')}% of fp32 peak.")
+    for w in report.get("warnings", []):
+        print(f"WARNING: {w}")
     print(f"Total bench time {report['bench_seconds']:.0f} s")
 
 
@@ -1188,6 +1206,16 @@ def main(argv: list[str] | None = None) -> int:
         "best_fraction_of_peak": best.get("fraction_of_fp32_peak"),
         "note": "reported, never asserted; 'best' = fastest lib ConvVAE variant whose loss is within noise",
     }
+    warnings = []
+    cpus = machine["usable_cpus"] or 1
+    if load_start and load_start[0] > 0.75 * cpus:
+        warnings.append(f"the machine was busy when the bench started (1-min load average {load_start[0]} on "
+                        f"{cpus} CPUs): timings, above all the multi-threaded ones, are unreliable")
+    for model, res in results.items():
+        for name, r in res["variants"].items():
+            if r.get("images_per_s") and min(r["images_per_s"]) > 0 and max(r["images_per_s"]) / min(r["images_per_s"]) > 1.5:
+                warnings.append(f"{model} '{name}': rounds differ by more than 1.5x "
+                                f"({min(r['images_per_s']):.0f}-{max(r['images_per_s']):.0f} img/s): other load?")
     report = {
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(["bench/bench.py"] + (argv if argv is not None else sys.argv[1:])),
@@ -1207,6 +1235,7 @@ def main(argv: list[str] | None = None) -> int:
         "targets": targets,
         "loadavg_start": load_start,
         "loadavg_end": loadavg(),
+        "warnings": warnings,
         "bench_seconds": round(time.perf_counter() - t_start, 1),
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
     }

@@ -36,18 +36,18 @@ _VAE = dict(batch_size=64, lr=1e-3, latent_dim=32, recon="bce")
 PROFILES: dict[str, dict[str, dict[str, Any]]] = {
     "01_vae_basic": {
         "smoke": dict(_VAE, losses=["bce", "mse", "l1"], epochs=1, ablation_epochs=1),
-        "default": dict(_VAE, losses=["bce", "mse", "l1"], epochs=5, ablation_epochs=1),
+        "default": dict(_VAE, losses=["bce", "mse", "l1"], epochs=8, ablation_epochs=2),
         "full": dict(_VAE, losses=["bce", "mse", "l1"], epochs=250, ablation_epochs=20),
     },
     # The derivation reuses the basic tier's BCE model (same spec -> same cached run).
     "02_vae_derivation": {
         "smoke": dict(_VAE, epochs=1, iwae_ks=[1, 2, 5], mc_samples=2000),
-        "default": dict(_VAE, epochs=5, iwae_ks=[1, 5, 25, 100], mc_samples=100_000),
+        "default": dict(_VAE, epochs=8, iwae_ks=[1, 5, 25, 100], mc_samples=100_000),
         "full": dict(_VAE, epochs=250, iwae_ks=[1, 10, 100, 1000], mc_samples=1_000_000),
     },
     "03_gan": {
         "smoke": dict(batch_size=64, lr=1e-3, latent_dim=100, epochs=1),
-        "default": dict(batch_size=64, lr=1e-3, latent_dim=100, epochs=10),
+        "default": dict(batch_size=64, lr=1e-3, latent_dim=100, epochs=20),
         "full": dict(batch_size=64, lr=1e-3, latent_dim=100, epochs=200),
     },
     "04_beta_vae": {
@@ -62,7 +62,8 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
     },
 }
 
-ALWAYS = dict(seed=0, device="auto", output_dir="report/lab")
+ALWAYS = dict(seed=0, device="auto", precision="auto", output_dir="report/lab")
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 class ParameterError(ValueError):
@@ -105,6 +106,18 @@ def resolve_device(device: str) -> torch.device:
                                  "allowed 'auto' or 'cpu'")
         return torch.device(device)
     _fail("device", device, "'auto', 'cpu' or 'cuda' / 'cuda:N'")
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """'auto' -> 'bf16' where the hardware runs bf16 natively (CUDA, or a CPU with AVX-512 BF16 / AMX), else 'fp32'."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    try:
+        return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
+    except (AttributeError, RuntimeError):
+        return "fp32"
 
 
 def _check_output_dir(path: str) -> Path:
@@ -157,6 +170,8 @@ def validate(cfg: dict[str, Any]) -> None:
         _nonempty_list("iwae_ks", cfg["iwae_ks"])
         for k in cfg["iwae_ks"]:
             _int_ge("iwae_ks", k, 1)
+    if "precision" in cfg and cfg["precision"] not in PRECISIONS:
+        _fail("precision", cfg["precision"], f"one of {list(PRECISIONS)}")
     if "classifier" in cfg and cfg["classifier"] not in ("smoke", "full"):
         _fail("classifier", cfg["classifier"], "'smoke' or 'full'")
 
@@ -179,6 +194,7 @@ def resolve(notebook: str, profile: str = "default", **explicit: Any) -> dict[st
     cfg["profile"] = profile
     validate(cfg)
     cfg["device"] = resolve_device(cfg["device"])
+    cfg["precision"] = resolve_precision(cfg["precision"], cfg["device"])
     cfg["output_dir"] = _check_output_dir(cfg["output_dir"])
     return cfg
 

@@ -144,8 +144,8 @@ def plan(notebooks: list[str], profile: str, overrides: dict[str, Any], output_d
     params: dict[str, dict] = {}
     used: set[str] = set()
     for nb in notebooks:
-        known = set(PROFILES[nb][profile]) | {"seed", "device", "train_subset", "test_subset", "n_samples",
-                                               "iwae_k", "iwae_images", "classifier"}
+        known = set(PROFILES[nb][profile]) | {"seed", "device", "precision", "train_subset", "test_subset",
+                                               "n_samples", "iwae_k", "iwae_images", "classifier"}
         mine = {k: v for k, v in overrides.items() if k in known}
         used |= set(mine)
         resolve(nb, profile, output_dir=str(output_dir), **mine)

@@ -14,6 +14,7 @@ into the discriminator's update — ``d_step`` clears them first.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -66,6 +67,7 @@ class RunSpec:
     train_subset: int | None = None
     test_subset: int | None = None
     adam_betas: tuple[float, float] = (0.9, 0.999)
+    precision: str = "fp32"  # fp32 | bf16 (autocast for the network; losses always in fp32)
 
     def key(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -165,7 +167,33 @@ def _epoch_generators(spec: RunSpec, epoch: int, device: torch.device):
     return generator(s), generator(s + 500_000, device)
 
 
+def _autocast(spec: RunSpec, device: torch.device):
+    """bf16 autocast when the spec asks for it (make bench: 1.4-2.3x faster on this AVX-512 CPU for ConvVAE
+    and the GAN, final losses within seed-to-seed noise); a no-op for fp32."""
+    if spec.precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _adam(params, spec: RunSpec):
+    # fused Adam: the same update in one kernel per step (make bench: +8-17 % on the small nets)
+    return torch.optim.Adam(params, lr=spec.lr, betas=spec.adam_betas, fused=True)
+
+
 # --- VAE ------------------------------------------------------------------------------------
+
+def vae_step(model, opt, x, recon="bce", beta=1.0, recon_weight=1.0, generator=None, autocast_dtype=None):
+    """One Adam step on the negative (β-)ELBO of batch x; returns ELBOTerms (loss computed in fp32)."""
+    ctx = torch.autocast(x.device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
+    with ctx:
+        x_logits, mu, logvar = model(x, generator=generator)
+    # fp32 loss: summing 784 pixel terms in bf16 would round a ~100-nat loss to about 1 nat
+    terms = losses.elbo(x_logits.float(), x, mu.float(), logvar.float(), recon, beta, recon_weight)
+    opt.zero_grad(set_to_none=True)
+    terms.loss.backward()
+    opt.step()
+    return terms
+
 
 def build_vae(spec: RunSpec) -> models.VAEBase:
     cls = {"ConvVAE": models.ConvVAE, "BetaVAE": models.BetaVAE}.get(spec.model)
@@ -190,7 +218,8 @@ def fit_vae(
     losses.get_recon_loss(spec.recon)  # unknown loss name -> clear error before any work
     run_id, path = spec.run_id, checkpoint_path(spec.run_id, cache)
     model = build_vae(spec).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=spec.lr, betas=spec.adam_betas)
+    opt = _adam(model.parameters(), spec)
+    amp = torch.bfloat16 if spec.precision == "bf16" else None
     history: list[dict[str, float]] = []
     grids: list[torch.Tensor] = []
     state = load_checkpoint(path)
@@ -215,12 +244,8 @@ def fit_vae(
         batches = data.batches(n, bs, g_shuffle)
         for i, idx in enumerate(_progress(batches, n_batches, f"{run_id} epoch {epoch}/{spec.epochs}", progress)):
             x = train_x[idx.to(device)]
-            x_logits, mu, logvar = model(x, generator=g_noise)
-            terms = losses.elbo(x_logits, x, mu, logvar, spec.recon, spec.beta, spec.recon_weight)
+            terms = vae_step(model, opt, x, spec.recon, spec.beta, spec.recon_weight, g_noise, amp)
             _check_finite(terms.loss.detach(), run_id, epoch, i, path)
-            opt.zero_grad(set_to_none=True)
-            terms.loss.backward()
-            opt.step()
             sums += torch.stack([t.detach() for t in terms]).double() * len(idx)
         train_seconds = time.perf_counter() - t0
         model.eval()
@@ -281,8 +306,7 @@ def fit_gan(
     run_id, path = spec.run_id, checkpoint_path(spec.run_id, cache)
     G, D = build_gan(spec)
     G, D = G.to(device), D.to(device)
-    opt_g = torch.optim.Adam(G.parameters(), lr=spec.lr, betas=spec.adam_betas)
-    opt_d = torch.optim.Adam(D.parameters(), lr=spec.lr, betas=spec.adam_betas)
+    opt_g, opt_d = _adam(G.parameters(), spec), _adam(D.parameters(), spec)
     history: list[dict[str, float]] = []
     grids: list[torch.Tensor] = []
     state = load_checkpoint(path)
@@ -311,8 +335,9 @@ def fit_gan(
         for i, idx in enumerate(_progress(batches, n_batches, f"{run_id} epoch {epoch}/{spec.epochs}", progress)):
             real = train_x[idx.to(device)]
             z = torch.randn(len(idx), spec.latent_dim, generator=g_noise, device=device)
-            gl, fake = g_step(G, D, opt_g, z)
-            dl, d_real, d_fake = d_step(D, opt_d, real, fake)
+            with _autocast(spec, device):  # the GAN losses are taken in fp32 by autocast itself
+                gl, fake = g_step(G, D, opt_g, z)
+                dl, d_real, d_fake = d_step(D, opt_d, real, fake)
             _check_finite(gl + dl, run_id, epoch, i, path)
             sums += torch.stack([gl, dl, d_real, d_fake]).double() * len(idx)
         m = (sums / n).tolist()
@@ -338,5 +363,7 @@ def spec_from(cfg: dict[str, Any], tag: str, model: str = "ConvVAE", **changes: 
     """The RunSpec a notebook's resolved config describes (same config -> same run id -> cache hit)."""
     base = dict(tag=tag, model=model, epochs=cfg["epochs"], batch_size=cfg["batch_size"], lr=cfg["lr"],
                 latent_dim=cfg["latent_dim"], seed=cfg["seed"], train_subset=cfg["train_subset"],
-                test_subset=cfg["test_subset"])
+                test_subset=cfg["test_subset"],
+                # make bench: bf16 is ~16 % *slower* for the tiny BetaVAE, so it stays fp32
+                precision="fp32" if model == "BetaVAE" else cfg.get("precision", "fp32"))
     return RunSpec(**{**base, **changes})
