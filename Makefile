@@ -38,6 +38,7 @@ test: $(STAMP) ## unit tests on lib + smoke execution of all five notebooks + th
 
 report: $(STAMP) ## execute the notebooks into report/ (PROFILE=default; NB=01_vae_basic for one; P='-p epochs 2')
 	$(PY) -m lib.report --profile $(PROFILE) $(if $(NB),--nb $(NB)) $(P)
+	$(PY) tools/update_readme.py
 
 bench: $(STAMP) ## training throughput: seed pipeline vs lib, writes report/bench.json
 	$(PY) bench/bench.py
@@ -51,7 +52,7 @@ chromium: ## install Debian's chromium (for check-html) when it is missing
 	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium fonts-wqy-zenhei; }
 
 lab: $(STAMP) ## start JupyterLab on the project's environment (kernel "Python (genmnist)")
-	$(VENV)/bin/jupyter lab --notebook-dir=notebooks --port=$(PORT) --no-browser
+	$(VENV)/bin/jupyter lab --notebook-dir=notebooks --port=$(PORT) --no-browser $(if $(filter 0,$(shell id -u)),--allow-root)
 
 clean: ## remove .venv, caches and failed report builds (keeps data/ and report/)
 	rm -rf $(VENV) .pytest_cache report.tmp* report.failed* *.egg-info

@@ -38,3 +38,16 @@ def test_ci_runs_the_readme_test_command():
     assert "make test" in readme and "make report" in readme
     ci = [l.strip() for l in (ROOT / ".ci/run").read_text().splitlines() if l.strip() and not l.startswith("#")]
     assert "make test" in ci
+
+
+def test_project_kernel_is_registered_for_jupyterlab():
+    """`make lab` opens the notebooks on this environment: the 'genmnist' kernel runs this venv's Python."""
+    import json
+    import subprocess
+    import sys
+
+    jupyter = Path(sys.executable).parent / "jupyter"
+    specs = json.loads(subprocess.run([str(jupyter), "kernelspec", "list", "--json"], capture_output=True,
+                                      text=True, check=True).stdout)["kernelspecs"]
+    assert "genmnist" in specs
+    assert Path(specs["genmnist"]["spec"]["argv"][0]).resolve() == Path(sys.executable).resolve()

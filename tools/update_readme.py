@@ -1,0 +1,87 @@
+"""Rewrite README.md's tier table (between the TIER-TABLE markers) from report/runs/*/metrics.json.
+
+Run by `make report` after the notebooks, so the headline numbers in the README are the committed
+report's numbers and cannot go stale by hand.
+"""
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+ROWS = [
+    ("basic", "01_vae_basic", "final_samples"),
+    ("intermediate", "02_vae_derivation", "iwae_vs_k"),
+    ("advanced: GAN", "03_gan", "gan_vs_vae"),
+    ("advanced: β-VAE", "04_beta_vae", "rate_distortion"),
+    ("advanced: noisy data", "05_noisy_data", "samples"),
+]
+
+
+def _runs(report: Path) -> dict[str, dict]:
+    out = {}
+    for p in sorted((report / "runs").glob("*/metrics.json")):
+        doc = json.loads(p.read_text())
+        out[f"{doc['notebook']}:{doc['label']}"] = doc["metrics"]
+    return out
+
+
+def headline(nb: str, runs: dict[str, dict]) -> str:
+    def get(label, key):
+        return runs.get(f"{nb}:{label}", {}).get(key)
+
+    if nb == "01_vae_basic":
+        b = runs.get("01_vae_basic:BCE+KLD", {})
+        fids = ", ".join(f"{l} {runs[f'{nb}:{l}+KLD']['fid']:.1f}" for l in ("BCE", "MSE", "L1")
+                         if f"{nb}:{l}+KLD" in runs)
+        return (f"BCE VAE test −ELBO {b['test_bound']:.2f} nats/image; classifier-FID {fids}" if b else "–")
+    if nb == "02_vae_derivation":
+        b = runs.get("01_vae_basic:BCE+KLD", {})
+        return (f"IWAE (k={b['iwae_k']}) {b['test_iwae']:.2f} vs ELBO {b['test_bound']:.2f} nats/image"
+                if "test_iwae" in b else "–")
+    if nb == "03_gan":
+        g = runs.get("03_gan:GAN")
+        v = runs.get("01_vae_basic:BCE+KLD")
+        s = f"GAN classifier-FID {g['fid']:.1f}, smallest class {g['min_class_share']:.1%}" if g else "–"
+        return s + (f" (BCE VAE {v['fid']:.1f})" if g and v else "")
+    if nb == "04_beta_vae":
+        parts = [(k.split("beta=")[1], m) for k, m in runs.items() if k.startswith(f"{nb}:beta=")]
+        return "β=1 test bound " + ", ".join(f"β={b}: {m['test_bound']:.1f}" for b, m in parts) if parts else "–"
+    if nb == "05_noisy_data":
+        parts = [(k.split(":noise ")[1], m) for k, m in runs.items() if k.startswith(f"{nb}:noise ")]
+        parts.sort(key=lambda p: float(p[0].rstrip("%")))
+        return "classifier-FID " + ", ".join(f"{a}: {m['fid']:.1f}" for a, m in parts) if parts else "–"
+    return "–"
+
+
+def table(report: Path) -> str:
+    runs = _runs(report)
+    lines = ["| tier | notebook | report page | key figure | headline metric (default build) |",
+             "|---|---|---|---|---|"]
+    for tier, nb, fig in ROWS:
+        figs = sorted((report / "figures").glob(f"{nb}_{fig}*.png")) or sorted((report / "figures").glob(f"{nb}_*.png"))
+        thumb = f'<img src="{figs[0].relative_to(ROOT)}" width="160">' if figs else "–"
+        lines.append(f"| {tier} | [`{nb}.ipynb`](notebooks/{nb}.ipynb) | [`report/{nb}.html`](report/{nb}.html) "
+                     f"| {thumb} | {headline(nb, runs)} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    report = ROOT / "report"
+    readme = ROOT / "README.md"
+    manifest = json.loads((report / "manifest.json").read_text()) if (report / "manifest.json").exists() else {}
+    if manifest.get("profile") != ["default"]:
+        print(f"README tier table left as is: report/ is a {manifest.get('profile')} build, not the default one")
+        return 0
+    text = readme.read_text()
+    new = re.sub(r"(<!-- TIER-TABLE:START -->\n).*?(\n<!-- TIER-TABLE:END -->)",
+                 lambda m: m.group(1) + table(report) + m.group(2), text, flags=re.S)
+    if new != text:
+        readme.write_text(new)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
