@@ -28,9 +28,16 @@ def _vae_parts(model, x, recon, gen):
     return per_recon, losses.gaussian_kl(mu, logvar, reduce=False).sum(1)
 
 
+def _bar(seq, desc: str, enabled: bool):
+    from .train import _progress
+
+    return _progress(seq, len(seq), desc, enabled)
+
+
 @torch.inference_mode()
 def test_bound(model, x: torch.Tensor, recon: str = "bce", beta: float = 1.0, recon_weight: float = 1.0,
-               generator: torch.Generator | None = None, batch_size: int = EVAL_BATCH) -> dict[str, float]:
+               generator: torch.Generator | None = None, batch_size: int = EVAL_BATCH,
+               progress: bool = False) -> dict[str, float]:
     """Averages over **all** images of x (not a mean of batch means):
 
     * ``recon`` — E_q[-log p(x|z)] (one z per image), ``kl`` — KL(q(z|x) || p(z));
@@ -40,7 +47,8 @@ def test_bound(model, x: torch.Tensor, recon: str = "bce", beta: float = 1.0, re
     was_training = model.training
     model.eval()
     tot_r = tot_k = 0.0
-    for start in range(0, len(x), batch_size):
+    starts = range(0, len(x), batch_size)
+    for start in _bar(starts, "test bound", progress):
         r, k = _vae_parts(model, x[start : start + batch_size], recon, generator)
         tot_r += r.double().sum().item()
         tot_k += k.double().sum().item()
@@ -69,14 +77,14 @@ def log_weights(model, x: torch.Tensor, k: int, generator: torch.Generator | Non
 
 @torch.inference_mode()
 def iwae_bound(model, x: torch.Tensor, k: int, generator: torch.Generator | None = None,
-               chunk_decodes: int = 20_000) -> float:
+               chunk_decodes: int = 20_000, progress: bool = True) -> float:
     """Negative importance-weighted bound -E[log (1/k) sum_j w_j] in nats per image (Burda et al. 2016).
 
     k = 1 is the single-sample ELBO estimate; the bound tightens (decreases) as k grows."""
     model.eval()
     per_batch = max(1, chunk_decodes // k)
     total = 0.0
-    for start in range(0, len(x), per_batch):
+    for start in _bar(range(0, len(x), per_batch), f"IWAE bound (k={k})", progress):
         lw = log_weights(model, x[start : start + per_batch], k, generator)
         total += (torch.logsumexp(lw.double(), dim=1) - math.log(k)).sum().item()
     return -total / len(x)
@@ -296,7 +304,7 @@ def score_vae(model, recon: str, test_x: torch.Tensor, clf: Classifier, referenc
     test images the samples are compared with."""
     device = next(model.parameters()).device
     m = {f"test_{k}": v for k, v in test_bound(model, test_x, recon, beta, recon_weight,
-                                                generator=generator(seed + 4, device)).items()}
+                                                generator=generator(seed + 4, device), progress=True).items()}
     if recon == "bce":
         m["iwae_k"] = iwae_k
         m["test_iwae"] = iwae_bound(model, test_x[:iwae_images], iwae_k, generator(seed + 5, device))

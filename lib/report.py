@@ -158,14 +158,20 @@ def plan(notebooks: list[str], profile: str, overrides: dict[str, Any], output_d
 
 
 def _show_final_paths(ipynb: Path, tmp: Path, report: Path) -> None:
-    """The executed notebook's injected-parameters cell shows where its files end up, not the temp folder."""
+    """The executed notebook shows where its files end up (report/), not the temporary build folder."""
     import nbformat
 
+    final = str(report.relative_to(ROOT)) if report.is_relative_to(ROOT) else str(report)
     nb = nbformat.read(str(ipynb), as_version=4)
     for cell in nb.cells:
         if "injected-parameters" in cell.metadata.get("tags", []):
-            cell.source = cell.source.replace(str(tmp), str(report.relative_to(ROOT)) if report.is_relative_to(ROOT)
-                                              else str(report))
+            cell.source = cell.source.replace(str(tmp), final)
+        for out in cell.get("outputs", []):  # e.g. a printed config table
+            if isinstance(out.get("text"), str):
+                out["text"] = out["text"].replace(str(tmp), str(report))
+            for mime, value in out.get("data", {}).items():
+                if mime.startswith("text/") and isinstance(value, str):
+                    out["data"][mime] = value.replace(str(tmp), str(report))
     nbformat.write(nb, str(ipynb))
 
 
