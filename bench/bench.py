@@ -420,13 +420,14 @@ class Variant:
     bf16: bool = False
     compile: bool = False
     onednn_matmul: bool = False  # torch.backends.mkldnn.matmul.fp32_precision = "bf16" (see plan())
+    allocator: str = "tuned"  # default (glibc as the process started) | tuned (lib.config.tune_allocator)
     rounds: int | None = None  # None: every round
     note: str = ""
 
     def settings(self) -> dict[str, Any]:
         return {"pipeline": self.pipeline, "threads": self.threads, "channels_last": self.channels_last,
                 "adam": self.adam, "bf16_autocast": self.bf16, "torch_compile": self.compile,
-                "mkldnn_matmul_fp32_precision_bf16": self.onednn_matmul}
+                "mkldnn_matmul_fp32_precision_bf16": self.onednn_matmul, "allocator": self.allocator}
 
 
 def _adam(params, lr, betas, kind: str):
@@ -565,7 +566,7 @@ class LibVAERunner(Runner):
         self.spec = spec
         self.model = ltrain.build_vae(spec)  # the lib's builder: init from the run's seed
         if variant.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
+            self.model = ltrain.prepare_vae(self.model, torch.device("cpu"))  # fit_vae's layout
         self.init_state = {k: t.clone() for k, t in self.model.state_dict().items()}
         self.fwd_model = torch.compile(self.model) if variant.compile else self.model
         self.step_fn, self.step_source = resolve_vae_step(variant.bf16)
@@ -583,7 +584,7 @@ class LibVAERunner(Runner):
         idx = self.stream.next()
         x = self.train_x[idx]
         if self.v.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+            x = ltrain.as_input(x)
         kw = dict(recon="bce", beta=self.beta, recon_weight=1.0, generator=self.g_noise)
         if self.v.bf16:
             kw["autocast_dtype"] = torch.bfloat16
@@ -850,49 +851,52 @@ def flops_per_image() -> dict[str, dict[str, float]]:
 # The benchmark plan
 # ============================================================================================
 
+def lib_precision(model: str) -> bool:
+    """Whether fit_vae / fit_gan train ``model`` under bf16 autocast here (precision="auto")."""
+    from lib.config import resolve_precision
+
+    cfg = dict(epochs=1, batch_size=BATCH, lr=1e-3, latent_dim=8, seed=0, train_subset=None, test_subset=None,
+               precision=resolve_precision("auto", torch.device("cpu")))
+    return ltrain.spec_from(cfg, "bench", model=model).precision == "bf16"
+
+
 def plan(model: str, compile_ok: bool, headline_rounds: int, other_rounds: int) -> list[Variant]:
-    """The variants per model. The seed, the lib default and the combined variants get
-    ``headline_rounds``; single-change variants ``other_rounds``."""
+    """The variants per model. ``lib`` is the project's path as fit_vae / fit_gan run it here
+    (channels_last for the VAEs, fused Adam, bf16 autocast where precision="auto" picks it, the
+    allocator setting of lib.config.set_threads); every other ``lib ...`` variant undoes one of
+    those choices, ``lib plain`` undoes all of them. The seed, lib and the seed with lib's
+    allocator setting get ``headline_rounds``; the others ``other_rounds``."""
     R, r = headline_rounds, other_rounds
-    if model == "ConvVAE":
-        vs = [
-            Variant("seed", pipeline="seed", rounds=R, note="torchvision DataLoader+ToTensor, encoder twice"),
-            Variant("lib", rounds=R, note="fit_vae today: fp32, NCHW, Adam for-loop"),
-            Variant("lib threads=1", threads=1, rounds=r),
-            Variant("lib channels_last", channels_last=True, rounds=r),
-            Variant("lib adam foreach", adam="foreach", rounds=r),
-            Variant("lib adam fused", adam="fused", rounds=r),
-            Variant("lib bf16 autocast", bf16=True, rounds=r, note="model under autocast, loss in fp32"),
-            Variant("lib cl+fused", channels_last=True, adam="fused", rounds=R),
-            Variant("lib cl+fused+bf16", channels_last=True, adam="fused", bf16=True, rounds=R),
-        ]
-        if compile_ok:
-            vs.append(Variant("lib compile", compile=True, rounds=r, note="torch.compile(model), fp32, time-boxed"))
-        return vs
-    if model == "BetaVAE":
-        return [
-            Variant("seed", pipeline="seed", rounds=R, note="torchvision DataLoader+ToTensor+view, shared BN"),
-            Variant("lib", rounds=R, note="fit_vae today"),
-            Variant("lib threads=1", threads=1, rounds=r),
-            Variant("lib adam fused", adam="fused", rounds=r),
-            Variant("lib channels_last", channels_last=True, rounds=r),
-            Variant("lib bf16 autocast", bf16=True, rounds=r),
-            Variant("lib cl+fused", channels_last=True, adam="fused", rounds=R),
-        ]
+    bf16 = lib_precision(model)
+    vae = model != "GAN"
+    base = dict(channels_last=vae, adam="fused", bf16=bf16)
+    prec = "bf16 autocast" if bf16 else "fp32"
+    what = ("fit_vae: channels_last, fused Adam, " if vae else "fit_gan: fused Adam, ") + prec + ", tuned allocator"
+    vs = [
+        Variant("seed", pipeline="seed", allocator="default", rounds=R, note={
+            "ConvVAE": "torchvision DataLoader+ToTensor, encoder twice",
+            "BetaVAE": "torchvision DataLoader+ToTensor+view, shared BN",
+            "GAN": "torchvision DataLoader+ToTensor+Normalize, numpy noise"}[model]),
+        Variant("seed, tuned allocator", pipeline="seed", rounds=R,
+                note="the seed pipeline with lib's allocator setting (same process, later phase)"),
+        Variant("lib", rounds=R, note=what, **base),
+        Variant("lib default allocator", allocator="default", rounds=r, **base),
+        Variant("lib threads=1", threads=1, rounds=r, **base),
+        Variant("lib adam for-loop", rounds=r, **{**base, "adam": "default"}),
+    ]
+    if vae:
+        vs.append(Variant("lib NCHW", rounds=r, **{**base, "channels_last": False}))
+    vs.append(Variant("lib fp32" if bf16 else "lib bf16 autocast", rounds=r, **{**base, "bf16": not bf16},
+                      note="" if bf16 else "what bf16 would give (lib keeps fp32 for this model)"))
     if model == "GAN":
-        return [
-            Variant("seed", pipeline="seed", rounds=R, note="torchvision DataLoader+ToTensor+Normalize, numpy noise"),
-            Variant("lib", rounds=R, note="fit_gan today: lib.train.g_step/d_step"),
-            Variant("lib threads=1", threads=1, rounds=r),
-            Variant("lib adam foreach", adam="foreach", rounds=r),
-            Variant("lib adam fused", adam="fused", rounds=r),
-            Variant("lib bf16 autocast", bf16=True, rounds=r),
-            Variant("lib onednn matmul", onednn_matmul=True, rounds=r,
-                    note="mkldnn fp32_precision='bf16': fp32 Linear via oneDNN instead of MKL"),
-            Variant("lib fused+bf16", adam="fused", bf16=True, rounds=R),
-            Variant("lib fused+onednn", adam="fused", onednn_matmul=True, rounds=R),
-        ]
-    raise ValueError(model)
+        vs.append(Variant("lib fp32 onednn matmul", onednn_matmul=True, rounds=r, **{**base, "bf16": False},
+                          note="mkldnn fp32_precision='bf16': fp32 Linear via oneDNN instead of MKL"))
+    vs.append(Variant("lib plain", allocator="default", rounds=r,
+                      note="all of the above off: fp32, NCHW, Adam for-loop, default allocator"))
+    if compile_ok and model == "ConvVAE":
+        vs.append(Variant("lib compile", compile=True, rounds=r, note="lib + torch.compile(model), time-boxed",
+                          **base))
+    return vs
 
 
 BETA_FOR_BENCH = 2.0  # the seed's β-VAE used beta=2
@@ -913,149 +917,166 @@ def _loss_diff(ev: dict[str, float], ref: dict[str, float]) -> dict[str, float]:
     return {k: ev[k] - ref[k] for k in ref if k in ev}
 
 
-def bench_model(model: str, args, peaks: PeakLog, flops: dict[str, float], deadline: float,
-                log: Callable[[str], None]) -> dict[str, Any]:
-    """Time every variant of ``model`` in alternating rounds; score the loss after the same steps.
+class ModelBench:
+    """Every variant of one model: built once, timed in alternating rounds phase by phase, then
+    scored. Phase "default" runs the variants that need glibc's allocator as the process started;
+    phase "tuned" the rest, after lib.config.tune_allocator() (which cannot be undone)."""
 
-    Rounds beyond the second stop once ``deadline`` (a perf_counter time) has passed."""
-    steps = args.steps if model == "ConvVAE" else args.steps_small
-    warmup = args.warmup
-    variants = plan(model, not args.no_compile, args.repeats, args.other_repeats)
-    runners: dict[str, Runner] = {}
-    results: dict[str, dict[str, Any]] = {}
-    for v in variants:
-        results[v.name] = {"settings": v.settings(), "note": v.note, "seconds": [], "images_per_s": [],
-                           "round_ratio_vs_seed": [], "status": "ok"}
-        try:
-            runners[v.name] = make_runner(model, v)
-            results[v.name]["step_source"] = runners[v.name].step_source
-        except Exception as e:  # noqa: BLE001 - a variant that cannot be built is reported, not fatal
-            results[v.name]["status"] = f"skipped: {type(e).__name__}: {e}"
+    def __init__(self, model: str, args, flops: dict[str, float], log: Callable[[str], None]):
+        self.model, self.args, self.flops, self.log = model, args, flops, log
+        self.steps = args.steps if model == "ConvVAE" else args.steps_small
+        self.variants = plan(model, not args.no_compile, args.repeats, args.other_repeats)
+        self.runners: dict[str, Runner] = {}
+        self.results: dict[str, dict[str, Any]] = {}
+        self.rounds = {"default": 0, "tuned": 0}
+        for v in self.variants:
+            self.results[v.name] = {"settings": v.settings(), "note": v.note, "phase": v.allocator, "seconds": [],
+                                    "images_per_s": [], "round_ratio_vs_seed_same_phase": [], "status": "ok"}
+            try:
+                self.runners[v.name] = make_runner(model, v)
+                self.results[v.name]["step_source"] = self.runners[v.name].step_source
+            except Exception as e:  # noqa: BLE001 - a variant that cannot be built is reported, not fatal
+                self.results[v.name]["status"] = f"skipped: {type(e).__name__}: {e}"
 
-    # First compile: time-boxed, outside the timed rounds (it is that variant's first warm-up).
-    for v in variants:
-        if not (v.compile and v.name in runners):
-            continue
-        box = min(args.compile_timeout, deadline - time.perf_counter() - 30)
+    def _compile(self, v: Variant, deadline: float) -> None:
+        """First compile: time-boxed, outside the timed rounds (it is that variant's first warm-up)."""
+        res = self.results[v.name]
+        box = min(self.args.compile_timeout, deadline - time.perf_counter() - 30)
         if box < 10:
-            results[v.name]["status"] = "skipped: not enough time left in the budget to compile"
-            del runners[v.name]
-            continue
-        log(f"  {model} {v.name}: compiling (time box {box:.0f} s) ...")
+            res["status"] = "skipped: not enough time left in the budget to compile"
+            del self.runners[v.name]
+            return
+        self.log(f"  {self.model} {v.name}: compiling (time box {box:.0f} s) ...")
         t = time.perf_counter()
         try:
             with time_box(box):
-                runners[v.name].run(warmup=2, steps=0)
-            results[v.name]["compile_seconds"] = round(time.perf_counter() - t, 1)
-            log(f"  {model} {v.name}: first (compiling) steps took {results[v.name]['compile_seconds']} s")
+                self.runners[v.name].run(warmup=2, steps=0)
+            res["compile_seconds"] = round(time.perf_counter() - t, 1)
+            self.log(f"  {self.model} {v.name}: first (compiling) steps took {res['compile_seconds']} s")
         except Exception as e:  # noqa: BLE001 - CompileTimeout or a compiler failure
             first_line = (str(e).strip().splitlines() or [""])[0]
-            results[v.name]["status"] = f"skipped: {type(e).__name__}: {first_line}"[:300]
-            results[v.name]["compile_seconds"] = round(time.perf_counter() - t, 1)
-            del runners[v.name]
+            res["status"] = f"skipped: {type(e).__name__}: {first_line}"[:300]
+            res["compile_seconds"] = round(time.perf_counter() - t, 1)
+            del self.runners[v.name]
             torch._dynamo.reset()
-            log(f"  {model} {v.name}: {results[v.name]['status']}")
+            self.log(f"  {self.model} {v.name}: {res['status']}")
 
-    n_rounds = max(v.rounds or args.repeats for v in variants)
-    rounds_done = 0
-    # Past ``deadline`` no third round starts; past ``hard`` (a busy machine) no second round, and
-    # only the headline pair (seed, lib) still runs in the first.
-    hard = deadline + 0.5 * max(deadline - time.perf_counter(), 0)
-    for rnd in range(n_rounds):
-        now = time.perf_counter()
-        if (rnd >= 2 and now > deadline) or (rnd >= 1 and now > hard):
-            log(f"  {model}: time budget reached, stopping after {rnd} round(s)")
-            break
-        active = [v for v in variants if v.name in runners and rnd < (v.rounds or args.repeats)]
-        order = active[rnd % len(active):] + active[: rnd % len(active)]  # rotate the order each round
-        seed_ips = None
-        for v in order:
-            if time.perf_counter() > hard and v.name not in ("seed", "lib"):
-                if not results[v.name]["images_per_s"]:
-                    results[v.name]["status"] = "skipped: time budget spent (busy machine?)"
-                continue
-            gc.collect()
-            sec = runners[v.name].run(warmup, steps, seed=0)
-            ips = steps * BATCH / sec
-            results[v.name]["seconds"].append(round(sec, 4))
-            results[v.name]["images_per_s"].append(round(ips, 1))
-            if v.pipeline == "seed":
-                seed_ips = ips
-        if seed_ips is not None:
+    def time_phase(self, phase: str, peaks: PeakLog, deadline: float) -> None:
+        """Alternating rounds over this phase's variants. Rounds beyond the second stop once
+        ``deadline`` (a perf_counter time) has passed; on a very busy machine only the seed and
+        lib pair still runs."""
+        variants = [v for v in self.variants if v.allocator == phase and v.name in self.runners]
+        for v in variants:
+            if v.compile:
+                self._compile(v, deadline)
+        variants = [v for v in variants if v.name in self.runners]
+        if not variants:
+            return
+        seed_name = next((v.name for v in variants if v.pipeline == "seed"), None)
+        headline = {"seed", "lib", "seed, tuned allocator"}
+        n_rounds = max(v.rounds or self.args.repeats for v in variants)
+        hard = deadline + 0.5 * max(deadline - time.perf_counter(), 0)
+        for rnd in range(n_rounds):
+            now = time.perf_counter()
+            if (rnd >= 2 and now > deadline) or (rnd >= 1 and now > hard):
+                self.log(f"  {self.model} ({phase} allocator): time budget reached, stopping after {rnd} round(s)")
+                break
+            active = [v for v in variants if rnd < (v.rounds or self.args.repeats)]
+            order = active[rnd % len(active):] + active[: rnd % len(active)]  # rotate the order each round
+            done = {}
             for v in order:
-                if v.pipeline != "seed" and len(results[v.name]["images_per_s"]) == rounds_done + 1:
-                    results[v.name]["round_ratio_vs_seed"].append(
-                        round(results[v.name]["images_per_s"][-1] / seed_ips, 3))
-        peaks.measure()
-        rounds_done += 1
-        log(f"  {model} round {rnd + 1}/{n_rounds}: " + ", ".join(
-            f"{v.name} {results[v.name]['images_per_s'][-1]:.0f}" for v in order
-            if len(results[v.name]["images_per_s"]) == rounds_done))
+                res = self.results[v.name]
+                if time.perf_counter() > hard and v.name not in headline:
+                    if not res["images_per_s"]:
+                        res["status"] = "skipped: time budget spent (busy machine?)"
+                    continue
+                gc.collect()
+                sec = self.runners[v.name].run(self.args.warmup, self.steps, seed=0)
+                done[v.name] = self.steps * BATCH / sec
+                res["seconds"].append(round(sec, 4))
+                res["images_per_s"].append(round(done[v.name], 1))
+            if seed_name in done:
+                for name, ips in done.items():
+                    if name != seed_name:
+                        self.results[name]["round_ratio_vs_seed_same_phase"].append(round(ips / done[seed_name], 3))
+            peaks.measure()
+            self.rounds[phase] += 1
+            self.log(f"  {self.model} ({phase} allocator) round {rnd + 1}/{n_rounds}: "
+                     + ", ".join(f"{name} {ips:.0f}" for name, ips in done.items()))
 
-    # Loss check: each runner's model is the result of warmup+steps identical steps (seed 0).
-    ref_name = "lib"
-    evals = {name: r.evaluate() for name, r in runners.items() if results[name]["images_per_s"]}
-    ref = evals.get(ref_name)
-    noise = None
-    if ref is not None:
-        noise_runs = []
-        for sd in (1, 2):
-            runners[ref_name].run(warmup, steps, seed=sd)
-            noise_runs.append(runners[ref_name].evaluate())
-        noise = {k: max(abs(nr[k] - ref[k]) for nr in noise_runs) for k in ref}
+    def finish(self, peaks: PeakLog) -> dict[str, Any]:
+        """Loss check and figures. Each runner's model is the result of warmup+steps identical steps
+        (seed 0); 'noise' is how far lib moves when only the data order and sampling noise change."""
+        ref_name = "lib"
+        r_all = self.results
+        evals = {name: r.evaluate() for name, r in self.runners.items() if r_all[name]["images_per_s"]}
+        ref = evals.get(ref_name)
+        noise = None
+        if ref is not None:
+            noise_runs = []
+            for sd in (1, 2):
+                self.runners[ref_name].run(self.args.warmup, self.steps, seed=sd)
+                noise_runs.append(self.runners[ref_name].evaluate())
+            noise = {k: max(abs(nr[k] - ref[k]) for nr in noise_runs) for k in ref}
 
-    lib_med = statistics.median(results[ref_name]["images_per_s"]) if results.get(ref_name, {}).get("images_per_s") else None
-    for v in variants:
-        res = results[v.name]
-        if not res["images_per_s"]:
-            continue
-        ips = res["images_per_s"]
-        med = statistics.median(ips)
-        th = v.threads or torch.get_num_threads()
-        peak, peak_mm = peaks.peak(th), peaks.peak(th, "mm")
-        f_exec = flops[v.pipeline]
-        gflops = med * f_exec / 1e9
-        res.update({
-            "images_per_s_median": round(med, 1),
-            "images_per_s_min": min(ips), "images_per_s_max": max(ips),
-            "images_per_repeat": steps * BATCH, "warmup_steps": warmup, "rounds": len(ips),
-            "threads": th,
-            "gflop_per_image_executed": round(f_exec / 1e9, 6),
-            "gflops_executed": round(gflops, 2),
-            "gflops_useful": round(med * flops["lib"] / 1e9, 2),
-            "fp32_matmul_peak_gflops": round(peak, 2) if peak else None,
-            "fraction_of_fp32_peak": round(gflops / peak, 4) if peak else None,
-            "fraction_of_torch_mm_peak": round(gflops / peak_mm, 4) if peak_mm else None,
-        })
-        if res["round_ratio_vs_seed"]:
-            res["ratio_vs_seed_median"] = round(statistics.median(res["round_ratio_vs_seed"]), 3)
-        if lib_med and v.pipeline == "lib":
-            res["ratio_vs_lib_default"] = round(med / lib_med, 3)
-        if v.name in evals:
-            res["eval_after_steps"] = {k: round(val, 4) for k, val in evals[v.name].items()}
-            if ref is not None and v.pipeline == "lib":
-                d = _loss_diff(evals[v.name], ref)
-                res["loss_diff_vs_lib_default"] = {k: round(val, 4) for k, val in d.items()}
-                if noise:
-                    keys = ["neg_elbo"] if "neg_elbo" in d else ["d_loss", "g_loss"]
-                    res["loss_within_noise"] = all(abs(d[k]) <= noise[k] + 1e-6 for k in keys)
-    return {
-        "variants": results,
-        "rounds": rounds_done,
-        "steps_per_repeat": steps,
-        "warmup_steps": warmup,
-        "flop_per_image": {k: int(v) for k, v in flops.items()},
-        "loss_check": {
-            "metric": "neg_elbo (nats/image) on the first 1024 test images, eval mode, fixed noise"
-            if model != "GAN" else "d_loss and g_loss on 1024 test images and 1024 fixed z, eval mode",
-            "after_steps": warmup + steps,
-            "reference": "lib (fp32 default), data order/noise seed 0",
-            "reference_value": {k: round(v, 4) for k, v in ref.items()} if ref else None,
-            "noise": {k: round(v, 4) for k, v in noise.items()} if noise else None,
-            "noise_definition": "largest |change| of the reference when only the data order and sampling "
-                                "noise change (seeds 1 and 2), same initial weights",
-        },
-    }
+        def med(name):
+            ips = r_all.get(name, {}).get("images_per_s")
+            return statistics.median(ips) if ips else None
+
+        seed_med, lib_med = med("seed"), med(ref_name)
+        for v in self.variants:
+            res = r_all[v.name]
+            if not res["images_per_s"]:
+                continue
+            ips = res["images_per_s"]
+            m = statistics.median(ips)
+            th = v.threads or torch.get_num_threads()
+            peak, peak_mm = peaks.peak(th), peaks.peak(th, "mm")
+            f_exec = self.flops[v.pipeline]
+            gflops = m * f_exec / 1e9
+            res.update({
+                "images_per_s_median": round(m, 1),
+                "images_per_s_min": min(ips), "images_per_s_max": max(ips),
+                "images_per_repeat": self.steps * BATCH, "warmup_steps": self.args.warmup, "rounds": len(ips),
+                "threads": th,
+                "gflop_per_image_executed": round(f_exec / 1e9, 6),
+                "gflops_executed": round(gflops, 2),
+                "gflops_useful": round(m * self.flops["lib"] / 1e9, 2),
+                "fp32_matmul_peak_gflops": round(peak, 2) if peak else None,
+                "fraction_of_fp32_peak": round(gflops / peak, 4) if peak else None,
+                "fraction_of_torch_mm_peak": round(gflops / peak_mm, 4) if peak_mm else None,
+            })
+            if seed_med and v.name != "seed":
+                res["ratio_vs_seed_median"] = round(m / seed_med, 3)
+            if res["round_ratio_vs_seed_same_phase"]:
+                res["ratio_vs_seed_same_phase_median"] = round(statistics.median(res["round_ratio_vs_seed_same_phase"]), 3)
+            if lib_med and v.pipeline == "lib":
+                res["ratio_vs_lib"] = round(m / lib_med, 3)
+            if v.name in evals:
+                res["eval_after_steps"] = {k: round(val, 4) for k, val in evals[v.name].items()}
+                if ref is not None and v.pipeline == "lib":
+                    d = _loss_diff(evals[v.name], ref)
+                    res["loss_diff_vs_lib"] = {k: round(val, 4) for k, val in d.items()}
+                    if noise:
+                        keys = ["neg_elbo"] if "neg_elbo" in d else ["d_loss", "g_loss"]
+                        res["loss_within_noise"] = all(abs(d[k]) <= noise[k] + 1e-6 for k in keys)
+        return {
+            "variants": r_all,
+            "rounds": dict(self.rounds),
+            "steps_per_repeat": self.steps,
+            "warmup_steps": self.args.warmup,
+            "flop_per_image": {k: int(v) for k, v in self.flops.items()},
+            "loss_check": {
+                "metric": "neg_elbo (nats/image) on the first 1024 test images, eval mode, fixed noise"
+                if self.model != "GAN" else "d_loss and g_loss on 1024 test images and 1024 fixed z, eval mode",
+                "after_steps": self.args.warmup + self.steps,
+                "reference": "lib (the project's path), data order/noise seed 0",
+                "reference_value": {k: round(v, 4) for k, v in ref.items()} if ref else None,
+                "noise": {k: round(v, 4) for k, v in noise.items()} if noise else None,
+                "noise_definition": "largest |change| of the reference when only the data order and sampling "
+                                    "noise change (seeds 1 and 2), same initial weights",
+            },
+        }
 
 
 # ============================================================================================
@@ -1076,8 +1097,12 @@ def print_table(report: dict[str, Any]) -> None:
     print("2048x2048 matmul, best (median) GFLOP/s: " + ", ".join(
         f"{k} {v['peak_gflops']:.0f} ({v['median_gflops']:.0f})" for k, v in pk.items()))
     print(f"load average: start {report['loadavg_start']}, end {report['loadavg_end']}")
-    hdr = (f"{'model':8} {'variant':19} {'img/s':>7} {'[min-max]':>13} {'x seed':>7} {'x lib':>6} "
-           f"{'GFLOP/s':>8} {'%peak':>6} {'%mm':>5} {'Δloss':>8} {'ok?':>4}")
+    al = m.get("allocator", {})
+    print(f"allocator: phase 'default' = glibc as the process started; phase 'tuned' = lib.config.tune_allocator() "
+          f"(applied: {al.get('tuned_in_phase_2')})")
+    W = 22
+    hdr = (f"{'model':8} {'variant':{W}} {'phase':>7} {'img/s':>7} {'[min-max]':>13} {'x seed':>7} {'x s.ph':>7} "
+           f"{'x lib':>6} {'GFLOP/s':>8} {'%peak':>6} {'%mm':>5} {'Δloss':>8} {'ok?':>4}")
     for model, res in report["models"].items():
         print()
         gf = res["flop_per_image"]
@@ -1086,7 +1111,7 @@ def print_table(report: dict[str, Any]) -> None:
         noise = lc["noise"] or {}
         print(f"{model}: {gf['lib'] / 1e9:.4f} GFLOP/image per training step (lib), {gf['seed'] / 1e9:.4f} (seed); "
               f"{res['steps_per_repeat'] * BATCH} timed images per repeat after {res['warmup_steps']} warm-up steps, "
-              f"{res['rounds']} rounds")
+              f"rounds: {res['rounds']['default']} (default allocator), {res['rounds']['tuned']} (tuned)")
         print(f"  loss check after {lc['after_steps']} steps: lib = "
               + ", ".join(f"{k} {lc['reference_value'][k]:.3f}" for k in nkeys if lc["reference_value"])
               + "; noise (other data-order seeds) = " + ", ".join(f"{k} ±{noise[k]:.3f}" for k in nkeys if k in noise))
@@ -1094,28 +1119,31 @@ def print_table(report: dict[str, Any]) -> None:
         print("-" * len(hdr))
         for name, r in res["variants"].items():
             if "images_per_s_median" not in r:
-                print(f"{model:8} {name:19} {r['status']}")
+                print(f"{model:8} {name:{W}} {r['status']}")
                 continue
-            d = r.get("loss_diff_vs_lib_default", {})
+            d = r.get("loss_diff_vs_lib", {})
             dtxt = "/".join(format(d[k], "+.2f") for k in nkeys if k in d) if name != "lib" else ""
             ok = r.get("loss_within_noise")
             frac, frac_mm = r.get("fraction_of_fp32_peak"), r.get("fraction_of_torch_mm_peak")
-            print(f"{model:8} {name:19} {r['images_per_s_median']:7.0f} "
+            print(f"{model:8} {name:{W}} {r['phase']:>7} {r['images_per_s_median']:7.0f} "
                   f"{'[' + format(r['images_per_s_min'], '.0f') + '-' + format(r['images_per_s_max'], '.0f') + ']':>13} "
-                  f"{_fmt(r.get('ratio_vs_seed_median'), '.2f', 'x'):>7} {_fmt(r.get('ratio_vs_lib_default'), '.2f'):>6} "
+                  f"{_fmt(r.get('ratio_vs_seed_median'), '.2f', 'x'):>7} "
+                  f"{_fmt(r.get('ratio_vs_seed_same_phase_median'), '.2f', 'x'):>7} {_fmt(r.get('ratio_vs_lib'), '.2f'):>6} "
                   f"{r['gflops_executed']:8.1f} {_fmt(frac and 100 * frac, '.0f', '%'):>6} "
                   f"{_fmt(frac_mm and 100 * frac_mm, '.0f', '%'):>5} {dtxt:>8} "
                   f"{'' if ok is None or name == 'lib' else ('yes' if ok else 'NO'):>4}")
     t = report["targets"]
     print()
-    print("img/s: median over rounds; x seed: median of per-round ratios to the seed pipeline; GFLOP/s: median img/s x")
-    print("FLOPs executed per image (the seed's ConvVAE includes its second encoder pass); %peak: of the best fp32")
-    print("2048^2 matmul at the variant's thread count (torch.mm or oneDNN, whichever is faster here); %mm: of torch.mm")
-    print("alone. Δloss: variant - lib default after the same steps (VAEs: neg. ELBO nats/image; GAN: d_loss/g_loss);")
-    print("ok?: |Δloss| <= the default's own spread over data-order seeds.")
+    print("img/s: median over rounds; x seed: median img/s over the seed pipeline's median (the seed as it ran, default")
+    print("allocator); x s.ph: median of per-round ratios to the seed run of the same round and phase (for the tuned phase:")
+    print("the seed with lib's allocator setting too); GFLOP/s: median img/s x FLOPs executed per image (the seed's")
+    print("ConvVAE includes its second encoder pass); %peak: of the best fp32 2048^2 matmul at the variant's thread count")
+    print("(torch.mm or oneDNN, whichever is faster here); %mm: of torch.mm alone. Δloss: variant - lib after the same")
+    print("steps (VAEs: neg. ELBO nats/image; GAN: d_loss/g_loss); ok?: |Δloss| <= lib's own spread over data-order seeds.")
     print()
     print(f"Targets (reported, never asserted): lib ConvVAE {_fmt(t['lib_vs_seed_ratio'], '.2f')}x the seed "
-          f"(target >= {TARGET_RATIO}x: {'met' if t['ratio_met'] else 'not met'}), "
+          f"(target >= {TARGET_RATIO}x: {'met' if t['ratio_met'] else 'not met'}; "
+          f"{_fmt(t.get('lib_vs_seed_same_allocator'), '.2f')}x when the seed gets lib's allocator setting too), "
           f"{_fmt(t['lib_fraction_of_peak'] and 100 * t['lib_fraction_of_peak'], '.0f')}% of fp32 matmul peak "
           f"(target >= {100 * TARGET_PEAK:.0f}%: {'met' if t['peak_met'] else 'not met'}).")
     if t.get("best_variant"):
@@ -1157,9 +1185,12 @@ def main(argv: list[str] | None = None) -> int:
     def log(msg: str) -> None:
         print(f"[{time.perf_counter() - t_start:6.1f} s] {msg}", flush=True)
 
-    from lib.config import set_threads
+    from lib.config import ALLOCATOR_SETTINGS, set_threads, tune_allocator
 
-    threads = set_threads()  # the project's own setting (every core for intra-op work)
+    # The project's thread setting, but glibc's allocator left as the process started: phase
+    # "default" (the seed as it ran, lib with the setting undone) comes first, because
+    # tune_allocator() cannot be undone within a process.
+    threads = set_threads(allocator=False)
     load_start = loadavg()
     machine = machine_description()
     log(f"{machine['cpu']['model_name']}, {machine['usable_cpus']} CPUs, torch {machine['torch']}, {threads} threads, "
@@ -1176,13 +1207,26 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [m for m in models if m not in MODEL_BUDGET_SHARE]
     if unknown:
         p.error(f"unknown model(s) {unknown}; choose from {list(MODEL_BUDGET_SHARE)}")
-    shares = [MODEL_BUDGET_SHARE[m] for m in models]
-    results = {}
+    benches = {m: ModelBench(m, args, flops[m], log) for m in models}
+    # Budget: per phase in proportion to its timed runs, per model by MODEL_BUDGET_SHARE.
+    weights = {(m, ph): MODEL_BUDGET_SHARE[m] * sum((v.rounds or args.repeats) for v in benches[m].variants
+                                                    if v.allocator == ph)
+               for m in models for ph in ("default", "tuned")}
+    total_w = sum(weights.values()) or 1.0
     t0 = time.perf_counter()
-    for i, model in enumerate(models):
-        deadline = t_start + (t0 - t_start) + (args.budget - (t0 - t_start)) * sum(shares[: i + 1]) / sum(shares)
-        log(f"{model}: start (rounds beyond 2 until t = {deadline - t_start:.0f} s)")
-        results[model] = bench_model(model, args, peaks, flops[model], deadline, log)
+    spent_w = 0.0
+    allocator_tuned = False
+    for phase in ("default", "tuned"):
+        if phase == "tuned":
+            allocator_tuned = tune_allocator()
+            log(f"allocator: lib.config.tune_allocator() -> {allocator_tuned} ({ALLOCATOR_SETTINGS})")
+        for model in models:
+            spent_w += weights[(model, phase)]
+            deadline = t0 + (args.budget - (t0 - t_start)) * spent_w / total_w
+            log(f"{model}, {phase} allocator: start (rounds beyond 2 until t = {deadline - t_start:.0f} s)")
+            benches[model].time_phase(phase, peaks, deadline)
+    results = {m: b.finish(peaks) for m, b in benches.items()}
+    machine["allocator"] = {"tuned_in_phase_2": allocator_tuned, "settings": ALLOCATOR_SETTINGS}
     peaks.measure(full=True)
 
     conv = results.get("ConvVAE", {}).get("variants", {})
@@ -1195,6 +1239,9 @@ def main(argv: list[str] | None = None) -> int:
                 best_name, best = name, r
     targets = {
         "lib_vs_seed_ratio": lib_conv.get("ratio_vs_seed_median"),
+        "lib_vs_seed_ratio_definition": "median img/s of lib (the project's path, tuned allocator) over the median "
+                                        "img/s of the seed pipeline (glibc allocator as the process started)",
+        "lib_vs_seed_same_allocator": lib_conv.get("ratio_vs_seed_same_phase_median"),
         "ratio_target": TARGET_RATIO,
         "ratio_met": bool((lib_conv.get("ratio_vs_seed_median") or 0) >= TARGET_RATIO),
         "lib_fraction_of_peak": lib_conv.get("fraction_of_fp32_peak"),
@@ -1204,7 +1251,7 @@ def main(argv: list[str] | None = None) -> int:
         "best_variant": best_name,
         "best_ratio": best.get("ratio_vs_seed_median"),
         "best_fraction_of_peak": best.get("fraction_of_fp32_peak"),
-        "note": "reported, never asserted; 'best' = fastest lib ConvVAE variant whose loss is within noise",
+        "note": "reported, never asserted; 'best' = fastest lib ConvVAE variant whose loss is within noise of lib",
     }
     warnings = []
     cpus = machine["usable_cpus"] or 1

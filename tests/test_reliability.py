@@ -32,6 +32,8 @@ UNWRITABLE = "/proc/genmnist-cannot-write-here"  # even root cannot create folde
     ("05_noisy_data", {"noise_amounts": []}, r"'noise_amounts' = \[\] .*non-empty list"),
     ("03_gan", {"device": "tpu"}, r"'device' = 'tpu' .*'auto', 'cpu'"),
     ("03_gan", {"betas": [1.0]}, r"unknown parameter\(s\) \['betas'\] for 03_gan"),
+    ("01_vae_basic", {"lr_schedule": "step"}, r"'lr_schedule' = 'step' .*\['constant', 'cosine'\]"),
+    ("03_gan", {"lr_schedule": "cosine"}, r"unknown parameter\(s\) \['lr_schedule'\] for 03_gan"),
 ])
 def test_bad_parameters_name_parameter_and_allowed_values(nb, kwargs, pattern, tmp_path):
     with pytest.raises(ParameterError, match=pattern):
@@ -181,7 +183,9 @@ def _no_time(history):
 
 
 def test_killed_run_resumes_and_matches_an_uninterrupted_one(tmp_path, mnist_raw):
-    spec = RunSpec(tag="resume", epochs=3, train_subset=256, test_subset=128, batch_size=64, latent_dim=8)
+    # cosine schedule: the resumed run must also pick up the learning rate where it stopped
+    spec = RunSpec(tag="resume", epochs=3, train_subset=256, test_subset=128, batch_size=64, latent_dim=8,
+                   lr_schedule="cosine")
     full = fit_vae(spec, cache=tmp_path / "full", progress=False)
 
     def kill(epoch, row):
@@ -204,7 +208,7 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_one(tmp_path, mnist_raw
 def test_run_id_covers_parameters_data_and_code(monkeypatch):
     base = SPEC.run_id
     for change in (dict(recon="mse"), dict(epochs=3), dict(seed=1), dict(beta=2.0), dict(noise_amount=0.1),
-                   dict(lr=2e-3), dict(train_subset=None), dict(model="BetaVAE")):
+                   dict(lr=2e-3), dict(lr_schedule="cosine"), dict(train_subset=None), dict(model="BetaVAE")):
         assert RunSpec(**{**SPEC.key(), "adam_betas": SPEC.adam_betas, **change}).run_id != base, change
     monkeypatch.setattr(train, "source_hash", lambda: "other-code")
     assert SPEC.run_id != base
