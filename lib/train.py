@@ -144,6 +144,23 @@ def load_checkpoint(path: Path) -> dict[str, Any] | None:
         return None
 
 
+def _restore(path: Path, parts: dict[str, Any]) -> tuple[list[dict[str, float]], list[torch.Tensor]]:
+    """Load a run's checkpoint into ``parts`` (name -> module or optimiser). Returns the finished
+    epochs' (history, grids); both empty when there is no usable checkpoint."""
+    state = load_checkpoint(path)
+    if state is None:
+        return [], []
+    for name, part in parts.items():
+        part.load_state_dict(state[name])
+    return list(state["history"]), list(state["grids"])
+
+
+def _save(path: Path, parts: dict[str, Any], history: list, grids: list, run_id: str) -> None:
+    """Checkpoint after an epoch: every part's state, the history and grids so far (atomic)."""
+    save_checkpoint(path, {**{name: part.state_dict() for name, part in parts.items()},
+                           "history": history, "grids": grids, "run_id": run_id})
+
+
 def _progress(iterable, total: int, desc: str, enabled: bool):
     """A tqdm bar (widget in JupyterLab, text in make report's terminal); off in CI logs (CI=true)."""
     if not enabled or os.environ.get("CI"):
@@ -244,13 +261,8 @@ def fit_vae(
     model = prepare_vae(build_vae(spec), device)
     opt = _adam(model.parameters(), spec)
     amp = torch.bfloat16 if spec.precision == "bf16" else None
-    history: list[dict[str, float]] = []
-    grids: list[torch.Tensor] = []
-    state = load_checkpoint(path)
-    if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        history, grids = list(state["history"]), list(state["grids"])
+    parts = {"model": model, "opt": opt}
+    history, grids = _restore(path, parts)
     start = len(history)
     fixed_z = torch.randn(GRID, spec.latent_dim, generator=generator(spec.seed + 3)).to(device)
     if start >= spec.epochs:
@@ -284,8 +296,7 @@ def fit_vae(
                "test_bound": test["bound"], "train_seconds": train_seconds}
         history.append(row)
         grids.append(to_uint8(model.sample(GRID, z=fixed_z)))
-        save_checkpoint(path, {"model": model.state_dict(), "opt": opt.state_dict(), "history": history,
-                               "grids": grids, "run_id": run_id})
+        _save(path, parts, history, grids, run_id)
         if on_epoch_end is not None:
             on_epoch_end(epoch, row)
     model.eval()
@@ -336,15 +347,8 @@ def fit_gan(
     G, D = build_gan(spec)
     G, D = G.to(device), D.to(device)
     opt_g, opt_d = _adam(G.parameters(), spec), _adam(D.parameters(), spec)
-    history: list[dict[str, float]] = []
-    grids: list[torch.Tensor] = []
-    state = load_checkpoint(path)
-    if state is not None:
-        G.load_state_dict(state["G"])
-        D.load_state_dict(state["D"])
-        opt_g.load_state_dict(state["opt_g"])
-        opt_d.load_state_dict(state["opt_d"])
-        history, grids = list(state["history"]), list(state["grids"])
+    parts = {"G": G, "D": D, "opt_g": opt_g, "opt_d": opt_d}
+    history, grids = _restore(path, parts)
     start = len(history)
     fixed_z = torch.randn(GRID, spec.latent_dim, generator=generator(spec.seed + 3)).to(device)
     if start >= spec.epochs:
@@ -375,8 +379,7 @@ def fit_gan(
         history.append(row)
         G.eval()
         grids.append(to_uint8(G.sample(GRID, z=fixed_z)))
-        save_checkpoint(path, {"G": G.state_dict(), "D": D.state_dict(), "opt_g": opt_g.state_dict(),
-                               "opt_d": opt_d.state_dict(), "history": history, "grids": grids, "run_id": run_id})
+        _save(path, parts, history, grids, run_id)
         if on_epoch_end is not None:
             on_epoch_end(epoch, row)
     G.eval(), D.eval()
