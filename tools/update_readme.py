@@ -48,7 +48,8 @@ def headline(nb: str, runs: dict[str, dict]) -> str:
         return s + (f" (BCE VAE {v['fid']:.1f})" if g and v else "")
     if nb == "04_beta_vae":
         parts = [(k.split("beta=")[1], m) for k, m in runs.items() if k.startswith(f"{nb}:beta=")]
-        return "β=1 test bound " + ", ".join(f"β={b}: {m['test_bound']:.1f}" for b, m in parts) if parts else "–"
+        return ("test −ELBO (the unweighted bound) of the model trained with " + ", ".join(
+            f"β={b}: {m['test_bound']:.1f}" for b, m in parts) + " nats/image") if parts else "–"
     if nb == "05_noisy_data":
         parts = [(k.split(":noise ")[1], m) for k, m in runs.items() if k.startswith(f"{nb}:noise ")]
         parts.sort(key=lambda p: float(p[0].rstrip("%")))
