@@ -10,7 +10,7 @@ P ?=
 PORT ?= 8888
 
 .DEFAULT_GOAL := help
-.PHONY: help setup data test report lab bench check-html chromium clean
+.PHONY: help setup data test report lab bench check-html screenshots chromium clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-12s %s\n", $$1, $$2}'
@@ -43,8 +43,11 @@ report: $(STAMP) ## execute the notebooks into report/ (PROFILE=default; NB=01_v
 bench: $(STAMP) ## training throughput: seed pipeline vs lib, writes report/bench.json
 	$(PY) bench/bench.py
 
-check-html: $(STAMP) chromium ## headless-Chromium check of report/ (math typeset, images, links; screenshots)
+check-html: $(STAMP) chromium ## headless-Chromium check of report/ (math typeset, images, links)
 	$(PY) -m pytest -q tests/test_html.py --run-html
+
+screenshots: $(STAMP) chromium ## check-html, keeping a screenshot of each page in report/screenshots/
+	SCREENSHOT_DIR=$(CURDIR)/report/screenshots $(PY) -m pytest -q tests/test_html.py --run-html
 
 chromium: ## install Debian's chromium (for check-html) when it is missing
 	@command -v chromium >/dev/null 2>&1 || { \

@@ -9,7 +9,8 @@ report in headless Chromium with the network cut off and check what a reader see
   ``$$…$$`` in the notebook's Markdown, no MathJax error, no raw ``$$`` or ``$\\cmd…$`` left in
   the rendered Markdown text;
 * every ``<img>`` decoded (naturalWidth > 0); every link resolves (files exist, #anchors exist);
-* a screenshot of each page goes to ``<report>/screenshots/<page>.png``.
+* a screenshot of each page goes to ``$SCREENSHOT_DIR/<page>.png`` (``make screenshots`` sets it to
+  ``report/screenshots``; by default a temporary folder, so ``make test`` leaves the tree clean).
 
 The report folder is ``$REPORT_DIR`` (default: the repository's ``report/``). Chromium is driven
 through the DevTools protocol over ``--remote-debugging-pipe`` (stdlib only, no port opened).
@@ -35,6 +36,7 @@ from lib import html as H
 
 ROOT = Path(__file__).resolve().parent.parent
 REPORT_DIR = Path(os.environ.get("REPORT_DIR", ROOT / "report")).resolve()
+SCREENSHOT_DIR = os.environ.get("SCREENSHOT_DIR")
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
 INSTALL_HINT = "sudo apt-get install -y chromium   (Debian/Ubuntu), or set CHROMIUM=/path/to/chrome"
 PAGE_TIMEOUT = 45.0
@@ -374,10 +376,10 @@ def _expected_display_math(ipynb: Path) -> int:
 RAW_INLINE_TEX = re.compile(r"\$[^$\n]*\\[A-Za-z]+[^$\n]*\$")
 
 
-def check_page(browser: Chromium, report: Path, page: str) -> dict:
+def check_page(browser: Chromium, report: Path, page: str, shots: Path) -> dict:
     path = report / f"{page}.html"
     assert path.is_file(), f"{path} is missing; build the report first (make report)"
-    info = inspect_page(browser, path, report / "screenshots" / f"{page}.png")
+    info = inspect_page(browser, path, shots / f"{page}.png")
     where = f"{path.name}:"
     # self-contained, and it loaded cleanly
     outside = [u for u in info["requests"] if urlsplit(u).scheme not in ("file", "data", "blob", "about")]
@@ -411,16 +413,17 @@ def check_page(browser: Chromium, report: Path, page: str) -> dict:
         raw = RAW_INLINE_TEX.findall(text)
         assert raw == [], f"{where} raw inline TeX left in the rendered text: {raw[:5]}"
         assert info["toc"] > 0, f"{where} no table of contents"
-    assert (report / "screenshots" / f"{page}.png").stat().st_size > 5_000
+    assert (shots / f"{page}.png").stat().st_size > 5_000
     return info
 
 
-def test_report_pages_in_headless_chromium(browser):
+def test_report_pages_in_headless_chromium(browser, tmp_path):
     """index.html and every notebook page of $REPORT_DIR (02_vae_derivation required)."""
     report = REPORT_DIR
+    shots = Path(SCREENSHOT_DIR).resolve() if SCREENSHOT_DIR else tmp_path / "screenshots"
     assert (report / "index.html").is_file(), f"{report}/index.html is missing; build the report first (make report)"
     assert (report / "02_vae_derivation.html").is_file(), f"{report}/02_vae_derivation.html is missing"
-    seen = {page: check_page(browser, report, page) for page in _pages(report)}
+    seen = {page: check_page(browser, report, page, shots) for page in _pages(report)}
     assert seen["02_vae_derivation"]["display"] > 0, "the derivation page has no display maths"
     for nb in H.NOTEBOOKS:
         if (report / f"{nb}.html").exists():
@@ -430,7 +433,7 @@ def test_report_pages_in_headless_chromium(browser):
 def test_check_fails_when_maths_is_not_typeset(browser, tmp_path):
     """The page check must catch maths that is not typeset: break a good page three ways."""
     report = make_report(tmp_path / "report")
-    info = check_page(browser, report, "02_vae_derivation")
+    info = check_page(browser, report, "02_vae_derivation", tmp_path / "shots")
     assert info["display"] == 2 and info["containers"] >= 6  # 2 display, inline in text, heading, TOC, output
     page = (report / "02_vae_derivation.html").read_text()
     broken = {
@@ -442,7 +445,7 @@ def test_check_fails_when_maths_is_not_typeset(browser, tmp_path):
         (report / f"{name}.html").write_text(text)
         shutil.copy(report / "02_vae_derivation.ipynb", report / f"{name}.ipynb")
         with pytest.raises(AssertionError, match=expected):
-            check_page(browser, report, name)
+            check_page(browser, report, name, tmp_path / "shots")
     (report / H.MATHJAX_JS).unlink()
     with pytest.raises(AssertionError, match="failed loads|MathJax did not run"):
-        check_page(browser, report, "02_vae_derivation")
+        check_page(browser, report, "02_vae_derivation", tmp_path / "shots")
