@@ -9,8 +9,9 @@ What it checks (each a real property; the script exits 1 if any fails):
    model (ConvVAE, BetaVAE, GAN) there with finite losses, the parameters stay on the GPU, the
    checkpoint loads on a CPU-only reader and a second call is a cache hit.
 3. CPU and GPU agree: the same weights give the same encoder / decoder outputs (fp32, TF32 off) and
-   the same test bound with the same noise; one epoch of fp32 training on 2,048 images from the same
-   seed ends at test bounds within 2 % (the GPU draws its own noise stream, so they are not equal).
+   the same reconstruction loss at z = mu; one epoch of fp32 training on 2,048 images from the same
+   seed ends at test bounds within 5 % (the GPU draws its own noise stream, so they are not equal;
+   seeds 0, 1 and 2 on the CPU span 4 %).
 4. Evaluation runs on the GPU: test bound, IWAE bound and the classifier FID, the FID equal to the
    CPU's for the same classifier weights.
 5. Throughput, for information: ConvVAE training images/s on the GPU with the lib path (batch 64).
