@@ -105,15 +105,35 @@ def _nonempty_list(name, v):
 def resolve_device(device: str) -> torch.device:
     """'auto' -> CUDA when present, else CPU. 'cuda' without a GPU is an error."""
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            deterministic_cuda()
+            return torch.device("cuda")
+        return torch.device("cpu")
     if device == "cpu":
         return torch.device("cpu")
     if isinstance(device, str) and device.startswith("cuda"):
         if not torch.cuda.is_available():
             raise ParameterError(f"parameter 'device' = {device!r} is invalid: no CUDA GPU is available here; "
                                  "allowed 'auto' or 'cpu'")
+        deterministic_cuda()
         return torch.device(device)
     _fail("device", device, "'auto', 'cpu' or 'cuda' / 'cuda:N'")
+
+
+def deterministic_cuda() -> None:
+    """Make CUDA runs bit-reproducible, as CPU runs are: two runs of a notebook on the same GPU
+    give identical metrics.json. Without this, cuDNN's autotuned / atomic-add kernels made two
+    smoke runs of 04_beta_vae on an H200 differ in the 6th digit (tests/test_reliability.py).
+    Sets cuDNN's deterministic algorithms without autotuning, torch's deterministic kernels where
+    they exist (a warning, not an error, where none does), and a fixed cuBLAS workspace (this env
+    variable must be set before the first cuBLAS call; device resolution comes first in every
+    notebook). ``GENMNIST_DETERMINISTIC=0`` leaves torch's defaults (faster, not repeatable)."""
+    if os.environ.get("GENMNIST_DETERMINISTIC", "1") == "0":
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:

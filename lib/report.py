@@ -28,7 +28,8 @@ from .config import NOTEBOOKS, PROFILE_NAMES, PROFILES, ROOT, ParameterError, re
 REPORT = ROOT / "report"
 NB_DIR = ROOT / "notebooks"
 BIT_EQUALITY_NOTE = ("Numbers are reproducible bit for bit on the same machine, device and library versions "
-                     "(tests check two smoke runs give identical metrics.json). Bit equality across devices "
+                     "(tests check two smoke runs give identical metrics.json; on CUDA through "
+                     "lib.config.deterministic_cuda, checked on an H200). Bit equality across devices "
                      "(CPU vs CUDA), thread counts or library versions is not promised.")
 
 

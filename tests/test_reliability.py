@@ -1,5 +1,6 @@
 """Bad input, data faults, training faults, resumability and reproducibility (issue: reliability)."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -43,6 +44,40 @@ def test_bad_parameters_name_parameter_and_allowed_values(nb, kwargs, pattern, t
 def test_unknown_profile():
     with pytest.raises(ParameterError, match=r"'profile' = 'fast' .*\['smoke', 'default', 'full'\]"):
         resolve("03_gan", "fast")
+
+
+@pytest.fixture
+def restore_determinism_flags():
+    saved = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,
+             torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    yield
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved[:2]
+    torch.use_deterministic_algorithms(saved[2], warn_only=saved[3])
+
+
+@pytest.mark.parametrize("env, on", [(None, True), ("0", False)])
+def test_deterministic_cuda_sets_the_flags_unless_switched_off(monkeypatch, restore_determinism_flags, env, on):
+    """The settings that made two CUDA smoke runs bit-identical on an H200 (report/cuda_check.json);
+    checked here without a GPU since they are plain torch flags."""
+    if env is None:
+        monkeypatch.delenv("GENMNIST_DETERMINISTIC", raising=False)
+    else:
+        monkeypatch.setenv("GENMNIST_DETERMINISTIC", env)
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", "")  # recorded, so the test leaves the environment as it was
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG")
+    torch.use_deterministic_algorithms(False)
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = False, True
+    config.deterministic_cuda()
+    assert torch.backends.cudnn.deterministic is on
+    assert torch.backends.cudnn.benchmark is (not on)
+    assert torch.are_deterministic_algorithms_enabled() is on
+    assert (os.environ.get("CUBLAS_WORKSPACE_CONFIG") == ":4096:8") is on
+
+
+def test_cpu_device_leaves_torch_determinism_alone(restore_determinism_flags):
+    torch.use_deterministic_algorithms(False)
+    assert config.resolve_device("cpu").type == "cpu"
+    assert not torch.are_deterministic_algorithms_enabled()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")

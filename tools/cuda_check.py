@@ -14,7 +14,8 @@ What it checks (each a real property; the script exits 1 if any fails):
    seeds 0, 1 and 2 on the CPU span 4 %).
 4. Evaluation runs on the GPU: test bound, IWAE bound and the classifier FID, the FID equal to the
    CPU's for the same classifier weights.
-5. Throughput, for information: ConvVAE training images/s on the GPU with the lib path (batch 64).
+6. Two trainings of the same spec give bit-identical histories (lib.config.deterministic_cuda).
+7. Throughput, for information: ConvVAE training images/s on the GPU with the lib path (batch 64).
 
 Nothing here runs in CI (CI has no GPU); ``make test`` covers the CPU path.
 """
@@ -142,7 +143,17 @@ def main() -> int:
     check("classifier FID on the device equals the CPU's", abs(fid_d - fid_c) <= 1e-3 * max(1.0, fid_c),
           device=fid_d, cpu=fid_c, classifier_accuracy=acc)
 
-    # 5. throughput (information only) -------------------------------------------------------
+    # 6. bit-reproducible: the same spec trained twice from scratch gives identical numbers ---------
+    for s in (train.RunSpec(tag="cc-rep-beta", model="BetaVAE", latent_dim=10, beta=2.0, **base),
+              train.RunSpec(tag="cc-rep-conv", model="ConvVAE", precision=prec, **base)):
+        rows = [train.fit(s, device=dev, cache=Path(tempfile.mkdtemp(prefix="cuda-rep-")),
+                          progress=False).history[-1] for _ in range(2)]
+        same = {k: v for k, v in rows[0].items() if k != "train_seconds"} == \
+               {k: v for k, v in rows[1].items() if k != "train_seconds"}
+        check(f"{s.model} ({s.precision}) trained twice: identical history", same,
+              first=rows[0]["test_bound"], second=rows[1]["test_bound"])
+
+    # 7. throughput (information only) -------------------------------------------------------
     if dev.type == "cuda":
         full = train.RunSpec(tag="cc-speed", model="ConvVAE", precision=prec, epochs=1, seed=0)
         r = train.fit(full, device=dev, cache=cache, progress=False)
