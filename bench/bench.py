@@ -1077,51 +1077,62 @@ class ModelBench:
 # The allocator setting, A/B in fresh processes
 # ============================================================================================
 
-def allocator_child(model: str, warmup: int, steps: int, repeats: int) -> dict[str, Any]:
-    """Run in a fresh process: lib's path for ``model`` with the allocator as this process's
-    environment says (GENMNIST_ALLOCATOR=default leaves glibc alone), ``repeats`` timed runs."""
+def allocator_child(model: str, pipeline: str, warmup: int, steps: int, repeats: int) -> dict[str, Any]:
+    """Run in a fresh process: the ``pipeline`` ('seed' or 'lib') for ``model``, with the allocator
+    as this process's environment says (GENMNIST_ALLOCATOR=default leaves glibc alone), ``repeats``
+    timed runs."""
     from lib.config import set_threads, tune_allocator
 
     set_threads()
     tuned = tune_allocator()
-    v = next(v for v in plan(model, False, 1, 1) if v.name == "lib")
+    v = next(v for v in plan(model, False, 1, 1) if v.name == pipeline)
     runner = make_runner(model, v)
     ips = [round(steps * BATCH / runner.run(warmup, steps, seed=0), 1) for _ in range(repeats)]
     return {"tuned": tuned, "images_per_s": ips}
 
 
 def allocator_ab(models: list[str], args, log: Callable[[str], None]) -> dict[str, Any]:
-    """lib.config.tune_allocator()'s effect: glibc's allocator state depends on the whole history of
-    a process and its settings cannot be undone, so each measurement is a fresh process running
-    lib's path (default, then tuned, alternating, ``--allocator-pairs`` pairs per model)."""
+    """lib.config.tune_allocator()'s effect on each pipeline: glibc's allocator state depends on the
+    whole history of a process and its settings cannot be undone, so each measurement is a fresh
+    process running the seed's or lib's pipeline (glibc default, then tuned, alternating,
+    ``--allocator-pairs`` pairs per model and pipeline). The seed's pair shows what the main
+    process's setting hands the seed; the default-vs-default figures compare the two pipelines
+    each in a fresh process of its own."""
     out: dict[str, Any] = {"pairs": args.allocator_pairs, "repeats_per_process": 3,
-                           "definition": "fresh python process per measurement: lib's path, warm-up then 3 timed "
+                           "definition": "fresh python process per measurement: the pipeline, warm-up then 3 timed "
                                          "runs (median); 'default' sets GENMNIST_ALLOCATOR=default", "models": {}}
     for model in models:
         steps = args.steps if model == "ConvVAE" else args.steps_small
-        res: dict[str, Any] = {"default": [], "tuned": [], "pair_ratios": []}
-        try:
-            for _ in range(args.allocator_pairs):
-                pair = {}
-                for setting in ("default", "tuned"):
-                    env = {**os.environ, "GENMNIST_ALLOCATOR": "default" if setting == "default" else ""}
-                    cmd = [sys.executable, str(Path(__file__).resolve()), "--allocator-child", model,
-                           "--steps", str(steps), "--steps-small", str(steps), "--warmup", str(args.warmup)]
-                    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, check=True)
-                    child = json.loads(done.stdout.strip().splitlines()[-1])
-                    if child["tuned"] != (setting == "tuned"):
-                        raise RuntimeError(f"child process reports tuned={child['tuned']} for setting {setting!r}")
-                    pair[setting] = statistics.median(child["images_per_s"])
-                    res[setting].append(round(pair[setting], 1))
-                res["pair_ratios"].append(round(pair["tuned"] / pair["default"], 3))
-            res["default_median"] = round(statistics.median(res["default"]), 1)
-            res["tuned_median"] = round(statistics.median(res["tuned"]), 1)
-            res["ratio_tuned_vs_default"] = round(statistics.median(res["pair_ratios"]), 3)
-            log(f"allocator A/B {model}: default {res['default']}, tuned {res['tuned']} img/s")
-        except Exception as e:  # noqa: BLE001 - e.g. not glibc: reported, not fatal
-            res["status"] = f"skipped: {type(e).__name__}: {str(e)[:200]}"
-            log(f"allocator A/B {model}: {res['status']}")
-        out["models"][model] = res
+        out["models"][model] = {}
+        for pipeline in ("seed", "lib"):
+            res: dict[str, Any] = {"default": [], "tuned": [], "pair_ratios": []}
+            try:
+                for _ in range(args.allocator_pairs):
+                    pair = {}
+                    for setting in ("default", "tuned"):
+                        env = {**os.environ, "GENMNIST_ALLOCATOR": "default" if setting == "default" else ""}
+                        cmd = [sys.executable, str(Path(__file__).resolve()), "--allocator-child", model,
+                               "--allocator-pipeline", pipeline, "--steps", str(steps), "--steps-small", str(steps),
+                               "--warmup", str(args.warmup)]
+                        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, check=True)
+                        child = json.loads(done.stdout.strip().splitlines()[-1])
+                        if child["tuned"] != (setting == "tuned"):
+                            raise RuntimeError(f"child process reports tuned={child['tuned']} for setting {setting!r}")
+                        pair[setting] = statistics.median(child["images_per_s"])
+                        res[setting].append(round(pair[setting], 1))
+                    res["pair_ratios"].append(round(pair["tuned"] / pair["default"], 3))
+                res["default_median"] = round(statistics.median(res["default"]), 1)
+                res["tuned_median"] = round(statistics.median(res["tuned"]), 1)
+                res["ratio_tuned_vs_default"] = round(statistics.median(res["pair_ratios"]), 3)
+                log(f"allocator A/B {model} {pipeline}: default {res['default']}, tuned {res['tuned']} img/s")
+            except Exception as e:  # noqa: BLE001 - e.g. not glibc: reported, not fatal
+                res["status"] = f"skipped: {type(e).__name__}: {str(e)[:200]}"
+                log(f"allocator A/B {model} {pipeline}: {res['status']}")
+            out["models"][model][pipeline] = res
+        seed_d = out["models"][model]["seed"].get("default_median")
+        lib_d = out["models"][model]["lib"].get("default_median")
+        if seed_d and lib_d:
+            out["models"][model]["lib_vs_seed_both_glibc_default"] = round(lib_d / seed_d, 3)
     return out
 
 
@@ -1186,13 +1197,18 @@ def print_table(report: dict[str, Any]) -> None:
     ab = report.get("allocator_ab") or {}
     if ab.get("models"):
         print()
-        print("Allocator setting (lib.config.tune_allocator), A/B in fresh processes, lib path, img/s median:")
-        for model, r in ab["models"].items():
-            if "ratio_tuned_vs_default" in r:
-                print(f"  {model:8} glibc default {r['default_median']:7.0f}   tuned {r['tuned_median']:7.0f}   "
-                      f"tuned/default {r['ratio_tuned_vs_default']:.2f}x  (pairs: {r['pair_ratios']})")
-            else:
-                print(f"  {model:8} {r.get('status')}")
+        print("Allocator setting (lib.config.tune_allocator), A/B in fresh processes, img/s median:")
+        for model, by_pipe in ab["models"].items():
+            for pipe in ("seed", "lib"):
+                r = by_pipe.get(pipe, {})
+                if "ratio_tuned_vs_default" in r:
+                    print(f"  {model:8} {pipe:5} glibc default {r['default_median']:7.0f}   tuned {r['tuned_median']:7.0f}"
+                          f"   tuned/default {r['ratio_tuned_vs_default']:.2f}x  (pairs: {r['pair_ratios']})")
+                else:
+                    print(f"  {model:8} {pipe:5} {r.get('status')}")
+            if by_pipe.get("lib_vs_seed_both_glibc_default"):
+                print(f"  {model:8} lib / seed, each in a fresh process at glibc defaults: "
+                      f"{by_pipe['lib_vs_seed_both_glibc_default']:.2f}x")
     print()
     print(f"Targets (reported, never asserted): lib ConvVAE {_fmt(t['lib_vs_seed_ratio'], '.2f')}x the seed "
           f"(target >= {TARGET_RATIO}x: {'met' if t['ratio_met'] else 'not met'}), "
@@ -1228,11 +1244,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--allocator-pairs", type=int, default=2,
                    help="fresh-process pairs (glibc default vs lib's allocator setting) per model; 0 skips (default 2)")
     p.add_argument("--allocator-child", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--allocator-pipeline", default="lib", help=argparse.SUPPRESS)
     p.add_argument("--quick", action="store_true", help="development: 2 rounds, few steps, no compile")
     args = p.parse_args(argv)
     if args.allocator_child:
         steps = args.steps if args.allocator_child == "ConvVAE" else args.steps_small
-        print(json.dumps(allocator_child(args.allocator_child, args.warmup, steps, 3)))
+        print(json.dumps(allocator_child(args.allocator_child, args.allocator_pipeline, args.warmup, steps, 3)))
         return 0
     if args.quick:
         args.repeats, args.other_repeats, args.steps, args.steps_small, args.warmup = 2, 2, 15, 30, 3

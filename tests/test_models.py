@@ -117,3 +117,23 @@ def test_reparameterize_is_mu_plus_sigma_eps():
     mu, logvar = torch.full((20000, 1), 2.0), torch.full((20000, 1), 2 * torch.log(torch.tensor(3.0)))
     z = ConvVAE.reparameterize(mu, logvar, torch.Generator().manual_seed(0))
     assert abs(z.mean().item() - 2.0) < 0.1 and abs(z.std().item() - 3.0) < 0.1
+
+
+def test_flatten_features_keeps_values_and_hands_back_a_channels_last_gradient():
+    from lib.models import flatten_features, unflatten_features
+
+    torch.manual_seed(0)
+    base = torch.randn(4, 8, 3, 3)
+    h = base.contiguous(memory_format=torch.channels_last).requires_grad_()
+    ref = base.clone().requires_grad_()
+    w = torch.randn(4, 72)
+    y = flatten_features(h)
+    assert torch.equal(y, ref.flatten(1))  # (C, H, W) order, as the seed's view(B, -1)
+    (y * w).sum().backward()
+    (ref.flatten(1) * w).sum().backward()
+    assert torch.equal(h.grad, ref.grad)
+    assert h.grad.is_contiguous(memory_format=torch.channels_last) and not h.grad.is_contiguous()
+    conv_cl = torch.nn.Conv2d(8, 2, 3).to(memory_format=torch.channels_last)
+    back = unflatten_features(y, (8, 3, 3), conv_cl)
+    assert torch.equal(back, base) and back.is_contiguous(memory_format=torch.channels_last)
+    assert unflatten_features(y, (8, 3, 3), torch.nn.Conv2d(8, 2, 3)).is_contiguous()
