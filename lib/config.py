@@ -263,10 +263,13 @@ def tune_allocator() -> bool:
     each time. With glibc's defaults, blocks above the mmap threshold, and free memory at the top
     of the heap beyond the trim threshold, go back to the kernel and come back as fresh, zeroed
     pages on the next step (page faults). Raising both thresholds keeps that memory in the
-    process. ``make bench`` measures the effect in fresh processes ('allocator_ab'; on the
-    2-core machine this was built on: ConvVAE +5 %, GAN +13 %, BetaVAE -10 %, each from two
-    noisy pairs). Costs at most a few hundred MB of retained heap. Linux/glibc only; a no-op
-    elsewhere or when ``GENMNIST_ALLOCATOR=default``. Returns whether the settings were applied."""
+    process, at the cost of at most a few hundred MB of retained heap; it also makes the speed
+    independent of what the process did before (glibc's default threshold moves up whenever a
+    large block is freed). ``make bench`` measures it in fresh processes ('allocator_ab'; two runs
+    on the 2-core machine this was built on): lib's ConvVAE path +5 to +18 %, its GAN and BetaVAE
+    within noise; the seed's fp32 ConvVAE and GAN pipelines +14 to +22 %, which is why the bench
+    applies it to the seed too (its in-process ratio is the conservative one). Linux/glibc only; a
+    no-op elsewhere or when ``GENMNIST_ALLOCATOR=default``. Returns whether the settings were applied."""
     if not sys.platform.startswith("linux") or os.environ.get("GENMNIST_ALLOCATOR", "") == "default":
         return False
     try:
