@@ -257,6 +257,17 @@ def test_source_hash_changes_with_the_training_code(tmp_path):
     assert train.source_hash(("models.py",)) != train.source_hash(("losses.py",))
 
 
+def test_prose_edits_leave_the_code_hash_alone_and_code_edits_do_not():
+    src = (ROOT / "lib" / "losses.py").read_text()
+    base = train.code_only(src)
+    reworded = src.replace('"""Loss terms', '"""Reworded: loss terms', 1).replace("# --- GAN", "# --- the GAN", 1)
+    assert reworded != src and train.code_only(reworded) == base  # docstring and comment edits
+    recoded = src.replace("0.5 * (mu.pow(2) + logvar.exp() - logvar - 1.0)", "0.5 * (mu.pow(2) + logvar.exp() - logvar)")
+    assert recoded != src and train.code_only(recoded) != base  # a change to the maths
+    func_doc_only = "def f():\n    'only a docstring'\n"
+    assert train.code_only(func_doc_only) == train.code_only("def f():\n    pass\n")
+
+
 # --- reproducibility --------------------------------------------------------------------------
 
 @pytest.mark.notebooks
