@@ -137,3 +137,59 @@ def test_flatten_features_keeps_values_and_hands_back_a_channels_last_gradient()
     back = unflatten_features(y, (8, 3, 3), conv_cl)
     assert torch.equal(back, base) and back.is_contiguous(memory_format=torch.channels_last)
     assert unflatten_features(y, (8, 3, 3), torch.nn.Conv2d(8, 2, 3)).is_contiguous()
+
+
+@pytest.mark.parametrize("layout", [torch.channels_last, torch.contiguous_format])
+def test_gemm_weight_gradient_of_the_k4s2_transposed_conv_is_exact(layout):
+    """The GEMM weight gradient is the same sum as PyTorch's: checked in float64, both layouts,
+    with a non-square map and fewer output than input channels."""
+    from lib.models import _ConvTransposeK4S2GemmWgrad
+
+    torch.manual_seed(1)
+    ref = torch.nn.ConvTranspose2d(6, 5, kernel_size=4, stride=2, padding=1).double().to(memory_format=layout)
+    h0 = torch.randn(3, 6, 4, 5, dtype=torch.float64).contiguous(memory_format=layout)
+    g = torch.randn(3, 5, 8, 10, dtype=torch.float64)
+    h_ref = h0.clone().requires_grad_()
+    ref(h_ref).backward(g)
+    h = h0.clone().requires_grad_()
+    w = ref.weight.detach().clone().requires_grad_()
+    b = ref.bias.detach().clone().requires_grad_()
+    y = _ConvTransposeK4S2GemmWgrad.apply(h, w, b)
+    assert torch.allclose(y, ref(h0))
+    y.backward(g)
+    for got, want in ((w.grad, ref.weight.grad), (b.grad, ref.bias.grad), (h.grad, h_ref.grad)):
+        assert torch.allclose(got, want, rtol=1e-10, atol=1e-10)
+
+
+def test_convvae_decoder_uses_the_gemm_weight_gradient_under_bf16_only():
+    from lib.models import ConvTranspose2dK4S2
+
+    torch.manual_seed(2)
+    layer = ConvTranspose2dK4S2(16, 8).to(memory_format=torch.channels_last)
+    assert isinstance(ConvVAE().decoder[0], ConvTranspose2dK4S2)
+    native = torch.nn.ConvTranspose2d(16, 8, kernel_size=4, stride=2, padding=1)
+    native.load_state_dict(layer.state_dict())  # same parameters, same state dict
+    h0 = torch.randn(4, 16, 7, 7).contiguous(memory_format=torch.channels_last)
+    g = torch.randn(4, 8, 14, 14)
+    exact = torch.nn.ConvTranspose2d(16, 8, kernel_size=4, stride=2, padding=1).double()
+    exact.load_state_dict(layer.state_dict())
+    exact(h0.double()).backward(g.double())
+
+    def grads(mod, bf16):
+        mod.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            y = mod(h0)
+        y.float().backward(g)
+        return y, mod.weight.grad.clone()
+
+    y, w_gemm = grads(layer, True)
+    assert type(y.grad_fn).__name__.startswith("_ConvTransposeK4S2GemmWgrad") and y.dtype == torch.bfloat16
+    _, w_native = grads(native, True)
+    err = lambda w: ((w.double() - exact.weight.grad).norm() / exact.weight.grad.norm()).item()  # noqa: E731
+    assert err(w_gemm) < 1e-2 and err(w_gemm) < 1.5 * err(w_native)  # bf16-level, no worse than oneDNN's
+    y32, w32 = grads(layer, False)  # fp32: PyTorch's own path, identical to nn.ConvTranspose2d
+    assert not type(y32.grad_fn).__name__.startswith("_ConvTransposeK4S2GemmWgrad")
+    _, w32_native = grads(native, False)
+    assert torch.equal(w32, w32_native)
+    layer.gemm_weight_grad = False
+    assert not type(grads(layer, True)[0].grad_fn).__name__.startswith("_ConvTransposeK4S2GemmWgrad")
