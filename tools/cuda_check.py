@@ -9,7 +9,8 @@ What it checks (each a real property; the script exits 1 if any fails):
    model (ConvVAE, BetaVAE, GAN) there with finite losses, the parameters stay on the GPU, the
    checkpoint loads on a CPU-only reader and a second call is a cache hit.
 3. CPU and GPU agree: the same weights give the same encoder / decoder outputs (fp32, TF32 off) and
-   the same reconstruction loss at z = mu; one epoch of fp32 training on 2,048 images from the same
+   the same reconstruction loss at z = mu; under bf16 the same decoder weight gradient (the CPU's
+   GEMM weight gradient of ConvTranspose2dK4S2 against the GPU's own kernels); one epoch of fp32 training on 2,048 images from the same
    seed ends at test bounds within 5 % (the GPU draws its own noise stream, so they are not equal;
    seeds 0, 1 and 2 on the CPU span 4 %).
 4. Evaluation runs on the GPU: test bound, IWAE bound and the classifier FID, the FID equal to the
@@ -112,6 +113,28 @@ def main() -> int:
                                                                   reduction="sum")
     rel = abs(rc.item() - rd.item()) / abs(rc.item())
     check("reconstruction loss at z = mu agrees", rel < 1e-4, cpu=rc.item() / 512, device=rd.item() / 512)
+    # bf16 gradients: the CPU takes the GEMM weight gradient of decoder[0] (ConvTranspose2dK4S2), the
+    # device PyTorch's own kernels; the same weights and batch must give the same gradient to bf16 level
+    grads, paths = {}, {}
+    m_cpu_cl = train.prepare_vae(models.ConvVAE(latent_dim=32), cpu)
+    m_cpu_cl.load_state_dict(m_cpu.state_dict())
+    for name, m, d in (("cpu", m_cpu_cl, cpu), ("device", m_dev, dev)):
+        m.train()
+        m.zero_grad()
+        xb = train.as_input(x[:64].to(d))
+        with torch.autocast(d.type, dtype=torch.bfloat16):
+            mu, _ = m.encode(xb)
+            h = models.unflatten_features(m.get_temp(mu), m.feature_shape, m.decoder[0])
+            h1 = m.decoder[0](h)
+            paths[name] = type(h1.grad_fn).__name__  # before decoder[1], an in-place ReLU, rewrites it
+            logits = m.decoder[2](m.decoder[1](h1))
+        torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), xb, reduction="sum").backward()
+        grads[name] = m.decoder[0].weight.grad.detach().double().cpu()
+        m.eval()
+    rel = ((grads["cpu"] - grads["device"]).norm() / grads["device"].norm()).item()
+    check("bf16 decoder weight gradient: CPU GEMM path agrees with the device's kernels",
+          rel < 2e-2 and paths["cpu"].startswith("_ConvTransposeK4S2GemmWgrad")
+          and not paths["device"].startswith("_ConvTransposeK4S2GemmWgrad"), rel=rel, grad_fn=paths)
 
     bounds = {}
     for d in (cpu, dev):
