@@ -423,14 +423,14 @@ class Variant:
     bf16: bool = False
     compile: bool = False
     onednn_matmul: bool = False  # torch.backends.mkldnn.matmul.fp32_precision = "bf16" (see plan())
-    gemm_wgrad: bool = True  # ConvTranspose2dK4S2.gemm_weight_grad (the ConvVAE's first decoder layer)
+    gemm_convT: bool = True  # ConvTranspose2dK4S2's GEMM paths as lib.models sets them (False: PyTorch's kernels)
     rounds: int | None = None  # None: every round
     note: str = ""
 
     def settings(self) -> dict[str, Any]:
         return {"pipeline": self.pipeline, "threads": self.threads, "channels_last": self.channels_last,
                 "adam": self.adam, "bf16_autocast": self.bf16, "torch_compile": self.compile,
-                "mkldnn_matmul_fp32_precision_bf16": self.onednn_matmul, "convT_gemm_weight_grad": self.gemm_wgrad}
+                "mkldnn_matmul_fp32_precision_bf16": self.onednn_matmul, "convT_gemm_paths": self.gemm_convT}
 
 
 def _adam(params, lr, betas, kind: str):
@@ -570,9 +570,10 @@ class LibVAERunner(Runner):
         self.model = ltrain.build_vae(spec)  # the lib's builder: init from the run's seed
         if variant.channels_last:
             self.model = ltrain.prepare_vae(self.model, torch.device("cpu"))  # fit_vae's layout
-        for mod in self.model.modules():
-            if isinstance(mod, lmodels.ConvTranspose2dK4S2):
-                mod.gemm_weight_grad = variant.gemm_wgrad
+        if not variant.gemm_convT:
+            for mod in self.model.modules():
+                if isinstance(mod, lmodels.ConvTranspose2dK4S2):
+                    mod.gemm_forward = mod.gemm_weight_grad = False
         self.init_state = {k: t.clone() for k, t in self.model.state_dict().items()}
         self.fwd_model = torch.compile(self.model) if variant.compile else self.model
         self.step_fn, self.step_source = resolve_vae_step(variant.bf16)
@@ -892,15 +893,15 @@ def plan(model: str, compile_ok: bool, headline_rounds: int, other_rounds: int) 
     if vae:
         vs.append(Variant("lib NCHW", rounds=r, **{**base, "channels_last": False}))
     if model == "ConvVAE" and bf16:
-        vs.append(Variant("lib native convT wgrad", rounds=r, **{**base, "gemm_wgrad": False},
-                          note="oneDNN's weight gradient for the k4 s2 transposed conv instead of one GEMM"))
+        vs.append(Variant("lib native convT", rounds=r, **{**base, "gemm_convT": False},
+                          note="oneDNN's kernels for the decoder's transposed convs instead of the two GEMMs"))
     vs.append(Variant("lib fp32" if bf16 else "lib bf16 autocast", rounds=r, **{**base, "bf16": not bf16},
                       note="" if bf16 else "what bf16 would give (lib keeps fp32 for this model)"))
     if model == "GAN":
         vs.append(Variant("lib fp32 onednn matmul", onednn_matmul=True, rounds=r, **{**base, "bf16": False},
                           note="mkldnn fp32_precision='bf16': fp32 Linear via oneDNN instead of MKL"))
-    vs.append(Variant("lib plain", rounds=r, gemm_wgrad=False,
-                      note="all of the above off: fp32, NCHW, Adam for-loop, native convT weight gradient"))
+    vs.append(Variant("lib plain", rounds=r, gemm_convT=False,
+                      note="all of the above off: fp32, NCHW, Adam for-loop, PyTorch's transposed convs"))
     if compile_ok and model == "ConvVAE":
         vs.append(Variant("lib compile", compile=True, rounds=r, note="lib + torch.compile(model), time-boxed",
                           **base))

@@ -77,57 +77,94 @@ def _k4s2_patches(t: torch.Tensor, out_hw: tuple[int, int]) -> torch.Tensor:
     return view.reshape(b * oh * ow, 16 * c)
 
 
-class _ConvTransposeK4S2GemmWgrad(torch.autograd.Function):
-    """conv_transpose2d(h, w, b, stride=2, padding=1) with a 4x4 kernel. Forward and input gradient
-    are PyTorch's (oneDNN); the weight gradient is one matrix product,
-    dW[i, (kh, kw, o)] = sum over (batch, y, x) of h[., i, y, x] * patch(g)[., (kh, kw, o)],
-    because output pixel (2y+kh-1, 2x+kw-1) received h[y, x] through tap (kh, kw)."""
+def _rows(t: torch.Tensor) -> torch.Tensor:
+    """[B, C, H, W] -> [B*H*W, C] (free for a channels_last tensor)."""
+    return t.permute(0, 2, 3, 1).reshape(-1, t.shape[1])
+
+
+def _convT_k4s2_weight_grad(h: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """The weight gradient of conv_transpose2d(h, W, stride=2, padding=1), 4x4 kernel, as one GEMM:
+    dW[i, (kh, kw, o)] = sum over (batch, y, x) of h[., i, y, x] * patch(grad)[., (kh, kw, o)],
+    because output pixel (2y+kh-1, 2x+kw-1) received h[y, x] through tap (kh, kw). Returned as
+    [C_in, C_out, 4, 4] with channels_last strides."""
+    c_in, (hh, ww) = h.shape[1], h.shape[2:]
+    return (_rows(h).t() @ _k4s2_patches(grad, (hh, ww))).view(c_in, 4, 4, -1).permute(0, 3, 1, 2)
+
+
+def _convT_k4s2_gemm_forward(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """conv_transpose2d(h, weight, bias, stride=2, padding=1), 4x4 kernel, as one GEMM (each input
+    pixel's 16 taps) and an overlap-add in fp32: input pixel (y, x) reaches output (2y+kh-1, 2x+kw-1)."""
+    b, c_in, hh, ww = h.shape
+    c_out = weight.shape[1]
+    taps = (_rows(h) @ weight.permute(0, 2, 3, 1).reshape(c_in, 16 * c_out))
+    taps = taps.view(b, hh, ww, 2, 2, 2, 2, c_out)  # kh = 2*qh + rh, kw = 2*qw + rw: [., qh, rh, qw, rw, c]
+    acc = torch.zeros(b, hh + 1, ww + 1, 2, 2, c_out, dtype=torch.promote_types(taps.dtype, torch.float32),
+                      device=h.device)  # padded output pixel (2Y + rh, 2X + rw) at [., Y, X, rh, rw, c]
+    for qh in (0, 1):
+        for qw in (0, 1):
+            acc[:, qh:qh + hh, qw:qw + ww] += taps[:, :, :, qh, :, qw, :, :]
+    out = acc.permute(0, 1, 3, 2, 4, 5).reshape(b, 2 * hh + 2, 2 * ww + 2, c_out)[:, 1:-1, 1:-1]
+    if bias is not None:
+        out = out + bias
+    return out.to(h.dtype).permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
+
+
+class _ConvTransposeK4S2(torch.autograd.Function):
+    """conv_transpose2d(h, weight, bias, stride=2, padding=1) with a 4x4 kernel whose forward
+    (``gemm_forward``) and weight gradient (``gemm_weight_grad``) may each be one matrix product
+    instead of oneDNN's kernels; the input gradient is always PyTorch's."""
 
     @staticmethod
-    def forward(ctx, h, weight, bias):
+    def forward(ctx, h, weight, bias, gemm_forward: bool, gemm_weight_grad: bool):
         ctx.save_for_backward(h, weight)
-        ctx.has_bias = bias is not None
+        ctx.gemm_weight_grad, ctx.has_bias = gemm_weight_grad, bias is not None
+        if gemm_forward:
+            return _convT_k4s2_gemm_forward(h, weight, bias)
         return F.conv_transpose2d(h, weight, bias, stride=2, padding=1)
 
     @staticmethod
     def backward(ctx, grad):
         h, weight = ctx.saved_tensors
         grad = grad.contiguous(memory_format=torch.channels_last)
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        native_w = need_w and not ctx.gemm_weight_grad
         grad_h = grad_w = grad_b = None
-        if ctx.needs_input_grad[0]:
-            grad_h = torch.ops.aten.convolution_backward(
-                grad, h, weight, None, [2, 2], [1, 1], [1, 1], True, [0, 0], 1, [True, False, False])[0]
-        if ctx.needs_input_grad[1]:
-            b, c_in, hh, ww = h.shape
-            rows = h.permute(0, 2, 3, 1).reshape(b * hh * ww, c_in)  # free for channels_last h
-            grad_w = (rows.t() @ _k4s2_patches(grad, (hh, ww))).view(c_in, 4, 4, -1).permute(0, 3, 1, 2)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
+        if need_h or native_w:
+            grad_h, grad_w, _ = torch.ops.aten.convolution_backward(
+                grad, h, weight, None, [2, 2], [1, 1], [1, 1], True, [0, 0], 1, [need_h, native_w, False])
+        if need_w and ctx.gemm_weight_grad:
+            grad_w = _convT_k4s2_weight_grad(h, grad)
+        if ctx.has_bias and need_b:
             grad_b = grad.sum((0, 2, 3))
-        return grad_h, grad_w, grad_b
+        return grad_h, grad_w, grad_b, None, None
 
 
 class ConvTranspose2dK4S2(nn.ConvTranspose2d):
     """``nn.ConvTranspose2d(c_in, c_out, kernel_size=4, stride=2, padding=1)``, the same parameters
-    and state dict, whose weight gradient on CPU under bf16 autocast is computed as one GEMM
-    (_ConvTransposeK4S2GemmWgrad) instead of oneDNN's backward-weights kernel. On the machine this
-    was built on that kernel ran the ConvVAE's [64, 128, 7, 7] -> [64, 64, 14, 14] layer at about a
-    third of the bf16 peak; the GEMM made the whole training step about 6 % faster (make bench,
-    'lib native convT wgrad' against 'lib'). In fp32 the GEMM was slower, so fp32, other devices and
-    ``gemm_weight_grad = False`` take PyTorch's own path."""
+    and state dict, whose weight gradient (``gemm_weight_grad``) and/or forward (``gemm_forward``)
+    are one GEMM each on CPU under bf16 autocast (_ConvTransposeK4S2). oneDNN ran both of the
+    ConvVAE's decoder layers well below the CPU's bf16 rate on the machine this was built on: the
+    [64, 128, 7, 7] -> [64, 64, 14, 14] layer's weight gradient at about a third of it, the
+    64 -> 1 channel layer's forward at a few percent. With the GEMMs one training step was about
+    4-6 % faster in interleaved A/B runs (make bench: 'lib native convT' against 'lib'); gradients
+    agree with PyTorch's to bf16 rounding (tests/test_models.py). In fp32 the GEMMs were slower, so
+    fp32, other devices, and both flags off take PyTorch's own path."""
 
-    gemm_weight_grad = True
-
-    def __init__(self, in_channels: int, out_channels: int, bias: bool = True):
+    def __init__(self, in_channels: int, out_channels: int, bias: bool = True, gemm_forward: bool = False,
+                 gemm_weight_grad: bool = True):
         super().__init__(in_channels, out_channels, kernel_size=4, stride=2, padding=1, bias=bias)
+        self.gemm_forward, self.gemm_weight_grad = gemm_forward, gemm_weight_grad
 
     def forward(self, h: torch.Tensor, output_size=None) -> torch.Tensor:
-        if (not self.gemm_weight_grad or output_size is not None or h.device.type != "cpu"
-                or not torch.is_autocast_enabled("cpu") or torch.get_autocast_dtype("cpu") != torch.bfloat16):
+        if (output_size is not None or not (self.gemm_forward or self.gemm_weight_grad)
+                or h.device.type != "cpu" or not torch.is_autocast_enabled("cpu")
+                or torch.get_autocast_dtype("cpu") != torch.bfloat16):
             return super().forward(h, output_size)
         dt = torch.bfloat16  # autocast's casts for conv_transpose2d, done here because autocast is off inside
         bias = None if self.bias is None else self.bias.to(dt)
         with torch.autocast("cpu", enabled=False):
-            return _ConvTransposeK4S2GemmWgrad.apply(h.to(dt), self.weight.to(dt), bias)
+            return _ConvTransposeK4S2.apply(h.to(dt), self.weight.to(dt), bias, self.gemm_forward,
+                                            self.gemm_weight_grad)
 
 
 class VAEBase(nn.Module):
@@ -189,9 +226,9 @@ class ConvVAE(VAEBase):
         self.get_logvar = nn.Linear(feat, latent_dim)  # 128*7*7 -> 32
         self.get_temp = nn.Linear(latent_dim, feat)  # 32 -> 128*7*7
         self.decoder = nn.Sequential(
-            ConvTranspose2dK4S2(128, 64),  # 64 x 14 x 14 (nn.ConvTranspose2d, k4 s2 p1)
+            ConvTranspose2dK4S2(128, 64),  # 64 x 14 x 14 (nn.ConvTranspose2d, k4 s2 p1; GEMM weight gradient)
             nn.ReLU(inplace=True),
-            nn.ConvTranspose2d(64, 1, kernel_size=4, stride=2, padding=1),  # 1 x 28 x 28 (logits)
+            ConvTranspose2dK4S2(64, 1, gemm_forward=True, gemm_weight_grad=False),  # 1 x 28 x 28 (logits; GEMM forward)
         )
 
     def encode(self, x):

@@ -140,56 +140,73 @@ def test_flatten_features_keeps_values_and_hands_back_a_channels_last_gradient()
 
 
 @pytest.mark.parametrize("layout", [torch.channels_last, torch.contiguous_format])
-def test_gemm_weight_gradient_of_the_k4s2_transposed_conv_is_exact(layout):
-    """The GEMM weight gradient is the same sum as PyTorch's: checked in float64, both layouts,
-    with a non-square map and fewer output than input channels."""
-    from lib.models import _ConvTransposeK4S2GemmWgrad
+@pytest.mark.parametrize("gemm_forward, gemm_weight_grad", [(True, True), (True, False), (False, True)])
+def test_gemm_paths_of_the_k4s2_transposed_conv_are_exact(layout, gemm_forward, gemm_weight_grad):
+    """The GEMM forward and the GEMM weight gradient compute the same sums as PyTorch's kernels:
+    checked in float64, both layouts, a non-square map, fewer output than input channels."""
+    from lib.models import _ConvTransposeK4S2
 
     torch.manual_seed(1)
     ref = torch.nn.ConvTranspose2d(6, 5, kernel_size=4, stride=2, padding=1).double().to(memory_format=layout)
     h0 = torch.randn(3, 6, 4, 5, dtype=torch.float64).contiguous(memory_format=layout)
     g = torch.randn(3, 5, 8, 10, dtype=torch.float64)
     h_ref = h0.clone().requires_grad_()
-    ref(h_ref).backward(g)
+    y_ref = ref(h_ref)
+    y_ref.backward(g)
     h = h0.clone().requires_grad_()
     w = ref.weight.detach().clone().requires_grad_()
     b = ref.bias.detach().clone().requires_grad_()
-    y = _ConvTransposeK4S2GemmWgrad.apply(h, w, b)
-    assert torch.allclose(y, ref(h0))
+    y = _ConvTransposeK4S2.apply(h, w, b, gemm_forward, gemm_weight_grad)
+    assert y.shape == y_ref.shape and torch.allclose(y, y_ref, rtol=1e-10, atol=1e-10)
     y.backward(g)
     for got, want in ((w.grad, ref.weight.grad), (b.grad, ref.bias.grad), (h.grad, h_ref.grad)):
         assert torch.allclose(got, want, rtol=1e-10, atol=1e-10)
 
 
-def test_convvae_decoder_uses_the_gemm_weight_gradient_under_bf16_only():
+@pytest.mark.parametrize("c_in, c_out, gemm_forward, gemm_weight_grad", [(16, 8, False, True), (16, 1, True, False)])
+def test_convvae_decoder_gemm_paths_run_under_cpu_bf16_only(c_in, c_out, gemm_forward, gemm_weight_grad):
+    """The ConvVAE's two decoder layers as configured: under CPU bf16 autocast they take the GEMM
+    path, with output and gradients as close to float64 as oneDNN's bf16 kernels get; in fp32, or
+    with the flags off, they are PyTorch's layer exactly."""
     from lib.models import ConvTranspose2dK4S2
 
+    dec = ConvVAE().decoder
+    assert (dec[0].gemm_forward, dec[0].gemm_weight_grad, dec[2].gemm_forward, dec[2].gemm_weight_grad) == (
+        False, True, True, False)
     torch.manual_seed(2)
-    layer = ConvTranspose2dK4S2(16, 8).to(memory_format=torch.channels_last)
-    assert isinstance(ConvVAE().decoder[0], ConvTranspose2dK4S2)
-    native = torch.nn.ConvTranspose2d(16, 8, kernel_size=4, stride=2, padding=1)
+    layer = ConvTranspose2dK4S2(c_in, c_out, gemm_forward=gemm_forward, gemm_weight_grad=gemm_weight_grad)
+    layer = layer.to(memory_format=torch.channels_last)
+    native = torch.nn.ConvTranspose2d(c_in, c_out, kernel_size=4, stride=2, padding=1)
     native.load_state_dict(layer.state_dict())  # same parameters, same state dict
-    h0 = torch.randn(4, 16, 7, 7).contiguous(memory_format=torch.channels_last)
-    g = torch.randn(4, 8, 14, 14)
-    exact = torch.nn.ConvTranspose2d(16, 8, kernel_size=4, stride=2, padding=1).double()
+    h0 = torch.randn(4, c_in, 7, 7).contiguous(memory_format=torch.channels_last)
+    g = torch.randn(4, c_out, 14, 14)
+    exact = torch.nn.ConvTranspose2d(c_in, c_out, kernel_size=4, stride=2, padding=1).double()
     exact.load_state_dict(layer.state_dict())
-    exact(h0.double()).backward(g.double())
+    h_exact = h0.double().requires_grad_()
+    y_exact = exact(h_exact)
+    y_exact.backward(g.double())
+    want = (y_exact, exact.weight.grad, exact.bias.grad, h_exact.grad)
 
-    def grads(mod, bf16):
+    def run(mod, bf16):
         mod.zero_grad()
+        h = h0.clone().requires_grad_()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            y = mod(h0)
+            y = mod(h)
+        path = type(y.grad_fn).__name__
         y.float().backward(g)
-        return y, mod.weight.grad.clone()
+        return path, (y.detach(), mod.weight.grad.clone(), mod.bias.grad.clone(), h.grad)
 
-    y, w_gemm = grads(layer, True)
-    assert type(y.grad_fn).__name__.startswith("_ConvTransposeK4S2GemmWgrad") and y.dtype == torch.bfloat16
-    _, w_native = grads(native, True)
-    err = lambda w: ((w.double() - exact.weight.grad).norm() / exact.weight.grad.norm()).item()  # noqa: E731
-    assert err(w_gemm) < 1e-2 and err(w_gemm) < 1.5 * err(w_native)  # bf16-level, no worse than oneDNN's
-    y32, w32 = grads(layer, False)  # fp32: PyTorch's own path, identical to nn.ConvTranspose2d
-    assert not type(y32.grad_fn).__name__.startswith("_ConvTransposeK4S2GemmWgrad")
-    _, w32_native = grads(native, False)
-    assert torch.equal(w32, w32_native)
-    layer.gemm_weight_grad = False
-    assert not type(grads(layer, True)[0].grad_fn).__name__.startswith("_ConvTransposeK4S2GemmWgrad")
+    def err(a, b):
+        return ((a.double() - b).norm() / b.norm()).item()
+
+    path, got = run(layer, True)
+    assert path.startswith("_ConvTransposeK4S2") and got[0].dtype == torch.bfloat16
+    _, ref = run(native, True)
+    for a, b, w in zip(got, ref, want):  # bf16-level, and no worse than oneDNN's bf16 kernels
+        assert err(a, w) < 1e-2 and err(a, w) <= 1.5 * err(b, w) + 1e-6
+    path32, got32 = run(layer, False)  # fp32: PyTorch's own path, identical to nn.ConvTranspose2d
+    assert not path32.startswith("_ConvTransposeK4S2")
+    for a, b in zip(got32, run(native, False)[1]):
+        assert torch.equal(a, b)
+    layer.gemm_forward = layer.gemm_weight_grad = False
+    assert not run(layer, True)[0].startswith("_ConvTransposeK4S2")
