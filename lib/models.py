@@ -92,21 +92,23 @@ def _convT_k4s2_weight_grad(h: torch.Tensor, grad: torch.Tensor) -> torch.Tensor
 
 
 def _convT_k4s2_gemm_forward(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """conv_transpose2d(h, weight, bias, stride=2, padding=1), 4x4 kernel, as one GEMM (each input
-    pixel's 16 taps) and an overlap-add in fp32: input pixel (y, x) reaches output (2y+kh-1, 2x+kw-1)."""
+    """conv_transpose2d(h, weight, bias, stride=2, padding=1), 4x4 kernel, as one GEMM (every tap of
+    every input pixel) and an overlap-add in fp32: input pixel (y, x) reaches output pixel
+    (2y+kh-1, 2x+kw-1) through tap (kh, kw). The taps come out as whole [B, H, W] planes, so the
+    overlap-add is 4 shifted plane sums (fast for the few output channels it is used for)."""
     b, c_in, hh, ww = h.shape
     c_out = weight.shape[1]
-    taps = (_rows(h) @ weight.permute(0, 2, 3, 1).reshape(c_in, 16 * c_out))
-    taps = taps.view(b, hh, ww, 2, 2, 2, 2, c_out)  # kh = 2*qh + rh, kw = 2*qw + rw: [., qh, rh, qw, rw, c]
-    acc = torch.zeros(b, hh + 1, ww + 1, 2, 2, c_out, dtype=torch.promote_types(taps.dtype, torch.float32),
-                      device=h.device)  # padded output pixel (2Y + rh, 2X + rw) at [., Y, X, rh, rw, c]
+    taps = weight.permute(2, 3, 1, 0).reshape(16 * c_out, c_in) @ _rows(h).t()  # [(kh, kw, c), B*H*W]
+    taps = taps.view(2, 2, 2, 2, c_out, b, hh, ww)  # kh = 2*qh + rh, kw = 2*qw + rw: [qh, rh, qw, rw, c, .]
+    acc = torch.zeros(2, 2, c_out, b, hh + 1, ww + 1, dtype=torch.promote_types(taps.dtype, torch.float32),
+                      device=h.device)  # [rh, rw, c, B, Y, X]: padded output pixel (2Y + rh, 2X + rw)
     for qh in (0, 1):
         for qw in (0, 1):
-            acc[:, qh:qh + hh, qw:qw + ww] += taps[:, :, :, qh, :, qw, :, :]
-    out = acc.permute(0, 1, 3, 2, 4, 5).reshape(b, 2 * hh + 2, 2 * ww + 2, c_out)[:, 1:-1, 1:-1]
+            acc[:, :, :, :, qh:qh + hh, qw:qw + ww] += taps[qh, :, qw]
+    out = acc.permute(3, 2, 4, 0, 5, 1).reshape(b, c_out, 2 * hh + 2, 2 * ww + 2)[:, :, 1:-1, 1:-1]
     if bias is not None:
-        out = out + bias
-    return out.to(h.dtype).permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
+        out = out + bias.view(1, -1, 1, 1)
+    return out.to(h.dtype).contiguous(memory_format=torch.channels_last)
 
 
 class _ConvTransposeK4S2(torch.autograd.Function):
@@ -145,9 +147,10 @@ class ConvTranspose2dK4S2(nn.ConvTranspose2d):
     are one GEMM each on CPU under bf16 autocast (_ConvTransposeK4S2). oneDNN ran both of the
     ConvVAE's decoder layers well below the CPU's bf16 rate on the machine this was built on: the
     [64, 128, 7, 7] -> [64, 64, 14, 14] layer's weight gradient at about a third of it, the
-    64 -> 1 channel layer's forward at a few percent. With the GEMMs one training step was about
-    4-6 % faster in interleaved A/B runs (make bench: 'lib native convT' against 'lib'); gradients
-    agree with PyTorch's to bf16 rounding (tests/test_models.py). In fp32 the GEMMs were slower, so
+    64 -> 1 channel layer's forward at a few percent. With both GEMMs one bf16 training step took
+    18.6 instead of 20.8 ms (interleaved A/B, 8 rounds; the forward GEMM alone 20.0 ms; make bench
+    compares 'lib native convT' with 'lib'); outputs and gradients agree with PyTorch's to bf16
+    rounding (tests/test_models.py). In fp32 the GEMMs were slower, so
     fp32, other devices, and both flags off take PyTorch's own path."""
 
     def __init__(self, in_channels: int, out_channels: int, bias: bool = True, gemm_forward: bool = False,
