@@ -11,8 +11,8 @@ What it checks (each a real property; the script exits 1 if any fails):
 3. CPU and GPU agree: the same weights give the same encoder / decoder outputs (fp32, TF32 off) and
    the same reconstruction loss at z = mu; under bf16 the same decoder weight gradient (the CPU's
    GEMM weight gradient of ConvTranspose2dK4S2 against the GPU's own kernels); one epoch of fp32
-   training on 2,048 images from the same seed ends at test bounds within 5 % (the GPU draws its own noise stream, so they are not equal;
-   seeds 0, 1 and 2 on the CPU span 4 %).
+   training on 2,048 images from the same seed ends at test bounds within 5 % (the GPU draws its
+   own noise stream, so they are not equal; seeds 0, 1 and 2 on the CPU span 4 %).
 4. Evaluation runs on the GPU: test bound, IWAE bound and the classifier FID, the FID equal to the
    CPU's for the same classifier weights.
 6. Two trainings of the same spec give bit-identical histories (lib.config.deterministic_cuda).
