@@ -122,12 +122,12 @@ def main() -> int:
         m.train()
         m.zero_grad()
         xb = train.as_input(x[:64].to(d))
+        # the layer's autograd node, read in a hook: decoder[1] is an in-place ReLU that replaces it
+        hook = m.decoder[0].register_forward_hook(
+            lambda mod, args, out, name=name: paths.__setitem__(name, type(out.grad_fn).__name__))
         with torch.autocast(d.type, dtype=torch.bfloat16):
-            mu, _ = m.encode(xb)
-            h = models.unflatten_features(m.get_temp(mu), m.feature_shape, m.decoder[0])
-            h1 = m.decoder[0](h)
-            paths[name] = type(h1.grad_fn).__name__  # before decoder[1], an in-place ReLU, rewrites it
-            logits = m.decoder[2](m.decoder[1](h1))
+            logits = m.decode_logits(m.encode(xb)[0])
+        hook.remove()
         torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), xb, reduction="sum").backward()
         grads[name] = m.decoder[0].weight.grad.detach().double().cpu()
         m.eval()
