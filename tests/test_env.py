@@ -40,8 +40,9 @@ def test_ci_runs_the_readme_test_command():
     assert "make test" in ci
 
 
-def test_project_kernel_is_registered_for_jupyterlab():
-    """`make lab` opens the notebooks on this environment: the 'genmnist' kernel runs this venv's Python."""
+def test_the_notebooks_kernel_runs_this_environment():
+    """Notebooks name the kernel `python3`; started from this venv's jupyter (make lab, papermill) it
+    must run this venv's Python (jupyter_client swaps a bare 'python' for the running interpreter)."""
     import json
     import subprocess
     import sys
@@ -49,5 +50,5 @@ def test_project_kernel_is_registered_for_jupyterlab():
     jupyter = Path(sys.executable).parent / "jupyter"
     specs = json.loads(subprocess.run([str(jupyter), "kernelspec", "list", "--json"], capture_output=True,
                                       text=True, check=True).stdout)["kernelspecs"]
-    assert "genmnist" in specs
-    assert Path(specs["genmnist"]["spec"]["argv"][0]).resolve() == Path(sys.executable).resolve()
+    argv0 = specs["python3"]["spec"]["argv"][0]
+    assert argv0 in {"python", "python3"} or Path(argv0).resolve() == Path(sys.executable).resolve()

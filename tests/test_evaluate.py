@@ -1,4 +1,4 @@
-"""Evaluation: whole-set averages, IWAE, classifier, Fréchet distance, coverage, image statistics."""
+"""Evaluation: whole-set averages and IWAE (lib.bounds), classifier, Fréchet distance, coverage, image statistics."""
 import math
 
 import numpy as np
@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from lib import evaluate
-from lib.config import generator
+from lib import bounds, evaluate
+from lib.data import generator
 from lib.models import ConvVAE
 
 
@@ -36,7 +36,7 @@ def test_test_bound_is_the_exact_mean_over_every_image_not_a_mean_of_batch_means
     # 2,500 images in batches of 1,000: the last batch is smaller, so a mean of batch means would be wrong.
     g = torch.Generator().manual_seed(0)
     x = torch.rand(2_500, 1, 28, 28, generator=g) * torch.linspace(0, 1, 2_500).view(-1, 1, 1, 1)
-    got = evaluate.test_bound(FakeVAE(), x, "bce", batch_size=1_000)
+    got = bounds.test_bound(FakeVAE(), x, "bce", batch_size=1_000)
     # BCE at logit 0 is log 2 per pixel whatever x is; KL = 1/2 * 2 * c^2 = c^2 per image.
     c = x.flatten(1).mean(1).double() * 10
     assert got["recon"] == pytest.approx(784 * math.log(2), rel=1e-6)
@@ -48,7 +48,7 @@ def test_test_bound_is_the_exact_mean_over_every_image_not_a_mean_of_batch_means
 
 def test_test_bound_beta_and_recon_weight():
     x = torch.rand(10, 1, 28, 28, generator=torch.Generator().manual_seed(1))
-    a = evaluate.test_bound(FakeVAE(), x, "bce", beta=3.0, recon_weight=0.5)
+    a = bounds.test_bound(FakeVAE(), x, "bce", beta=3.0, recon_weight=0.5)
     assert a["loss"] == pytest.approx(0.5 * a["recon"] + 3.0 * a["kl"])
     assert a["bound"] == pytest.approx(a["recon"] + a["kl"])
 
@@ -61,21 +61,40 @@ def small_vae():
 
 def test_iwae_with_k1_is_the_single_sample_elbo(small_vae):
     x = torch.rand(8, 1, 28, 28, generator=torch.Generator().manual_seed(2))
-    lw = evaluate.log_weights(small_vae, x, 1, generator(3))
-    assert evaluate.iwae_bound(small_vae, x, 1, generator(3)) == pytest.approx(-lw.double().mean().item(), rel=1e-6)
+    lw = bounds.log_weights(small_vae, x, 1, generator(3))
+    assert bounds.iwae_bound(small_vae, x, 1, generator(3), show_progress=False) == pytest.approx(-lw.double().mean().item(), rel=1e-6)
     # its expectation is the ELBO: average many single-sample estimates vs the closed-form-KL bound
-    many = torch.stack([evaluate.log_weights(small_vae, x, 1, generator(100 + i))[:, 0] for i in range(400)])
-    elbo = -evaluate.test_bound(small_vae, x, "bce", generator=generator(5))["kl"]
-    recon = torch.stack([evaluate._vae_parts(small_vae, x, "bce", generator(900 + i))[0] for i in range(400)])
+    many = torch.stack([bounds.log_weights(small_vae, x, 1, generator(100 + i))[:, 0] for i in range(400)])
+    elbo = -bounds.test_bound(small_vae, x, "bce", generator=generator(5))["kl"]
+    recon = torch.stack([bounds._per_image_terms(small_vae, x, "bce", generator(900 + i))[0] for i in range(400)])
     assert (-many.mean()).item() == pytest.approx((recon.mean() - elbo).item(), rel=2e-3)
 
 
 def test_iwae_is_not_below_the_elbo_and_tightens_with_k(small_vae):
     x = torch.rand(16, 1, 28, 28, generator=torch.Generator().manual_seed(4))
-    b1 = np.mean([evaluate.iwae_bound(small_vae, x, 1, generator(10 + i)) for i in range(20)])
-    b10 = np.mean([evaluate.iwae_bound(small_vae, x, 10, generator(50 + i)) for i in range(20)])
-    b50 = evaluate.iwae_bound(small_vae, x, 50, generator(99))
+    b1 = np.mean([bounds.iwae_bound(small_vae, x, 1, generator(10 + i), show_progress=False) for i in range(20)])
+    b10 = np.mean([bounds.iwae_bound(small_vae, x, 10, generator(50 + i), show_progress=False) for i in range(20)])
+    b50 = bounds.iwae_bound(small_vae, x, 50, generator(99), show_progress=False)
     assert b10 <= b1 and b50 <= b10 + 0.5  # negative bounds: smaller = tighter
+
+
+def test_iwae_per_image_values_average_to_the_scalar_bound(small_vae):
+    """per_image=True: one double per image, on the CPU, whose mean is the scalar result from the same
+    generator state. 25 images in chunks of 10, 10 and 5: a mean of chunk means would differ."""
+    x = torch.rand(25, 1, 28, 28, generator=torch.Generator().manual_seed(6))
+    kw = dict(k=5, chunk_decodes=50, show_progress=False)
+    per = bounds.iwae_bound(small_vae, x, generator=generator(8), per_image=True, **kw)
+    scalar = bounds.iwae_bound(small_vae, x, generator=generator(8), **kw)
+    assert isinstance(scalar, float)
+    assert per.shape == (25,) and per.dtype == torch.float64 and per.device.type == "cpu"
+    assert per.mean().item() == pytest.approx(scalar, rel=1e-12)
+    # each value is that image's own k-sample estimate -log (1/k) sum_j w_j, in image order
+    g = generator(8)
+    lw = torch.cat([bounds.log_weights(small_vae, x[i:i + 10], 5, g) for i in range(0, 25, 10)])
+    torch.testing.assert_close(per, -(torch.logsumexp(lw.double(), 1) - math.log(5)), rtol=1e-6, atol=1e-6)
+    assert per.std() > 0, "images differ, so must their bounds"
+    chunk_means = torch.stack([per[i:i + 10].mean() for i in range(0, 25, 10)]).mean().item()
+    assert abs(chunk_means - scalar) > 1e-6, "the fixture must tell the mean over images from a mean of chunk means"
 
 
 @pytest.fixture(scope="module")

@@ -4,16 +4,19 @@ Fast tests (always run) check lib.html on a tiny notebook: offline pages, MathJa
 the index table. The browser tests (``pytest --run-html``, i.e. ``make check-html``) open the built
 report in headless Chromium with the network cut off and check what a reader sees:
 
-* every page loads with no request leaving ``file://``/``data:``, no failed load, no JS error;
+* every page loads with no request leaving ``file://``/``data:`` (Playwright's routing aborts and
+  records any other request; its events record every request, failed load and JS error), no failed
+  load, no JS error;
 * on notebook pages MathJax has typeset the maths: at least one display ``mjx-container`` per
-  ``$$…$$`` in the notebook's Markdown, no MathJax error, no raw ``$$`` or ``$\\cmd…$`` left in
-  the rendered Markdown text;
+  ``$$…$$`` in the notebook's Markdown, each drawn as MathJax's SVG, no MathJax error or undefined
+  macro, no raw ``$$``, ``$\\cmd…$``, ``\\(…\\)`` or ``\\[…\\]`` left in the rendered Markdown text;
 * every ``<img>`` decoded (naturalWidth > 0); every link resolves (files exist, #anchors exist);
 * a screenshot of each page goes to ``$SCREENSHOT_DIR/<page>.png`` (``make screenshots`` sets it to
   ``report/screenshots``; by default a temporary folder, so ``make test`` leaves the tree clean).
 
-The report folder is ``$REPORT_DIR`` (default: the repository's ``report/``). Chromium is driven
-through the DevTools protocol over ``--remote-debugging-pipe`` (stdlib only, no port opened).
+The report folder is ``$REPORT_DIR`` (default: the repository's ``report/``). Chromium is driven by
+Playwright for Python (a pinned dev extra) with the system's ``chromium`` as ``executable_path``:
+``playwright install`` is never needed, and nothing is downloaded.
 """
 from __future__ import annotations
 
@@ -21,18 +24,17 @@ import base64
 import json
 import os
 import re
-import select
 import shutil
-import subprocess
-import sys
-import tempfile
-import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
 import pytest
 
 from lib import html as H
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser
 
 ROOT = Path(__file__).resolve().parent.parent
 REPORT_DIR = Path(os.environ.get("REPORT_DIR", ROOT / "report")).resolve()
@@ -179,16 +181,18 @@ def test_mathjax_bundle_is_the_pinned_file_and_is_copied(tiny_report):
     assert H._sha256(tiny_report / H.MATHJAX_JS) == H.MATHJAX_SHA256
 
 
-# --- headless Chromium over the DevTools protocol (pipe transport) ---------------------------------
+# --- headless Chromium, driven by Playwright ------------------------------------------------------
 
-# Runs in a fresh interpreter between fork and exec: puts the two pipe ends on fds 3 and 4, where
-# --remote-debugging-pipe expects them, without clobbering anything, then becomes Chromium.
-_LAUNCHER = r"""
-import fcntl, os, sys
-a, b = (fcntl.fcntl(int(fd), fcntl.F_DUPFD, 10) for fd in sys.argv[1:3])
-os.dup2(a, 3); os.dup2(b, 4); os.close(a); os.close(b)
-os.execv(sys.argv[3], sys.argv[3:])
-"""
+# Playwright drives the system's Chromium (executable_path): no browser is downloaded, and it runs
+# offline and as root. The proxy flags send any request Playwright did not see to a dead port, so
+# nothing can leave the machine even then (loopback included).
+CHROMIUM_ARGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--no-first-run", "--no-default-browser-check", "--disable-quic", "--disable-extensions",
+                 "--mute-audio", "--hide-scrollbars",
+                 "--proxy-server=127.0.0.1:9", "--proxy-bypass-list=<-loopback>")
+LOCAL_SCHEMES = ("file", "data", "blob", "about")
+VIEWPORT = {"width": 1280, "height": 900}
 
 
 def find_chromium() -> str | None:
@@ -197,104 +201,24 @@ def find_chromium() -> str | None:
     return next((p for p in map(shutil.which, CHROMIUM_NAMES) if p), None)
 
 
-class Chromium:
-    """Headless Chromium with networking cut off, driven by CDP messages over a pipe."""
-
-    def __init__(self, exe: str):
-        self.profile = tempfile.mkdtemp(prefix="chromium-profile-")
-        to_r, self._w = os.pipe()       # we write commands -> Chromium reads fd 3
-        self._r, from_w = os.pipe()     # Chromium writes fd 4 -> we read
-        args = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--remote-debugging-pipe", f"--user-data-dir={self.profile}", "--no-first-run",
-                "--no-default-browser-check", "--disable-background-networking", "--disable-component-update",
-                "--disable-sync", "--disable-quic", "--disable-extensions", "--mute-audio", "--hide-scrollbars",
-                # every non-file request goes to a dead proxy, loopback included: nothing leaves the machine
-                "--proxy-server=127.0.0.1:9", "--proxy-bypass-list=<-loopback>", "about:blank"]
-        self.log = open(Path(self.profile) / "chromium.log", "w+b")  # noqa: SIM115 - closed in close()
-        self.proc = subprocess.Popen([sys.executable, "-c", _LAUNCHER, str(to_r), str(from_w), *args],
-                                     pass_fds=(to_r, from_w), stdout=self.log, stderr=subprocess.STDOUT)
-        os.close(to_r)
-        os.close(from_w)
-        self._buf = b""
-        self._id = 0
-        self.events: list[dict] = []
-        self.call("Browser.getVersion", timeout=30)
-
-    def _send(self, msg: dict) -> None:
-        data = json.dumps(msg).encode() + b"\0"
-        while data:
-            data = data[os.write(self._w, data):]
-
-    def _read(self, deadline: float) -> dict:
-        while b"\0" not in self._buf:
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([self._r], [], [], left)[0]:
-                raise TimeoutError("Chromium did not answer in time")
-            chunk = os.read(self._r, 1 << 20)
-            if not chunk:
-                self.log.seek(0)
-                err = self.log.read().decode(errors="replace")[-2000:]
-                raise RuntimeError(f"Chromium closed the DevTools pipe (exit {self.proc.poll()}): {err}")
-            self._buf += chunk
-        msg, self._buf = self._buf.split(b"\0", 1)
-        return json.loads(msg)
-
-    def call(self, method: str, session: str | None = None, timeout: float = PAGE_TIMEOUT, **params) -> dict:
-        self._id += 1
-        msg = {"id": self._id, "method": method, "params": params}
-        if session:
-            msg["sessionId"] = session
-        self._send(msg)
-        deadline = time.monotonic() + timeout
-        while True:
-            m = self._read(deadline)
-            if m.get("id") == self._id:
-                if "error" in m:
-                    raise RuntimeError(f"{method}: {m['error']}")
-                return m.get("result", {})
-            self.events.append(m)
-
-    def wait_event(self, method: str, session: str, timeout: float = PAGE_TIMEOUT) -> dict:
-        deadline = time.monotonic() + timeout
-        seen = 0
-        while True:
-            for m in self.events[seen:]:
-                if m.get("method") == method and m.get("sessionId") == session:
-                    return m
-            seen = len(self.events)
-            self.events.append(self._read(deadline))
-
-    def close(self) -> None:
-        try:
-            self.call("Browser.close", timeout=10)
-        except Exception:  # noqa: BLE001 - it may close the pipe before answering
-            pass
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        for fd in (self._r, self._w):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-        self.log.close()
-        shutil.rmtree(self.profile, ignore_errors=True)
-
-
-# Runs in the page once it has loaded: waits for MathJax's first typeset and for every image.
-_INSPECT = r"""(async () => {
+# Runs in the page once it has loaded: waits (at most ``ms`` each) for MathJax's first typeset and
+# for every image, then reports what a reader sees.
+_INSPECT = r"""async (ms) => {
+  const within = (p, done) => Promise.race([p.then(() => done),
+                                            new Promise(r => setTimeout(() => r('timed out'), ms))]);
   const mj = window.MathJax;
   let mathjax = 'not loaded';
-  if (mj && mj.startup && mj.startup.promise) { await mj.startup.promise; mathjax = 'typeset'; }
-  await Promise.all(Array.from(document.images).map(i => i.complete ? 0 :
-      new Promise(r => { i.addEventListener('load', r); i.addEventListener('error', r); })));
+  if (mj && mj.startup && mj.startup.promise) mathjax = await within(mj.startup.promise, 'typeset');
+  const images_settled = await within(Promise.all(Array.from(document.images).map(i => i.complete ? 0 :
+      new Promise(r => { i.addEventListener('load', r); i.addEventListener('error', r); }))), 'settled');
   const q = s => Array.from(document.querySelectorAll(s));
   return {
-    mathjax, version: mj && mj.version,
+    mathjax, version: mj && mj.version, images_settled,
     containers: q('mjx-container').length,
     display: q('mjx-container[display="true"]').length,
+    // tex-svg-full.js draws each formula as an <svg> inside its mjx-container
+    svg: q('mjx-container > svg').length,
+    no_svg: q('mjx-container').filter(c => !c.querySelector(':scope > svg')).length,
     errors: q('mjx-merror, [data-mjx-error]').map(e => e.getAttribute('data-mjx-error') || e.textContent),
     // MathJax's noundefined extension shows an unknown macro as red text instead of an error
     undefined_macros: (mj && mj.startup && mj.startup.document && mj.startup.toMML)
@@ -307,42 +231,50 @@ _INSPECT = r"""(async () => {
     toc: q('nav.gm-toc a').length,
     height: document.documentElement.scrollHeight,
   };
-})()"""
+}"""
 
 
-def inspect_page(browser: Chromium, path: Path, screenshot: Path) -> dict:
-    """Load ``path`` in a fresh tab; return what _INSPECT saw plus the requests and errors, save a screenshot."""
-    target = browser.call("Target.createTarget", url="about:blank")["targetId"]
-    sid = browser.call("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
+def inspect_page(browser: Browser, path: Path, screenshot: Path) -> dict:
+    """Load ``path`` in a fresh context; return what _INSPECT saw plus the requests and errors, save a screenshot."""
+    from playwright.sync_api import Error as PlaywrightError
+
+    ms = int(PAGE_TIMEOUT * 1000)
+    context = browser.new_context(viewport=VIEWPORT, device_scale_factor=1, service_workers="block")
+    requests: list[str] = []   # every request the page (or a worker of it) made
+    blocked: list[str] = []    # the non-local ones, aborted before they were sent
+    failed: list[tuple[str, str]] = []
+    js_errors: list[str] = []
+
+    def guard(route):
+        url = route.request.url
+        if urlsplit(url).scheme in LOCAL_SCHEMES:
+            route.continue_()
+        else:
+            blocked.append(url)
+            route.abort("blockedbyclient")
+
     try:
-        for domain in ("Page", "Network", "Runtime"):
-            browser.call(f"{domain}.enable", session=sid)
-        browser.call("Emulation.setDeviceMetricsOverride", session=sid, width=1280, height=900,
-                     deviceScaleFactor=1, mobile=False)
-        start = len(browser.events)
-        browser.call("Page.navigate", session=sid, url=path.as_uri())
-        browser.wait_event("Page.loadEventFired", sid)
-        res = browser.call("Runtime.evaluate", session=sid, expression=_INSPECT, awaitPromise=True,
-                           returnByValue=True)
-        if "exceptionDetails" in res:
-            raise AssertionError(f"inspection script failed: {res['exceptionDetails']}")
-        info = res["result"]["value"]
-        shot = browser.call("Page.captureScreenshot", session=sid, format="png", captureBeyondViewport=True,
-                            clip={"x": 0, "y": 0, "width": 1280, "height": min(info["height"], 2400), "scale": 1})
+        context.route(lambda url: True, guard)  # every URL, whatever its scheme
+        context.on("request", lambda r: requests.append(r.url))
+        context.on("requestfailed", lambda r: failed.append((r.failure or "?", r.url)))
+        context.on("weberror", lambda e: js_errors.append(str(e.error)))
+        page = context.new_page()
+        page.on("websocket", lambda ws: blocked.append(ws.url))
+        page.goto(path.as_uri(), wait_until="load", timeout=ms)
+        try:
+            info = page.evaluate(_INSPECT, ms)
+        except PlaywrightError as e:
+            raise AssertionError(f"inspection script failed: {e}") from None
         screenshot.parent.mkdir(parents=True, exist_ok=True)
-        screenshot.write_bytes(base64.b64decode(shot["data"]))
-        mine = [m for m in browser.events[start:] if m.get("sessionId") == sid]
-        info["requests"] = [m["params"]["request"]["url"] for m in mine if m.get("method") == "Network.requestWillBeSent"]
-        info["failed"] = [(m["params"].get("errorText"), m["params"].get("requestId")) for m in mine
-                          if m.get("method") == "Network.loadingFailed"]
-        info["js_errors"] = [m["params"]["exceptionDetails"].get("exception", {}).get("description")
-                             or m["params"]["exceptionDetails"].get("text")
-                             for m in mine if m.get("method") == "Runtime.exceptionThrown"]
+        page.screenshot(path=str(screenshot), full_page=True, timeout=ms,
+                        clip={"x": 0, "y": 0, "width": VIEWPORT["width"], "height": min(info["height"], 2400)})
+        info.update(requests=list(dict.fromkeys(requests + blocked)), blocked=blocked, failed=failed,
+                    js_errors=js_errors)
         return info
     finally:
         try:
-            browser.call("Target.closeTarget", targetId=target, timeout=10)
-        except (RuntimeError, TimeoutError):
+            context.close()
+        except PlaywrightError:
             pass  # keep the original failure
 
 
@@ -350,12 +282,19 @@ def inspect_page(browser: Chromium, path: Path, screenshot: Path) -> dict:
 def browser(request):
     if not request.config.getoption("--run-html"):
         pytest.skip("browser check: run with --run-html (make check-html)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.fail("--run-html needs Playwright for Python (a dev extra): pip install -c constraints.txt -e '.[dev]'")
     exe = find_chromium()
     if not exe:
         pytest.fail(f"--run-html needs headless Chromium, found none of {CHROMIUM_NAMES} on PATH; {INSTALL_HINT}")
-    b = Chromium(exe)
-    yield b
-    b.close()
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=exe, headless=True, args=list(CHROMIUM_ARGS), timeout=30_000)
+        try:
+            yield b
+        finally:
+            b.close()
 
 
 def _pages(report: Path) -> list[str]:
@@ -374,19 +313,21 @@ def _expected_display_math(ipynb: Path) -> int:
 
 
 RAW_INLINE_TEX = re.compile(r"\$[^$\n]*\\[A-Za-z]+[^$\n]*\$")
+RAW_DELIMITED_TEX = re.compile(r"\\\(.*?\\\)|\\\[.*?\\\]", re.S)   # \(…\) and \[…\] left as text
 
 
-def check_page(browser: Chromium, report: Path, page: str, shots: Path) -> dict:
+def check_page(browser: Browser, report: Path, page: str, shots: Path) -> dict:
     path = report / f"{page}.html"
     assert path.is_file(), f"{path} is missing; build the report first (make report)"
     info = inspect_page(browser, path, shots / f"{page}.png")
     where = f"{path.name}:"
     # self-contained, and it loaded cleanly
-    outside = [u for u in info["requests"] if urlsplit(u).scheme not in ("file", "data", "blob", "about")]
+    outside = [u for u in info["requests"] if urlsplit(u).scheme not in LOCAL_SCHEMES]
     assert outside == [], f"{where} requests outside the report: {outside}"
     assert info["failed"] == [], f"{where} failed loads: {info['failed']}"
     assert info["js_errors"] == [], f"{where} JavaScript errors: {info['js_errors']}"
     # every image decoded
+    assert info["images_settled"] == "settled", f"{where} images still loading after {PAGE_TIMEOUT:.0f} s"
     assert [i for i in info["images"] if i["w"] <= 0 or i["h"] <= 0] == [], f"{where} images that did not load"
     # every link resolves
     ids = set(info["ids"])
@@ -408,10 +349,15 @@ def check_page(browser: Chromium, report: Path, page: str, shots: Path) -> dict:
         assert info["undefined_macros"] == [], f"{where} undefined TeX macros: {info['undefined_macros']}"
         assert info["display"] >= expected, (f"{where} {info['display']} display equations typeset, "
                                              f"the notebook has {expected} $$…$$ blocks")
+        assert info["no_svg"] == 0, f"{where} {info['no_svg']} mjx-container(s) without MathJax's SVG output"
+        if expected:
+            assert info["svg"] >= expected, f"{where} {info['svg']} SVG formulas, expected at least {expected}"
         text = info["markdown_text"]
         assert "$$" not in text, f"{where} raw $$ left in the rendered text: …{text[text.find('$$') - 80:][:200]}…"
         raw = RAW_INLINE_TEX.findall(text)
         assert raw == [], f"{where} raw inline TeX left in the rendered text: {raw[:5]}"
+        raw = RAW_DELIMITED_TEX.findall(text)
+        assert raw == [], f"{where} raw delimited TeX left in the rendered text: {raw[:5]}"
         assert info["toc"] > 0, f"{where} no table of contents"
     assert (shots / f"{page}.png").stat().st_size > 5_000
     return info
@@ -431,14 +377,21 @@ def test_report_pages_in_headless_chromium(browser, tmp_path):
 
 
 def test_check_fails_when_maths_is_not_typeset(browser, tmp_path):
-    """The page check must catch maths that is not typeset: break a good page three ways."""
+    """The page check must catch maths that is not typeset (and a network request): break a good page five ways."""
     report = make_report(tmp_path / "report")
     info = check_page(browser, report, "02_vae_derivation", tmp_path / "shots")
     assert info["display"] == 2 and info["containers"] >= 6  # 2 display, inline in text, heading, TOC, output
+    assert info["svg"] == info["containers"] and info["no_svg"] == 0
+    assert info["requests"] and all(u.startswith("file://") for u in info["requests"]), info["requests"]
     page = (report / "02_vae_derivation.html").read_text()
     broken = {
         "no_inline": (page.replace("inlineMath: [['$', '$'], ", "inlineMath: ["), "raw inline TeX"),
         "unknown_macro": (page.replace(r"and $\beta$", r"and $\notamacro$"), "undefined TeX macros"),
+        "no_paren": (page.replace(r", ['\\(', '\\)']]", "]").replace("The gap is $0.12$ nats.",
+                                                                         r"The gap is \(0.12\) nats."),
+                     "raw delimited TeX"),
+        "network": (page.replace("</body>", '<img src="https://cdn.example.invalid/x.png" alt=""></body>', 1),
+                    r"requests outside the report: \['https://cdn\.example\.invalid/x\.png'\]"),
     }
     for name, (text, expected) in broken.items():
         assert text != page

@@ -1,15 +1,13 @@
-"""The training path's speed choices change speed, not results (issue: performance), and the
-learning-rate schedule does what it says."""
+"""The training loop's settings: the learning-rate schedule does what it says, a bad spec is refused
+before any work, and the thread count respects a user's OMP_NUM_THREADS."""
 import os
 import subprocess
 import sys
 
 import pytest
-import torch
 
 from lib import config, train
-from lib.models import BetaVAE, ConvVAE
-from lib.train import RunSpec, as_input, lr_at, prepare_vae
+from lib.train import RunSpec, lr_at
 
 
 def test_constant_schedule_is_the_seeds_fixed_rate():
@@ -28,11 +26,24 @@ def test_cosine_schedule_starts_at_lr_decays_monotonically_and_ends_near_zero():
 
 
 def test_unknown_schedule_is_refused():
-    with pytest.raises(ValueError, match=r"'step' is invalid: allowed 'constant' or 'cosine'"):
+    with pytest.raises(ValueError, match=r"lr_schedule 'step' is invalid: allowed one of \['constant', 'cosine'\]"):
         lr_at(RunSpec(tag="t", lr_schedule="step"), 0, 10)
 
 
-def test_fit_vae_applies_the_schedule(tmp_path, mnist_raw, monkeypatch):
+@pytest.mark.parametrize("change, pattern", [
+    (dict(model="VQVAE"), r"model 'VQVAE' is invalid: allowed one of \['ConvVAE', 'BetaVAE', 'GAN'\]"),
+    (dict(recon="huber"), r"unknown loss 'huber'"),
+    (dict(lr_schedule="step"), r"lr_schedule 'step' is invalid"),
+    (dict(model="GAN", lr_schedule="cosine"), r"'cosine' is not supported for the GAN"),
+])
+def test_fit_refuses_a_bad_spec_before_any_work(tmp_path, change, pattern):
+    spec = RunSpec(tag="bad", **change)
+    with pytest.raises(ValueError, match=pattern):
+        train.fit(spec, cache=tmp_path, show_progress=False)
+    assert not any(tmp_path.iterdir()), "nothing is written for a refused spec"
+
+
+def test_fit_applies_the_schedule(tmp_path, mnist_raw, monkeypatch):
     seen = []
     real_step = train.vae_step
 
@@ -43,46 +54,27 @@ def test_fit_vae_applies_the_schedule(tmp_path, mnist_raw, monkeypatch):
     monkeypatch.setattr(train, "vae_step", spy)
     spec = RunSpec(tag="sched", epochs=2, train_subset=256, test_subset=64, batch_size=64, latent_dim=4,
                    lr=2e-3, lr_schedule="cosine")
-    train.fit_vae(spec, cache=tmp_path, progress=False)
+    train.fit(spec, cache=tmp_path, show_progress=False)
     assert len(seen) == 8  # 2 epochs x 4 batches
     assert seen == pytest.approx([lr_at(spec, s, 8) for s in range(8)])
     assert seen[0] == pytest.approx(2e-3) and seen[-1] < seen[0] / 10
 
 
-@pytest.mark.parametrize("cls", [ConvVAE, BetaVAE])
-def test_channels_last_changes_memory_order_not_values(cls):
-    torch.manual_seed(0)
-    a = cls().train()
-    b = cls().train()
-    b.load_state_dict(a.state_dict())
-    b = prepare_vae(b, torch.device("cpu"))
-    assert any(p.dim() == 4 and p.is_contiguous(memory_format=torch.channels_last)
-               and not p.is_contiguous() for p in b.parameters())
-    x = torch.rand(16, 1, 28, 28)
-    g1, g2 = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
-    out_a, out_b = a(x, generator=g1), b(as_input(x), generator=g2)
-    for u, v in zip(out_a, out_b):
-        torch.testing.assert_close(u, v, rtol=1e-4, atol=1e-4)
-    (out_a[0].sum() + out_a[1].sum()).backward()
-    (out_b[0].sum() + out_b[1].sum()).backward()
-    for (name, p), q in zip(a.named_parameters(), b.parameters()):
-        torch.testing.assert_close(p.grad, q.grad, rtol=1e-3, atol=1e-3, msg=name)
-
-
-def _mallopt_probe(env_value):
-    code = "from lib import config; print(config.tune_allocator())"
-    env = {**os.environ, "GENMNIST_ALLOCATOR": env_value}
+def _threads_in_a_fresh_process(omp):
+    """(set_threads()'s return, torch.get_num_threads() after it) in a new interpreter with OMP_NUM_THREADS=omp."""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    if omp is not None:
+        env["OMP_NUM_THREADS"] = omp
+    code = "import torch; from lib import config; n = config.set_threads(); print(n, torch.get_num_threads())"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True,
-                         cwd=config.ROOT)
-    return out.stdout.strip()
+                         cwd=config.ROOT, timeout=120)
+    return tuple(int(v) for v in out.stdout.split())
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc allocator settings are Linux-only")
-def test_allocator_tuning_applies_on_glibc_and_can_be_switched_off():
-    import ctypes
-    try:
-        ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):
-        pytest.skip("not a glibc system")
-    assert _mallopt_probe("") == "True"
-    assert _mallopt_probe("default") == "False"
+def test_set_threads_leaves_a_users_omp_num_threads_alone():
+    assert _threads_in_a_fresh_process("1") == (1, 1)
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs more than one core to tell 'every core' from 1")
+def test_set_threads_uses_every_core_without_omp_num_threads():
+    assert _threads_in_a_fresh_process(None) == (os.cpu_count(), os.cpu_count())

@@ -1,0 +1,184 @@
+"""What a tier notebook calls: ``setup`` (parameters -> validated config and a context that writes
+figures and runs), ``table`` and ``verdict``.
+
+    cfg, ctx = setup("01_vae_basic", globals())
+
+reads the notebook's parameters from the parameters cell's globals, merges them over the profile,
+validates everything before any training starts, seeds and sets threads.
+"""
+from __future__ import annotations
+
+import ast
+import difflib
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import data, evaluate
+from .config import ParameterError, parameter_names, resolve, seed_everything, set_threads
+
+# The labels a verdict can carry, and the mark each gets in the report.
+LABELS = {"kept": "✅", "partly kept": "◐", "refuted": "❌", "inconclusive": "❔"}
+
+
+class Context:
+    """One notebook's run: its resolved config, device, and the folder its figures and runs go to."""
+
+    def __init__(self, notebook: str, cfg: dict[str, Any], threads: int):
+        self.notebook, self.cfg, self.threads = notebook, cfg, threads
+        self.device: torch.device = cfg["device"]
+        self.out = Path(cfg["output_dir"])
+        (self.out / "figures").mkdir(parents=True, exist_ok=True)
+        (self.out / "runs").mkdir(parents=True, exist_ok=True)
+        self._test_x = None
+        self._clf = None
+
+    def test_images(self) -> torch.Tensor:
+        """The clean test images (the first ``test_subset`` of them), float [N, 1, 28, 28] on the device."""
+        if self._test_x is None:
+            self._test_x = data.subset(data.load_split("test").float_images(self.device), self.cfg["test_subset"])
+        return self._test_x
+
+    def classifier(self) -> tuple[evaluate.Classifier, float]:
+        """The in-project MNIST classifier of the profile (cached on disk) and its test accuracy."""
+        if self._clf is None:
+            self._clf = evaluate.get_classifier(self.cfg["classifier"], self.device)
+        return self._clf
+
+    def score(self, run, test_x: torch.Tensor | None = None, reference_x: torch.Tensor | None = None,
+              label: str | None = None, extra: dict[str, Any] | None = None) -> tuple[dict, torch.Tensor]:
+        """``evaluate.score_vae`` of a trained VAE run with this notebook's sample and IWAE sizes, plus
+        any ``extra`` metrics; recorded under runs/ when ``label`` is given. ``test_x`` defaults to
+        the clean test images. A GAN run gets only the sample scores (``score_samples``)."""
+        s, cfg, clf = run.spec, self.cfg, self.classifier()[0]
+        test_x = self.test_images() if test_x is None else test_x
+        if s.model == "GAN":
+            samples = evaluate.samples_of(run.model, cfg["n_samples"], s.seed)
+            metrics = evaluate.score_samples(clf, samples, test_x if reference_x is None else reference_x)
+        else:
+            metrics, samples = evaluate.score_vae(
+                run.model, test_x, clf=clf, recon=s.recon, beta=s.beta, recon_weight=s.recon_weight,
+                n_samples=cfg["n_samples"], iwae_k=cfg["iwae_k"], iwae_images=cfg["iwae_images"], seed=s.seed,
+                reference_x=reference_x)
+        metrics.update(extra or {})
+        if label is not None:
+            self.record(run, metrics, samples, label)
+        return metrics, samples
+
+    def figure(self, fig, name: str):
+        """Save ``fig`` as figures/<notebook>_<name>.png and return it (so the notebook shows it)."""
+        fig.savefig(self.out / "figures" / f"{self.notebook}_{name}.png", dpi=110, bbox_inches="tight")
+        return fig
+
+    def record(self, run, metrics: dict[str, Any], samples: torch.Tensor, label: str) -> Path:
+        """runs/<run-id>/metrics.json and samples.npz (uint8 [N, 28, 28]) for one trained model."""
+        d = self.out / "runs" / run.run_id
+        d.mkdir(parents=True, exist_ok=True)
+        history = [{k: v for k, v in row.items() if k != "train_seconds"} for row in run.history]
+        doc = {"run_id": run.run_id, "notebook": self.notebook, "label": label, "spec": run.spec.key(),
+               "metrics": _plain(metrics), "history": _plain(history)}
+        (d / "metrics.json").write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
+        np.savez_compressed(d / "samples.npz", samples=np.asarray(samples, dtype=np.uint8))
+        return d
+
+
+INJECTED_HEADER = "# Parameters"  # the comment papermill writes atop the cell it injects (tag injected-parameters)
+
+
+def injected_names(namespace: dict[str, Any]) -> list[str]:
+    """The names papermill's injected-parameters cell assigned, read from the kernel's input history
+    (IPython's ``In``): the last executed cell whose first line is papermill's ``# Parameters``
+    comment, parsed with ``ast``. [] when there is none (interactive use, a plain dict)."""
+    history = namespace.get("In") or namespace.get("_ih") or []
+    if not isinstance(history, list):
+        return []
+    for source in reversed(history):
+        if not isinstance(source, str) or source.lstrip().split("\n", 1)[0].strip() != INJECTED_HEADER:
+            continue
+        try:
+            tree = ast.parse(source)
+        except SyntaxError:
+            return []
+        names: list[str] = []
+        for node in tree.body:
+            if isinstance(node, ast.Assign):
+                targets = node.targets
+            elif isinstance(node, (ast.AnnAssign, ast.AugAssign)):
+                targets = [node.target]
+            else:
+                continue
+            names += [n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)]
+        return names
+    return []
+
+
+def setup(notebook: str, namespace: dict[str, Any]) -> tuple[dict[str, Any], Context]:
+    """The notebook's parameters (read from ``namespace``, its globals) merged over the profile and
+    validated; then threads and seeds set. Returns (cfg, ctx).
+
+    A name papermill injected (``-p epoch 3``) that is not a parameter of this notebook is an error
+    here, not a warning papermill prints and the run ignores; papermill's own ``PAPERMILL_*`` path
+    variables (``--inject-paths``) are allowed."""
+    known = parameter_names(notebook)
+    unknown = sorted({n for n in injected_names(namespace) if n not in known and not n.startswith("PAPERMILL_")})
+    if unknown:
+        hints = [f"{n!r} -> {close[0]!r}" for n in unknown if (close := difflib.get_close_matches(n, known, 1))]
+        raise ParameterError(f"unknown parameter(s) {unknown} for {notebook}; known: {known}"
+                             + (f" (did you mean {', '.join(hints)}?)" if hints else ""))
+    params = {name: namespace[name] for name in known if name in namespace}
+    profile = params.pop("profile", "default")
+    cfg = resolve(notebook, profile, **params)
+    threads = set_threads()
+    seed_everything(cfg["seed"])
+    return cfg, Context(notebook, cfg, threads)
+
+
+def _plain(x):
+    if isinstance(x, dict):
+        return {str(k): _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    if isinstance(x, (np.floating, np.integer)):
+        return x.item()
+    if isinstance(x, torch.Tensor):
+        return x.tolist()
+    if isinstance(x, float):
+        return round(x, 6)
+    return x
+
+
+def table(rows: list[dict[str, Any]], columns: list[str] | None = None, digits: int = 2) -> str:
+    """A Markdown table (display it with IPython.display.Markdown)."""
+    columns = columns or list(rows[0])
+
+    def fmt(v):
+        if isinstance(v, float):
+            return f"{v:.{digits}f}" if abs(v) >= 0.01 or v == 0 else f"{v:.2e}"
+        return str(v)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def label(conditions: dict[str, bool | None]) -> str:
+    """The verdict a set of named conditions earns: every one holds -> 'kept', none -> 'refuted',
+    some -> 'partly kept'; any condition that the evidence cannot decide (None) -> 'inconclusive'."""
+    if not conditions:
+        raise ValueError("a verdict needs at least one condition")
+    values = list(conditions.values())
+    if any(v is None for v in values):
+        return "inconclusive"
+    if all(values):
+        return "kept"
+    return "refuted" if not any(values) else "partly kept"
+
+
+def verdict(claim: str, conditions: dict[str, bool | None], evidence: str) -> str:
+    """One Markdown line: the claim, its label (from ``label``), each condition with ✓ / ✗ / ?, the numbers."""
+    status = label(conditions)
+    marks = "; ".join(f"{name} {'?' if ok is None else '✓' if ok else '✗'}" for name, ok in conditions.items())
+    return f"- {LABELS[status]} **{status}** — *{claim}* — {marks}. {evidence}"

@@ -1,0 +1,78 @@
+"""The run cache: where checkpoints live, what a run id hashes, atomic save and checked load.
+
+Shared by ``train`` (model checkpoints) and ``evaluate`` (the classifier), so both import it and
+neither imports the other's storage code.
+"""
+from __future__ import annotations
+
+import ast
+import hashlib
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import ROOT
+
+CACHE = Path(os.environ.get("GENMNIST_CACHE", ROOT / "data" / "cache"))
+LIB = Path(__file__).resolve().parent
+# The modules whose code changes a trained model (what run ids hash).
+RESULT_SOURCES = ("data.py", "models.py", "losses.py", "noise.py", "bounds.py", "train.py")
+
+
+def code_only(source: str) -> str:
+    """A module's code without its comments and docstrings (the AST, dumped without line numbers)."""
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            first = node.body[0] if node.body else None
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
+                node.body = node.body[1:] or [ast.Pass()]
+    return ast.dump(tree)
+
+
+def source_hash(folder: Path = LIB, files=RESULT_SOURCES) -> str:
+    """Digest of the code (not the prose) of ``files`` in ``folder``: editing a docstring keeps it."""
+    h = hashlib.sha256()
+    for name in files:
+        h.update(name.encode())
+        h.update(code_only((Path(folder) / name).read_text(encoding="utf-8")).encode())
+    return h.hexdigest()[:16]
+
+
+def checkpoint_path(run_id: str, cache: Path = CACHE) -> Path:
+    return Path(cache) / run_id / "checkpoint.pt"
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """torch.save to a temporary file in the same folder, then an atomic rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path, owner: str | None = None, keys: tuple[str, ...] = ()) -> dict[str, Any] | None:
+    """The checkpoint's state, or None when absent or unusable. Unusable means unreadable, saved
+    for another run (its ``run_id`` is not ``owner``) or missing one of ``keys``: each is reported
+    and the caller retrains, never crashes or presents another run's model as this one."""
+    if not path.exists():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable checkpoint means "retrain"
+        warnings.warn(f"checkpoint {path} is corrupted ({type(e).__name__}: {e}); retraining this run from scratch")
+        return None
+    problem = None
+    if not isinstance(state, dict):
+        problem = f"it holds a {type(state).__name__}, not a checkpoint"
+    elif owner is not None and state.get("run_id") != owner:
+        problem = f"it was saved for run {state.get('run_id')!r}, not {owner!r}"
+    elif missing := [k for k in keys if k not in state]:
+        problem = f"it lacks {missing}"
+    if problem:
+        warnings.warn(f"checkpoint {path} is not usable ({problem}); retraining this run from scratch")
+        return None
+    return state

@@ -1,0 +1,111 @@
+"""lib.notebook, what the tier notebooks call: ``setup`` reads and validates their parameters, ``label`` and
+``verdict`` turn measured conditions into a claim's label, ``table`` formats results."""
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from lib import notebook
+from lib.config import ParameterError, parameter_names
+
+
+@pytest.fixture
+def keep_global_state(monkeypatch):
+    """setup() sets threads and seeds every global generator: leave this test process as it was."""
+    monkeypatch.setenv("OMP_NUM_THREADS", str(torch.get_num_threads()))  # set_threads() then keeps the count
+    threads = torch.get_num_threads()
+    states = torch.get_rng_state(), np.random.get_state(), random.getstate()
+    yield
+    torch.set_num_threads(threads)
+    torch.set_rng_state(states[0])
+    np.random.set_state(states[1])
+    random.setstate(states[2])
+
+
+def _papermill_globals(nb, **values):
+    """A notebook's globals after its parameters cell (every parameter None = "the profile's value")
+    and papermill's injected cell, plus the unrelated names any namespace holds."""
+    ns = {name: None for name in parameter_names(nb)}
+    ns["profile"] = "default"  # the parameters cell's literal
+    ns.update(__name__="__main__", np=np, torch=torch, unrelated=[1, 2, 3])
+    ns.update(values)
+    return ns
+
+
+def test_setup_reads_the_parameters_from_the_namespace(tmp_path, keep_global_state):
+    ns = _papermill_globals("04_beta_vae", profile="smoke", epochs=2, betas=[1.0, 3.0], seed=5, device="cpu",
+                            output_dir=str(tmp_path / "out"))
+    cfg, ctx = notebook.setup("04_beta_vae", ns)
+    assert cfg["profile"] == "smoke"
+    assert cfg["epochs"] == 2 and cfg["betas"] == [1.0, 3.0] and cfg["seed"] == 5  # from the namespace
+    assert cfg["batch_size"] == 64 and cfg["train_subset"] == 512  # None there: the smoke profile's values
+    assert "unrelated" not in cfg and "np" not in cfg
+    assert cfg["device"] == torch.device("cpu") == ctx.device
+    assert ctx.cfg is cfg and ctx.notebook == "04_beta_vae" and ctx.threads == torch.get_num_threads()
+    assert ctx.out == tmp_path / "out" and (ctx.out / "figures").is_dir() and (ctx.out / "runs").is_dir()
+    a = torch.rand(3)
+    torch.manual_seed(5)
+    assert torch.equal(a, torch.rand(3)), "setup seeds torch's global generator with the notebook's seed"
+
+
+def test_setup_without_a_profile_parameter_takes_the_default_profile(tmp_path, keep_global_state):
+    cfg, _ = notebook.setup("03_gan", {"output_dir": str(tmp_path), "device": "cpu"})
+    assert cfg["profile"] == "default" and cfg["epochs"] == 20
+
+
+@pytest.mark.parametrize("nb, values, pattern", [
+    ("01_vae_basic", dict(epochs=0), r"parameter 'epochs' = 0 is invalid: allowed an integer >= 1"),
+    ("01_vae_basic", dict(losses=["bce", "huber"]), r"parameter 'losses' = 'huber' is invalid"),
+    ("04_beta_vae", dict(betas=[1.0, -1.0]), r"parameter 'betas' = -1.0 is invalid"),
+    ("05_noisy_data", dict(noise_amounts=[2.0]), r"parameter 'noise_amounts' = 2.0 is invalid"),
+    ("03_gan", dict(profile="fast"), r"parameter 'profile' = 'fast' is invalid"),
+])
+def test_setup_rejects_a_bad_value_naming_the_parameter_before_any_work(tmp_path, keep_global_state, nb, values,
+                                                                        pattern):
+    out = tmp_path / "out"
+    ns = _papermill_globals(nb, profile="smoke", output_dir=str(out), device="cpu")
+    ns.update(values)
+    with pytest.raises(ParameterError, match=pattern):
+        notebook.setup(nb, ns)
+    assert not out.exists(), "a bad parameter is reported before anything is written"
+
+
+@pytest.mark.parametrize("conditions, expected", [
+    ({"bound falls": True, "samples sharpen": True}, "kept"),
+    ({"bound falls": True, "samples sharpen": False}, "partly kept"),
+    ({"bound falls": False, "samples sharpen": False}, "refuted"),
+    ({"bound falls": True, "samples sharpen": None}, "inconclusive"),
+    ({"bound falls": False, "samples sharpen": None}, "inconclusive"),
+    ({"only one": True}, "kept"),
+    ({"only one": False}, "refuted"),
+])
+def test_label_of_every_outcome(conditions, expected):
+    assert notebook.label(conditions) == expected
+
+
+def test_label_needs_a_condition():
+    with pytest.raises(ValueError, match="at least one condition"):
+        notebook.label({})
+
+
+def test_verdict_line_shows_label_mark_and_every_condition():
+    line = notebook.verdict("BCE gives sharper samples", {"higher gradient energy": True, "lower FID": False},
+                            "FID 12.1 vs 14.3.")
+    assert line.startswith(f"- {notebook.LABELS['partly kept']} **partly kept**")
+    assert "*BCE gives sharper samples*" in line
+    assert "higher gradient energy ✓" in line and "lower FID ✗" in line and line.endswith("FID 12.1 vs 14.3.")
+    undecided = notebook.verdict("c", {"decided": True, "undecided": None}, "")
+    assert undecided.startswith(f"- {notebook.LABELS['inconclusive']} **inconclusive**")
+    assert "decided ✓; undecided ?" in undecided
+    assert set(notebook.LABELS) == {"kept", "partly kept", "refuted", "inconclusive"}
+
+
+def test_table_formats_floats_and_missing_cells():
+    md = notebook.table([{"loss": "bce", "bound": 101.234, "kl": 0.001}, {"loss": "mse", "bound": 0.0}])
+    assert md.splitlines() == [
+        "| loss | bound | kl |",
+        "|---|---|---|",
+        "| bce | 101.23 | 1.00e-03 |",
+        "| mse | 0.00 |  |",
+    ]

@@ -1,0 +1,48 @@
+"""``make check-report``: re-execute the committed executed notebooks in report/ with nbval and check
+that the cells tagged ``nbval-check-output`` (headline tables, verdicts) reproduce their committed
+outputs. Run it after ``make report`` (the models are then in data/cache, so nothing retrains and
+it takes a few minutes); a difference means the committed report no longer follows from the code.
+
+The notebooks are copied to a temporary folder first, and their injected ``output_dir`` points
+there, so the committed report/ is never written. Durations and machine paths are sanitised
+(tools/nbval_sanitize.cfg).
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+REPORT = ROOT / "report"
+
+
+def main(argv: list[str]) -> int:
+    pages = sorted(REPORT.glob("[0-9][0-9]_*.ipynb"))
+    if argv:
+        pages = [p for p in pages if p.stem in argv or p.name in argv]
+    if not pages:
+        print("error: no executed notebooks in report/ (run `make report` first)", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory(prefix="check-report-") as tmp:
+        copies = []
+        for page in pages:
+            nb = json.loads(page.read_text())
+            for cell in nb["cells"]:
+                if "injected-parameters" in cell.get("metadata", {}).get("tags", []):
+                    src = "".join(cell["source"])
+                    cell["source"] = src.replace('output_dir = "report"', f'output_dir = "{tmp}/out"')
+            copy = Path(tmp) / page.name
+            copy.write_text(json.dumps(nb))
+            copies.append(str(copy))
+        cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval-lax", "--nbval-current-env",
+               "--nbval-sanitize-with", str(ROOT / "tools" / "nbval_sanitize.cfg"), "--nbval-cell-timeout", "3600",
+               "--rootdir", tmp, *copies]
+        print("checking", ", ".join(p.stem for p in pages), flush=True)
+        return subprocess.run(cmd, cwd=ROOT).returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
