@@ -7,13 +7,14 @@ from __future__ import annotations
 import hashlib
 import inspect
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import data
+from . import data, models, noise, stats
 from .data import generator
 from .bounds import EVAL_BATCH, iwae_bound, test_bound
 from .progress import progress
@@ -179,15 +180,47 @@ def image_stats(images) -> dict[str, float]:
     }
 
 
-def psnr_ssim(reconstructions, clean) -> dict[str, float]:
-    """Mean PSNR (dB) and SSIM (scikit-image, data_range 1) of reconstructions against clean images."""
-    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+def psnr_ssim(images, clean) -> dict[str, float | None]:
+    """PSNR (dB) from the MSE pooled over all images and pixels, 10 log10(1 / MSE), with its standard
+    error over images (delta method); mean SSIM (scikit-image, data_range 1) and its SE. ``psnr`` is
+    None when the images equal the clean ones (MSE 0: no finite PSNR), never ``inf``."""
+    from skimage.metrics import structural_similarity
 
-    a = _as_float_images(reconstructions, "cpu")[:, 0].double().numpy()
+    a = _as_float_images(images, "cpu")[:, 0].double().numpy()
     b = _as_float_images(clean, "cpu")[:, 0].double().numpy()
-    psnr = [peak_signal_noise_ratio(bi, ai, data_range=1.0) for ai, bi in zip(a, b)]
-    ssim = [structural_similarity(bi, ai, data_range=1.0) for ai, bi in zip(a, b)]
-    return {"psnr": float(np.mean(psnr)), "ssim": float(np.mean(ssim))}
+    per_image = ((a - b) ** 2).mean((1, 2))
+    mse = float(per_image.mean())
+    ssim = np.array([structural_similarity(bi, ai, data_range=1.0) for ai, bi in zip(a, b)])
+    out = {"mse": mse, "psnr": None, "psnr_se": None,
+           "ssim": float(ssim.mean()), "ssim_se": float(ssim.std(ddof=1) / np.sqrt(len(ssim)))}
+    if mse > 0:
+        out["psnr"] = float(10 * np.log10(1.0 / mse))
+        out["psnr_se"] = float(10 / np.log(10) * per_image.std(ddof=1) / np.sqrt(len(per_image)) / mse)
+    return out
+
+
+def median_filter(images, size: int = 3) -> torch.Tensor:
+    """A size x size median filter on each image (scipy.ndimage): the standard salt-and-pepper baseline."""
+    from scipy.ndimage import median_filter as _median
+
+    x = _as_float_images(images, "cpu")[:, 0].numpy()
+    return torch.from_numpy(_median(x, size=(1, size, size), mode="nearest")).unsqueeze(1)
+
+
+def sharpness_gap(images, reference_energy: float) -> float:
+    """|gradient energy − the real digits' gradient energy|: how far the edge energy is from real digits'.
+    Blur lowers gradient energy and speckle raises it; neither is "sharper" than the real thing."""
+    return abs(image_stats(images)["gradient_energy"] - reference_energy)
+
+
+def superimposed(images, real) -> dict[str, float]:
+    """How close samples are to one average image: cosine similarity of each sample to the real digits'
+    mean image (mean over samples), and the pixel spread across samples (mean over pixels of the SD over
+    samples) relative to the real digits' spread. Superimposed digits: similarity high, spread small."""
+    x = _as_float_images(images, "cpu")[:, 0].double().flatten(1)
+    r = _as_float_images(real, "cpu")[:, 0].double().flatten(1)
+    cos = F.cosine_similarity(x, r.mean(0, keepdim=True), dim=1).mean().item()
+    return {"mean_digit_similarity": cos, "pixel_spread": (x.std(0).mean() / r.std(0).mean()).item()}
 
 
 @torch.inference_mode()
@@ -200,23 +233,60 @@ def reconstruct(model, x: torch.Tensor, batch_size: int = EVAL_BATCH) -> torch.T
 
 # --- scoring a trained run ------------------------------------------------------------------
 
-_ref_stats: dict[tuple[int, str], tuple] = {}
+_ref_stats: dict[tuple, tuple] = {}
+
+
+def _fingerprint(images) -> tuple:
+    """Size and pixel sums: tells the clean test set from a noised copy of it (memo keys below)."""
+    x = _as_float_images(images, "cpu").double()
+    return len(x), round(x.sum().item(), 6), round(x.pow(2).sum().item(), 6)
 
 
 def reference_stats(clf: Classifier, test_images) -> tuple:
-    """Feature Gaussian of the (clean) test images, memoised per size."""
-    key = (len(test_images), str(next(clf.parameters()).device))
+    """Feature Gaussian of the reference images (the test set, or a noised copy), memoised by content."""
+    key = (*_fingerprint(test_images), str(next(clf.parameters()).device), id(clf))
     if key not in _ref_stats:
         _ref_stats[key] = gaussian_stats(features(clf, test_images))
     return _ref_stats[key]
 
 
+def fid_and_se(clf: Classifier, samples, ref_stats: tuple, rounds: int = 30, seed: int = 0) -> tuple[float, float]:
+    """Classifier-FID of ``samples`` against fixed reference statistics, and its bootstrap SE over the samples."""
+    f = features(clf, samples).numpy()
+
+    def fid_of(idx):
+        return frechet_distance((f[idx].mean(0), np.cov(f[idx], rowvar=False)), ref_stats)
+
+    return fid_of(np.arange(len(f))), stats.bootstrap_se(fid_of, len(f), rounds, seed)
+
+
+def fid_floor(clf: Classifier, n: int, test_images, rounds: int = 30) -> tuple[float, float]:
+    """Real-vs-real classifier-FID at sample size ``n``: the last ``n`` training digits against the test
+    images (what a perfect generator would score at this size), and its bootstrap SE."""
+    train = data.load_split("train").float_images("cpu")
+    return fid_and_se(clf, train[-n:], reference_stats(clf, test_images), rounds)
+
+
 def score_samples(clf: Classifier, samples, test_images) -> dict:
-    """FID on classifier features (vs the test images), class coverage, recognisability, image stats."""
-    out = {"fid": frechet_distance(gaussian_stats(features(clf, samples)), reference_stats(clf, test_images))}
+    """Classifier-FID (vs ``test_images``) with its bootstrap SE, class coverage, recognisability, image
+    stats, the sharpness gap to ``test_images`` and the superimposition measures."""
+    fid, fid_se = fid_and_se(clf, samples, reference_stats(clf, test_images))
+    out = {"fid": fid, "fid_se": fid_se}
     out.update(coverage(predict_proba(clf, samples)))
     out.update(image_stats(samples))
+    out["sharpness_gap"] = abs(out["gradient_energy"] - _ref_energy(test_images))
+    out.update(superimposed(samples, test_images))
     return out
+
+
+_ref_energies: dict[tuple, float] = {}
+
+
+def _ref_energy(test_images) -> float:
+    key = _fingerprint(test_images)
+    if key not in _ref_energies:
+        _ref_energies[key] = image_stats(test_images)["gradient_energy"]
+    return _ref_energies[key]
 
 
 def samples_of(model, n: int, seed: int) -> torch.Tensor:
@@ -238,7 +308,81 @@ def score_vae(model, test_x: torch.Tensor, *, clf: Classifier, recon: str = "bce
     m = {f"test_{k}": v for k, v in bound.items()}
     if recon == "bce":
         m["iwae_k"] = iwae_k
+        m["iwae_images"] = min(iwae_images, len(test_x))
         m["test_iwae"] = iwae_bound(model, test_x[:iwae_images], iwae_k, generator(seed + 5, device))
+        # the ELBO on the same images as the IWAE bound, so that their gap is a like-for-like number
+        m["iwae_images_bound"] = test_bound(model, test_x[:iwae_images], recon, generator=generator(seed + 4, device))["bound"]
     samples = samples_of(model, n_samples, seed)
     m.update(score_samples(clf, samples, test_x if reference_x is None else reference_x))
     return m, samples
+
+
+# --- checking that a metric measures its word ----------------------------------------------------
+
+def known_cases(n: int, test_images, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Image sets whose quality is known in advance (uint8 [n, 28, 28] each), to check that a metric
+    separates them before it enters a verdict:
+
+    * ``real``: the last n training digits (real, but not the test set the metrics compare with);
+    * ``blurred``: them through a Gaussian blur (σ = 1 px); ``speckled``: them with 10 % salt-and-pepper
+      pixels (an artefact); ``dimmed``: them at 60 % brightness;
+    * ``one class``: n training digits of class 1 only; ``mean digit``: the test set's mean image n times;
+    * ``untrained decoder``: samples of an untrained ConvVAE (what a decoder that never learnt outputs).
+    """
+    from scipy.ndimage import gaussian_filter
+
+    train = data.load_split("train")
+    real = train.float_images("cpu")[-n:]
+    ones = train.float_images("cpu")[train.labels == 1]
+    test = _as_float_images(test_images, "cpu")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        untrained = models.ConvVAE().eval()
+        fresh = untrained.sample(n, generator=generator(seed + 1))
+    return {
+        "real": data.to_uint8(real),
+        "blurred": data.to_uint8(torch.from_numpy(gaussian_filter(real.numpy(), sigma=(0, 0, 1, 1)))),
+        "speckled": data.to_uint8(noise.salt_and_pepper(real, 0.1, generator=generator(seed + 2))),
+        "dimmed": data.to_uint8(0.6 * real),
+        "one class": data.to_uint8(ones[torch.arange(n) % len(ones)]),
+        "mean digit": data.to_uint8(test.mean(0, keepdim=True).expand(n, -1, -1, -1)),
+        "untrained decoder": data.to_uint8(fresh),
+    }
+
+
+# Each metric a verdict may use, the word it stands for, and the check it must pass on the known cases
+# (fixed before any model is scored). ``scores`` maps case name -> score_samples(...) of that case.
+METRIC_CHECKS: dict[str, tuple[str, str, Callable[[dict], bool]]] = {
+    "fid": ("clearer / closer to real digits (lower)",
+            "real digits score under 1/5 of blurred, one-class, mean-digit and untrained-decoder sets",
+            lambda s: all(s["real"]["fid"] * 5 < s[c]["fid"] for c in ("blurred", "one class", "mean digit",
+                                                                       "untrained decoder"))),
+    "recognisability": ("recognisable (higher)",
+                        "real digits score 0.1 above the untrained decoder and the one-class set",
+                        lambda s: all(s["real"]["recognisability"] > s[c]["recognisability"] + 0.1
+                                      for c in ("untrained decoder", "one class"))),
+    "sharpness_gap": ("sharper (lower: edge energy nearer real digits')",
+                      "real digits' gap is under 1/4 of the blurred and the speckled sets'",
+                      lambda s: all(s["real"]["sharpness_gap"] * 4 < s[c]["sharpness_gap"]
+                                    for c in ("blurred", "speckled"))),
+    "stroke_brightness": ("darker (lower)", "dimmed digits score 0.2 below real digits",
+                          lambda s: s["dimmed"]["stroke_brightness"] < s["real"]["stroke_brightness"] - 0.2),
+    "greyness": ("crisper (lower: less grey between black and white)",
+                 "blurred digits score 0.05 above real digits",
+                 lambda s: s["blurred"]["greyness"] > s["real"]["greyness"] + 0.05),
+    "superimposed": ("superimposed digits (mean-digit similarity > 0.9 and pixel spread < 0.1)",
+                     "the mean-digit set is superimposed; real and one-class digits are not",
+                     lambda s: is_superimposed(s["mean digit"]) and not is_superimposed(s["real"])
+                     and not is_superimposed(s["one class"])),
+}
+
+
+def is_superimposed(scores: dict) -> bool:
+    """The declared rule for "superimposed digits": every sample is close to the mean digit and they barely differ."""
+    return scores["mean_digit_similarity"] > 0.9 and scores["pixel_spread"] < 0.1
+
+
+def check_metrics(clf: Classifier, test_images, n: int, seed: int = 0) -> tuple[dict[str, bool], dict[str, dict]]:
+    """Score every known case and run METRIC_CHECKS: ({metric: passed}, {case: scores})."""
+    scores = {name: score_samples(clf, images, test_images) for name, images in known_cases(n, test_images, seed).items()}
+    return {m: bool(check(scores)) for m, (_, _, check) in METRIC_CHECKS.items()}, scores

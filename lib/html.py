@@ -208,15 +208,19 @@ METRIC_COLUMNS: list[tuple[str, str, str, str]] = [
     ("test_iwae", "IWAE bound", "importance-weighted bound −log p̂(x) with k samples, nats per image "
      "(tighter than −ELBO; lower is better)", "{:.2f}"),
     ("fid", "classifier-FID", "Fréchet distance between Gaussians fitted to the project's MNIST classifier's "
-     "features of samples vs test images (not Inception FID); lower is better", "{:.2f}"),
+     "features of samples vs test images (not Inception FID; 10,000 samples in the default profile); lower is "
+     "better", "{:.2f}"),
     ("min_class_share", "min class share", "smallest share of any digit among the samples, by the "
      "classifier (0.100 = all ten equally)", "{:.3f}"),
     ("class_entropy", "class entropy", "entropy of the predicted-class histogram of the samples, nats "
      "(ln 10 ≈ 2.303 = uniform)", "{:.3f}"),
     ("recognisability", "recognisability", "mean max class probability the classifier gives a sample", "{:.3f}"),
-    ("psnr", "PSNR (dB)", "PSNR of reconstructions against the clean test images", "{:.2f}"),
+    ("psnr", "PSNR (dB)", "PSNR of reconstructions against the clean test images, from the MSE pooled over "
+     "images", "{:.2f}"),
     ("ssim", "SSIM", "SSIM of reconstructions against the clean test images", "{:.3f}"),
-    ("gradient_energy", "gradient energy", "mean squared pixel gradient of the samples (sharpness)", "{:.4f}"),
+    ("gradient_energy", "gradient energy", "mean squared pixel gradient of the samples", "{:.4f}"),
+    ("sharpness_gap", "sharpness gap", "|gradient energy − the test digits'|: distance of the samples' edge "
+     "energy from real digits' (lower is sharper in the report's sense)", "{:.4f}"),
 ]
 
 # Thumbnail per tier: the first figure whose name (after "<nb>_") contains one of these, in this
@@ -257,6 +261,7 @@ details.figs .grid { display: grid; grid-template-columns: repeat(auto-fill, min
   margin-top: .4rem; }
 details.figs .grid img { width: 100%; height: 80px; object-fit: contain; border: 1px solid var(--border); }
 .table-wrap { overflow-x: auto; border: 1px solid var(--border); border-radius: 8px; }
+.seeds { color: var(--muted, #666); font-size: 0.85em; white-space: nowrap; }
 table { border-collapse: collapse; width: 100%; font-size: .88rem; }
 th, td { padding: .38rem .6rem; border-bottom: 1px solid var(--border); white-space: nowrap; }
 th { background: var(--bg); text-align: left; position: sticky; top: 0; }
@@ -315,32 +320,50 @@ def _e(x: Any) -> str:
     return _html.escape(str(x))
 
 
+def _cell(values: list[float], fmt: str, tip: str = "") -> str:
+    """One number, or mean ± SD over the seeds of a model."""
+    def clean(text: str) -> str:
+        return text[1:] if text.startswith("-") and float(text) == 0 else text  # -0.000 reads as 0.000
+    if len(values) == 1:
+        return f'<td class="num"{tip}>{clean(fmt.format(values[0]))}</td>'
+    mean = sum(values) / len(values)
+    sd = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+    return f'<td class="num"{tip}>{clean(fmt.format(mean))} ± {fmt.format(sd)}</td>'
+
+
 def _summary_table(runs: list[dict]) -> str:
+    """One row per model of a tier; a model trained with several seeds (same notebook and label) shows
+    mean ± SD over its seeds and links each seed's metrics.json."""
     order = {nb: i for i, nb in enumerate(NOTEBOOKS)}
     runs = sorted(runs, key=lambda r: (order.get(r.get("notebook"), len(order)), str(r.get("notebook"))))
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in runs:
+        groups.setdefault((r.get("notebook", "?"), r.get("label", r["_dir"])), []).append(r)
     cols = [c for c in METRIC_COLUMNS
             if any(isinstance(r.get("metrics", {}).get(c[0]), (int, float)) for r in runs)]
     head = "".join(f'<th title="{_e(tip)}">{_e(h)}</th>' for _, h, tip, _ in cols)
     body, last_nb = [], None
-    for r in runs:
-        nb = r.get("notebook", "?")
+    for (nb, name), members in groups.items():
         if nb != last_nb:
             body.append(f'<tr class="group"><td colspan="{len(cols) + 1}">{_e(TITLES.get(nb, nb))}</td></tr>')
             last_nb = nb
-        m = r.get("metrics", {})
         cells = []
         for key, _, _, fmt in cols:
-            v = m.get(key)
-            if isinstance(v, bool) or not isinstance(v, (int, float)):
+            vals = [r.get("metrics", {}).get(key) for r in members]
+            vals = [v for v in vals if isinstance(v, (int, float)) and not isinstance(v, bool)]
+            if not vals:
                 cells.append('<td class="num">–</td>')
                 continue
+            m = members[0].get("metrics", {})
             tip = f' title="k = {_e(m["iwae_k"])}"' if key == "test_iwae" and "iwae_k" in m else ""
-            text = fmt.format(v)
-            if text.startswith("-") and float(text) == 0:
-                text = text[1:]  # -0.000 (a rounded tiny negative, e.g. an entropy) reads as 0.000
-            cells.append(f'<td class="num"{tip}>{text}</td>')
-        label = f'<a href="runs/{_e(r["_dir"])}/metrics.json" title="run {_e(r.get("run_id", r["_dir"]))}">' \
-                f'{_e(r.get("label", r["_dir"]))}</a>'
+            cells.append(_cell(vals, fmt, tip))
+        links = [f'<a href="runs/{_e(r["_dir"])}/metrics.json" title="run {_e(r.get("run_id", r["_dir"]))}">'
+                 for r in members]
+        if len(members) == 1:
+            label = f"{links[0]}{_e(name)}</a>"
+        else:
+            seeds = " ".join(f"{a}{_e(r.get('seed', i))}</a>" for i, (a, r) in enumerate(zip(links, members)))
+            label = f'{_e(name)} <span class="seeds">({len(members)} seeds: {seeds})</span>'
         body.append(f"<tr><td>{label}</td>{''.join(cells)}</tr>")
     if not runs:
         return '<p class="note">No trained models recorded yet (<code>runs/*/metrics.json</code>).</p>'

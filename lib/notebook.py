@@ -17,10 +17,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import data, evaluate
+from . import data, evaluate, stats
 from .config import ParameterError, parameter_names, resolve, seed_everything, set_threads
 
 # The labels a verdict can carry, and the mark each gets in the report.
+SAVED_SAMPLES = 1000  # samples kept per run in report/runs/ (the scores use all n_samples)
 LABELS = {"kept": "✅", "partly kept": "◐", "refuted": "❌", "inconclusive": "❔"}
 
 
@@ -49,7 +50,8 @@ class Context:
         return self._clf
 
     def score(self, run, test_x: torch.Tensor | None = None, reference_x: torch.Tensor | None = None,
-              label: str | None = None, extra: dict[str, Any] | None = None) -> tuple[dict, torch.Tensor]:
+              label: str | None = None, extra: dict[str, Any] | None = None,
+              name: str | None = None) -> tuple[dict, torch.Tensor]:
         """``evaluate.score_vae`` of a trained VAE run with this notebook's sample and IWAE sizes, plus
         any ``extra`` metrics; recorded under runs/ when ``label`` is given. ``test_x`` defaults to
         the clean test images. A GAN run gets only the sample scores (``score_samples``)."""
@@ -65,7 +67,7 @@ class Context:
                 reference_x=reference_x)
         metrics.update(extra or {})
         if label is not None:
-            self.record(run, metrics, samples, label)
+            self.record(run, metrics, samples, label, name)
         return metrics, samples
 
     def figure(self, fig, name: str):
@@ -73,15 +75,17 @@ class Context:
         fig.savefig(self.out / "figures" / f"{self.notebook}_{name}.png", dpi=110, bbox_inches="tight")
         return fig
 
-    def record(self, run, metrics: dict[str, Any], samples: torch.Tensor, label: str) -> Path:
-        """runs/<run-id>/metrics.json and samples.npz (uint8 [N, 28, 28]) for one trained model."""
-        d = self.out / "runs" / run.run_id
+    def record(self, run, metrics: dict[str, Any], samples: torch.Tensor, label: str, name: str | None = None) -> Path:
+        """runs/<run-id>/metrics.json and samples.npz (the first ``SAVED_SAMPLES`` of the scored samples,
+        uint8 [N, 28, 28]) for one trained model."""
+        d = self.out / "runs" / (name or run.run_id)  # name: a run another tier records too (shared cache entry)
         d.mkdir(parents=True, exist_ok=True)
         history = [{k: v for k, v in row.items() if k != "train_seconds"} for row in run.history]
-        doc = {"run_id": run.run_id, "notebook": self.notebook, "label": label, "spec": run.spec.key(),
+        doc = {"run_id": run.run_id, "notebook": self.notebook, "label": label, "seed": run.spec.seed,
+               "spec": run.spec.key(),
                "metrics": _plain(metrics), "history": _plain(history)}
         (d / "metrics.json").write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
-        np.savez_compressed(d / "samples.npz", samples=np.asarray(samples, dtype=np.uint8))
+        np.savez_compressed(d / "samples.npz", samples=np.asarray(samples[:SAVED_SAMPLES], dtype=np.uint8))
         return d
 
 
@@ -155,6 +159,8 @@ def table(rows: list[dict[str, Any]], columns: list[str] | None = None, digits: 
     columns = columns or list(rows[0])
 
     def fmt(v):
+        if v is None:
+            return "—"
         if isinstance(v, float):
             return f"{v:.{digits}f}" if abs(v) >= 0.01 or v == 0 else f"{v:.2e}"
         return str(v)
@@ -164,17 +170,50 @@ def table(rows: list[dict[str, Any]], columns: list[str] | None = None, digits: 
     return "\n".join(lines)
 
 
+def seed_list(cfg: dict[str, Any], key: str = "seeds") -> list[int]:
+    """The training seeds ``cfg[key]`` asks for: seed, seed + 1, ..."""
+    return [cfg["seed"] + i for i in range(cfg.get(key, 1))]
+
+
+def seed_tag(tag: str, seed: int, first: int) -> str:
+    """A run's tag for one training seed: the first seed keeps the plain tag (the run other tiers share)."""
+    return tag if seed == first else f"{tag}-s{seed}"
+
+
+def summary(arms: dict[str, list[dict[str, Any]]], columns: list[str], digits: int = 2) -> str:
+    """A Markdown table with one row per arm: each column's mean ± SD over the arm's seeds (the value alone
+    for one seed), and the number of seeds."""
+    rows = []
+    for name, per_seed in arms.items():
+        row = {"model": name, "seeds": str(len(per_seed))}
+        for c in columns:
+            vals = [s[c] for s in per_seed if isinstance(s.get(c), (int, float)) and not isinstance(s.get(c), bool)]
+            row[c] = stats.mean_sd(vals, digits if c not in SMALL else digits + 2) if vals else ""
+        rows.append(row)
+    return table(rows, ["model", "seeds", *columns])
+
+
+SMALL = {"gradient_energy", "sharpness_gap", "fid_se", "test_kl_small"}  # metrics shown with two more digits
+
+
+def condition(comparison: stats.Comparison, metric_ok: bool) -> bool | None:
+    """A verdict condition from a comparison, undecided (None) when its metric failed its known-case check."""
+    return comparison.decided if metric_ok else None
+
+
 def label(conditions: dict[str, bool | None]) -> str:
-    """The verdict a set of named conditions earns: every one holds -> 'kept', none -> 'refuted',
-    some -> 'partly kept'; any condition that the evidence cannot decide (None) -> 'inconclusive'."""
+    """The verdict a claim's named conditions earn (a claim holds when all of its conditions do):
+    every one holds -> 'kept'; some hold and some are decided against -> 'partly kept'; none holds and
+    at least one is decided against -> 'refuted'; otherwise (conditions the evidence cannot decide,
+    None, and none decided against) -> 'inconclusive'."""
     if not conditions:
         raise ValueError("a verdict needs at least one condition")
     values = list(conditions.values())
-    if any(v is None for v in values):
-        return "inconclusive"
-    if all(values):
+    if all(v is True for v in values):
         return "kept"
-    return "refuted" if not any(values) else "partly kept"
+    if any(v is False for v in values):
+        return "partly kept" if any(v is True for v in values) else "refuted"
+    return "inconclusive"
 
 
 def verdict(claim: str, conditions: dict[str, bool | None], evidence: str) -> str:

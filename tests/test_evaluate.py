@@ -155,12 +155,104 @@ def test_image_stats_measure_blur_and_faintness():
     assert faint["stroke_brightness"] == pytest.approx(0.5 * sharp["stroke_brightness"], rel=1e-6)
 
 
-def test_psnr_ssim_against_clean_images():
-    x = torch.rand(20, 1, 28, 28, generator=torch.Generator().manual_seed(0))
-    perfect = evaluate.psnr_ssim(x, x)
-    assert perfect["ssim"] == pytest.approx(1.0) and math.isinf(perfect["psnr"])
-    noisy = (x + 0.1 * torch.randn(x.shape, generator=torch.Generator().manual_seed(1))).clamp(0, 1)
-    m = evaluate.psnr_ssim(noisy, x)
-    mse = ((noisy - x) ** 2).flatten(1).mean(1).double()
-    assert m["psnr"] == pytest.approx((10 * torch.log10(1 / mse)).mean().item(), rel=1e-6)
-    assert 0 < m["ssim"] < 1
+# --- issue 14: validated metrics, FID with its spread, PSNR that is never inf ------------------------
+
+def test_frechet_distance_agrees_with_torchmetrics_fid():
+    """The project's Fréchet distance against a maintained implementation (torchmetrics' FID with a custom
+    feature extractor standing in for the classifier)."""
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    class Features(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = torch.nn.Linear(784, 12)
+
+        def forward(self, x):
+            # torchmetrics probes the extractor once with a 3 x 299 x 299 dummy image: take the first 784 values
+            return torch.tanh(self.proj(x.flatten(1)[:, :784].float()))
+
+    torch.manual_seed(0)
+    feat = Features()
+    real = torch.rand(600, 1, 28, 28)
+    fake = (torch.rand(600, 1, 28, 28) * 0.7 + 0.2)
+    tm = FrechetInceptionDistance(feature=feat)
+    tm.update(real, real=True)
+    tm.update(fake, real=False)
+    with torch.no_grad():
+        ours = evaluate.frechet_distance(evaluate.gaussian_stats(feat(real).double()),
+                                         evaluate.gaussian_stats(feat(fake).double()))
+    assert ours > 0.01
+    assert float(tm.compute()) == pytest.approx(ours, rel=2e-3)
+
+
+def test_psnr_is_pooled_and_never_inf():
+    clean = torch.rand(20, 1, 28, 28)
+    same = evaluate.psnr_ssim(clean, clean)
+    assert same["psnr"] is None and same["mse"] == 0.0 and same["ssim"] == pytest.approx(1.0)
+    noisy = (clean + 0.1 * torch.randn_like(clean)).clamp(0, 1)
+    out = evaluate.psnr_ssim(noisy, clean)
+    mse = ((noisy.double() - clean.double()) ** 2).mean().item()
+    assert out["psnr"] == pytest.approx(10 * math.log10(1 / mse), rel=1e-9)
+    assert 0 < out["psnr_se"] < 1 and 0 < out["ssim"] < 1
+
+
+def test_median_filter_removes_isolated_salt():
+    x = torch.zeros(1, 1, 28, 28)
+    x[0, 0, 10, 10] = 1.0
+    assert evaluate.median_filter(x).abs().max().item() == 0.0
+    block = torch.zeros(1, 1, 28, 28)
+    block[0, 0, 5:15, 5:15] = 1.0
+    assert evaluate.median_filter(block)[0, 0, 8, 8].item() == 1.0, "a solid stroke survives"
+
+
+def test_sharpness_gap_is_a_distance_to_real_digits():
+    x = torch.rand(50, 1, 28, 28)
+    e = evaluate.image_stats(x)["gradient_energy"]
+    assert evaluate.sharpness_gap(x, e) == pytest.approx(0.0)
+    assert evaluate.sharpness_gap(x, e + 0.1) == pytest.approx(0.1)
+    assert evaluate.sharpness_gap(x, e - 0.1) == pytest.approx(0.1), "above the real value counts as much as below"
+
+
+def test_superimposed_rule_on_known_images():
+    real = torch.rand(100, 1, 28, 28)
+    mean = real.mean(0, keepdim=True).expand(100, -1, -1, -1)
+    assert evaluate.is_superimposed(evaluate.superimposed(mean, real))
+    assert not evaluate.is_superimposed(evaluate.superimposed(real, real))
+
+
+def test_metric_checks_catch_a_metric_that_does_not_measure_its_word():
+    """The checks are computed from known-case scores: a fake set of scores where recognisability cannot tell
+    real digits from an untrained decoder must fail its check, and FID that ranks them properly must pass."""
+    base = {"fid": 5.0, "recognisability": 0.9, "sharpness_gap": 0.001, "stroke_brightness": 0.97,
+            "greyness": 0.08, "mean_digit_similarity": 0.6, "pixel_spread": 1.0}
+    scores = {c: dict(base) for c in ("real", "blurred", "speckled", "dimmed", "one class", "mean digit",
+                                      "untrained decoder")}
+    for c in ("blurred", "one class", "mean digit", "untrained decoder"):
+        scores[c]["fid"] = 100.0
+    scores["blurred"].update(sharpness_gap=0.05, greyness=0.2)
+    scores["speckled"]["sharpness_gap"] = 0.2
+    scores["dimmed"]["stroke_brightness"] = 0.6
+    scores["mean digit"].update(mean_digit_similarity=1.0, pixel_spread=0.0)
+    scores["one class"]["pixel_spread"] = 0.5
+    ok = {m: check(scores) for m, (_, _, check) in evaluate.METRIC_CHECKS.items()}
+    assert ok == {"fid": True, "recognisability": False, "sharpness_gap": True, "stroke_brightness": True,
+                  "greyness": True, "superimposed": True}
+    scores["untrained decoder"]["fid"] = 10.0  # an FID that barely separates them fails
+    assert not evaluate.METRIC_CHECKS["fid"][2](scores)
+
+
+def test_known_cases_are_what_they_say(tmp_path):
+    test = torch.rand(300, 1, 28, 28)
+    cases = evaluate.known_cases(150, test)
+    assert set(cases) == {"real", "blurred", "speckled", "dimmed", "one class", "mean digit", "untrained decoder"}
+    assert all(v.shape == (150, 28, 28) and v.dtype == torch.uint8 for v in cases.values())
+    real = cases["real"].float()
+    assert (cases["dimmed"].float() <= real * 0.6 + 1).all()
+    assert (cases["mean digit"] == cases["mean digit"][0]).all()
+
+
+def test_fid_and_se_of_a_set_against_itself_is_near_zero():
+    clf, _ = evaluate.get_classifier("smoke", "cpu", show_progress=False)
+    x = torch.rand(400, 1, 28, 28)
+    fid, se = evaluate.fid_and_se(clf, x, evaluate.gaussian_stats(evaluate.features(clf, x)), rounds=10)
+    assert abs(fid) < 1e-6 and se > 0

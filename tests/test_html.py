@@ -402,3 +402,17 @@ def test_check_fails_when_maths_is_not_typeset(browser, tmp_path):
     (report / H.MATHJAX_JS).unlink()
     with pytest.raises(AssertionError, match="failed loads|MathJax did not run"):
         check_page(browser, report, "02_vae_derivation", tmp_path / "shots")
+
+
+def test_index_shows_mean_and_sd_of_a_model_trained_with_several_seeds(tmp_path):
+    report = make_report(tmp_path / "report")
+    for seed, bound in ((1, 107.4321), (2, 103.4321)):
+        run = report / "runs" / f"vae-bce-s{seed}"
+        run.mkdir()
+        (run / "metrics.json").write_text(json.dumps({
+            "run_id": f"vae-bce-s{seed}", "notebook": "02_vae_derivation", "label": "ConvVAE, BCE", "seed": seed,
+            "spec": {}, "history": [], "metrics": {"test_bound": bound, "fid": 3.25}}))
+    H.write_index(report)
+    page = (report / "index.html").read_text()
+    assert ">105.43 ± 2.00<" in page, "mean ± SD over the three seeds"
+    assert "3 seeds:" in page and page.count('href="runs/vae-bce-s') == 2

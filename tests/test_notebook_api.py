@@ -76,7 +76,9 @@ def test_setup_rejects_a_bad_value_naming_the_parameter_before_any_work(tmp_path
     ({"bound falls": True, "samples sharpen": False}, "partly kept"),
     ({"bound falls": False, "samples sharpen": False}, "refuted"),
     ({"bound falls": True, "samples sharpen": None}, "inconclusive"),
-    ({"bound falls": False, "samples sharpen": None}, "inconclusive"),
+    ({"bound falls": False, "samples sharpen": None}, "refuted"),  # a claim fails with any part decided against
+    ({"bound falls": True, "samples sharpen": False, "digits clear": None}, "partly kept"),
+    ({"bound falls": None, "samples sharpen": None}, "inconclusive"),
     ({"only one": True}, "kept"),
     ({"only one": False}, "refuted"),
 ])

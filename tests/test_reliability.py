@@ -377,7 +377,8 @@ def test_two_smoke_runs_with_the_same_seed_give_identical_metrics(tmp_path, monk
         monkeypatch.setenv("GENMNIST_CACHE", str(tmp_path / f"cache{i}"))  # a fresh cache: really retrain
         out = tmp_path / f"out{i}"
         pm.execute_notebook(str(ROOT / "notebooks" / "04_beta_vae.ipynb"), str(tmp_path / f"nb{i}.ipynb"),
-                            parameters={"profile": "smoke", "output_dir": str(out), "betas": [1.0, 4.0], "latent2_epochs": 0},
+                            parameters={"profile": "smoke", "output_dir": str(out), "betas": [1.0, 4.0], "latent2_epochs": 0,
+                                        "seeds": 1, "collapse_betas": []},
                             kernel_name="python3", cwd=str(ROOT), progress_bar=False)
         outs.append(out)
     a = sorted((outs[0] / "runs").glob("*/metrics.json"))

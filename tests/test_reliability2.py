@@ -351,6 +351,9 @@ def test_swap_in_puts_the_old_report_back_when_the_second_rename_fails(tmp_path,
 @pytest.mark.parametrize("nb, kwargs, pattern", [
     ("03_gan", {"n_samples": 100}, r"'n_samples' = 100 is invalid: allowed an integer in \[129, 100000\] \(the FID"),
     ("01_vae_basic", {"n_samples": 128}, r"'n_samples' = 128 .*\[129, 100000\]"),
+    ("01_vae_basic", {"seed": 2**32 - 2, "seeds": 3}, r"'seeds' = 3 is invalid: allowed a count that keeps seed \+ seeds - 1"),
+    ("04_beta_vae", {"seeds": 0}, r"'seeds' = 0 is invalid: allowed an integer >= 1"),
+    ("04_beta_vae", {"collapse_betas": [0.0]}, r"'collapse_betas' = 0.0 is invalid: allowed numbers > 0"),
     ("01_vae_basic", {"n_samples": 1_000_000}, r"'n_samples' = 1000000 .*\[129, 100000\]"),
     ("01_vae_basic", {"iwae_k": 0}, r"'iwae_k' = 0 .*\[1, 100000\]"),
     ("01_vae_basic", {"iwae_k": 10**6}, r"'iwae_k' = 1000000 .*\[1, 100000\]"),
@@ -378,7 +381,9 @@ def test_values_that_would_fail_after_training_are_refused_before(nb, kwargs, pa
 
 
 @pytest.mark.parametrize("nb, kwargs", [
-    ("01_vae_basic", dict(n_samples=129, train_subset=60_000, test_subset=10_000, seed=2**32 - 1)),
+    ("01_vae_basic", dict(n_samples=129, train_subset=60_000, test_subset=10_000, seed=2**32 - 1, seeds=1,
+                          other_seeds=1)),
+    ("01_vae_basic", dict(seed=2**32 - 3, seeds=3)),
     ("01_vae_basic", dict(train_subset="1e3", test_subset="2e2")),  # None in the default profile: still numbers
     ("03_gan", dict(train_subset=66, batch_size=64)),
     ("03_gan", dict(train_subset=None, batch_size=7)),  # 60000 = 7 * 8571 + 3

@@ -1,0 +1,57 @@
+"""Choose the ConvVAE tiers' learning rate and schedule on a validation split, never on the test set.
+
+Trains the BCE ConvVAE of 01_vae_basic (default profile, seed 0) on the first 55,000 training images for each
+candidate (learning rate, schedule) and scores the negative ELBO on the held-out last 5,000 training images.
+Writes bench/lr_choice.json and prints a table; `lib.config._VAE` holds the choice.
+
+    .venv/bin/python tools/choose_lr.py [--epochs 10]
+
+Run it alone (it takes every core for minutes; make report and make bench must not run at the same time).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from lib import data
+from lib.bounds import test_bound
+from lib.config import resolve_precision, set_threads
+from lib.data import generator
+from lib.train import RunSpec, fit
+
+ROOT = Path(__file__).resolve().parent.parent
+VALIDATION = 5_000  # the last 5,000 training images; training uses the 55,000 before them
+CANDIDATES = [(1e-3, "constant"), (1e-3, "cosine"), (2e-3, "cosine"), (3e-3, "cosine")]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--epochs", type=int, default=10, help="training epochs per candidate (the default profile's 10)")
+    args = ap.parse_args()
+    threads = set_threads()
+    train = data.load_split("train").float_images("cpu")
+    val = train[-VALIDATION:]
+    rows = []
+    for lr, schedule in CANDIDATES:
+        spec = RunSpec(tag=f"lr-choice-{lr:g}-{schedule}", epochs=args.epochs, batch_size=64, lr=lr, lr_schedule=schedule,
+                       latent_dim=32, train_subset=len(train) - VALIDATION, precision=resolve_precision("auto", torch.device("cpu")))
+        t0 = time.perf_counter()
+        run = fit(spec, device=torch.device("cpu"))
+        bound = test_bound(run.model, val, "bce", generator=generator(4))["bound"]
+        rows.append({"lr": lr, "schedule": schedule, "epochs": args.epochs, "validation_bound": round(bound, 3),
+                     "seconds": round(time.perf_counter() - t0, 1)})
+        print(f"lr {lr:g} {schedule:8s}: validation -ELBO {bound:.2f} nats ({rows[-1]['seconds']:.0f} s)", flush=True)
+    best = min(rows, key=lambda r: r["validation_bound"])
+    out = {"candidates": rows, "chosen": best, "validation_images": VALIDATION, "threads": threads,
+           "cpu": platform.processor() or platform.machine()}
+    (ROOT / "bench" / "lr_choice.json").write_text(json.dumps(out, indent=1) + "\n")
+    print(f"chosen: lr {best['lr']:g} {best['schedule']}")
+
+
+if __name__ == "__main__":
+    main()
