@@ -6,6 +6,7 @@ report's numbers and cannot go stale by hand.
 from __future__ import annotations
 
 import json
+import statistics
 import re
 import sys
 from pathlib import Path
@@ -20,40 +21,52 @@ ROWS = [
 ]
 
 
-def _runs(report: Path) -> dict[str, dict]:
-    out = {}
+def _runs(report: Path) -> dict[str, list[dict]]:
+    """notebook:label -> the metrics of every run (training seed) recorded under that label."""
+    out: dict[str, list[dict]] = {}
     for p in sorted((report / "runs").glob("*/metrics.json")):
         doc = json.loads(p.read_text())
-        out[f"{doc['notebook']}:{doc['label']}"] = doc["metrics"]
+        out.setdefault(f"{doc['notebook']}:{doc['label']}", []).append(doc["metrics"])
     return out
 
 
-def headline(nb: str, runs: dict[str, dict]) -> str:
-    def get(label, key):
-        return runs.get(f"{nb}:{label}", {}).get(key)
+def _ms(runs: list[dict], key: str, digits: int = 1) -> str:
+    """mean ± SD over seeds (the value alone for one seed)."""
+    v = [r[key] for r in runs if isinstance(r.get(key), (int, float))]
+    if not v:
+        return "–"
+    if len(v) == 1:
+        return f"{v[0]:.{digits}f}"
+    return f"{statistics.mean(v):.{digits}f} ± {statistics.stdev(v):.{digits}f}"
 
+
+def headline(nb: str, runs: dict[str, list[dict]]) -> str:
     if nb == "01_vae_basic":
-        b = runs.get("01_vae_basic:BCE+KLD", {})
-        fids = ", ".join(f"{l} {runs[f'{nb}:{l}+KLD']['fid']:.1f}" for l in ("BCE", "MSE", "L1")
+        b = runs.get(f"{nb}:BCE+KLD")
+        fids = ", ".join(f"{l} {_ms(runs[f'{nb}:{l}+KLD'], 'fid')}" for l in ("BCE", "MSE", "L1")
                          if f"{nb}:{l}+KLD" in runs)
-        return (f"BCE VAE test −ELBO {b['test_bound']:.2f} nats/image; classifier-FID {fids}" if b else "–")
+        return (f"BCE VAE test −ELBO {_ms(b, 'test_bound', 2)} nats/image ({len(b)} seeds); classifier-FID {fids}"
+                if b else "–")
     if nb == "02_vae_derivation":
-        b = runs.get("01_vae_basic:BCE+KLD", {})
-        return (f"IWAE (k={b['iwae_k']}) {b['test_iwae']:.2f} vs ELBO {b['test_bound']:.2f} nats/image"
-                if "test_iwae" in b else "–")
+        b = runs.get("01_vae_basic:BCE+KLD", [])
+        b = [m for m in b if "test_iwae" in m and "iwae_images_bound" in m]
+        return (f"on the same {b[0]['iwae_images']:,} test images: IWAE (k={b[0]['iwae_k']}) {_ms(b, 'test_iwae', 2)} vs "
+                f"ELBO {_ms(b, 'iwae_images_bound', 2)} nats/image" if b else "–")
     if nb == "03_gan":
-        g = runs.get("03_gan:GAN")
-        v = runs.get("01_vae_basic:BCE+KLD")
-        s = f"GAN classifier-FID {g['fid']:.1f}, smallest class {g['min_class_share']:.1%}" if g else "–"
-        return s + (f" (BCE VAE {v['fid']:.1f})" if g and v else "")
+        g, v = runs.get("03_gan:GAN"), runs.get("01_vae_basic:BCE+KLD")
+        s = f"GAN classifier-FID {_ms(g, 'fid')} ({len(g)} seeds), smallest class {g[0]['min_class_share']:.1%}" if g else "–"
+        return s + (f" (BCE VAE {_ms(v, 'fid')})" if g and v else "")
     if nb == "04_beta_vae":
-        parts = [(k.split("beta=")[1], m) for k, m in runs.items() if k.startswith(f"{nb}:beta=")]
+        parts = [(k.split("beta=")[1], m) for k, m in runs.items()
+                 if k.startswith(f"{nb}:beta=") and "collapse" not in k]
         return ("test −ELBO (the unweighted bound) of the model trained with " + ", ".join(
-            f"β={b}: {m['test_bound']:.1f}" for b, m in parts) + " nats/image") if parts else "–"
+            f"β={b}: {_ms(m, 'test_bound')}" for b, m in parts) + " nats/image") if parts else "–"
     if nb == "05_noisy_data":
         parts = [(k.split(":noise ")[1], m) for k, m in runs.items() if k.startswith(f"{nb}:noise ")]
         parts.sort(key=lambda p: float(p[0].rstrip("%")))
-        return "classifier-FID " + ", ".join(f"{a}: {m['fid']:.1f}" for a, m in parts) if parts else "–"
+        key = "fid_inverted" if parts and "fid_inverted" in parts[0][1][0] else "fid"
+        name = "classifier-FID after inverting the noise channel" if key == "fid_inverted" else "classifier-FID"
+        return name + " " + ", ".join(f"{a}: {_ms(m, key)}" for a, m in parts) if parts else "–"
     return "–"
 
 
