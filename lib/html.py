@@ -210,6 +210,8 @@ METRIC_COLUMNS: list[tuple[str, str, str, str]] = [
     ("fid", "classifier-FID", "Fréchet distance between Gaussians fitted to the project's MNIST classifier's "
      "features of samples vs test images (not Inception FID; 10,000 samples in the default profile); lower is "
      "better", "{:.2f}"),
+    ("fid_inverted", "FID, noise undone", "noisy-data models: classifier-FID of the samples after inverting the "
+     "noise channel, (x − a/2) / (1 − a), against the clean test images; lower is better", "{:.2f}"),
     ("min_class_share", "min class share", "smallest share of any digit among the samples, by the "
      "classifier (0.100 = all ten equally)", "{:.3f}"),
     ("class_entropy", "class entropy", "entropy of the predicted-class histogram of the samples, nats "
