@@ -1,5 +1,7 @@
 import os
+import random
 
+import numpy as np
 import pytest
 import torch
 
@@ -16,3 +18,16 @@ def mnist_raw():
     from lib.data import ensure_mnist
 
     return ensure_mnist()
+
+
+@pytest.fixture
+def keep_global_state(monkeypatch):
+    """setup() sets threads and seeds every global generator: leave this test process as it was."""
+    monkeypatch.setenv("OMP_NUM_THREADS", str(torch.get_num_threads()))  # set_threads() then keeps the count
+    threads = torch.get_num_threads()
+    states = torch.get_rng_state(), np.random.get_state(), random.getstate()
+    yield
+    torch.set_num_threads(threads)
+    torch.set_rng_state(states[0])
+    np.random.set_state(states[1])
+    random.setstate(states[2])

@@ -10,17 +10,6 @@ from lib import notebook
 from lib.config import ParameterError, parameter_names
 
 
-@pytest.fixture
-def keep_global_state(monkeypatch):
-    """setup() sets threads and seeds every global generator: leave this test process as it was."""
-    monkeypatch.setenv("OMP_NUM_THREADS", str(torch.get_num_threads()))  # set_threads() then keeps the count
-    threads = torch.get_num_threads()
-    states = torch.get_rng_state(), np.random.get_state(), random.getstate()
-    yield
-    torch.set_num_threads(threads)
-    torch.set_rng_state(states[0])
-    np.random.set_state(states[1])
-    random.setstate(states[2])
 
 
 def _papermill_globals(nb, **values):

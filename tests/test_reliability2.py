@@ -417,17 +417,6 @@ def _kernel_namespace(nb: str, injected: str | None, **values):
     return ns
 
 
-@pytest.fixture
-def keep_global_state(monkeypatch):
-    """setup() sets threads and seeds every global generator: leave this test process as it was."""
-    monkeypatch.setenv("OMP_NUM_THREADS", str(torch.get_num_threads()))
-    threads = torch.get_num_threads()
-    states = torch.get_rng_state(), np.random.get_state(), random.getstate()
-    yield
-    torch.set_num_threads(threads)
-    torch.set_rng_state(states[0])
-    np.random.set_state(states[1])
-    random.setstate(states[2])
 
 
 def test_setup_refuses_a_name_papermill_injected_that_is_no_parameter(tmp_path, keep_global_state):
