@@ -39,16 +39,21 @@ _COMMON = {
 # gets more from a larger start that decays to zero. Chosen on a validation split, never on the test set:
 # tools/choose_lr.py (numbers in bench/lr_choice.json). lr_schedule="constant", lr=1e-3 is the seed's choice.
 _VAE = dict(batch_size=64, lr=3e-3, lr_schedule="cosine", latent_dim=32, recon="bce")
+MATCHED_WEIGHTS = {"mse": 3.1, "l1": 1.7}  # tools/match_rate.py, bench/rate_match.json
 
 PROFILES: dict[str, dict[str, dict[str, Any]]] = {
     "01_vae_basic": {
         # seeds: training seeds of the BCE model, whose seed spread the verdicts pool; other_seeds: of
         # each other model (MSE, L1, no KL). Ablations train as long as the models they are compared with.
-        "smoke": dict(_VAE, losses=["bce", "mse", "l1"], epochs=1, ablation_epochs=1, seeds=2, other_seeds=1),
+        # matched_weights: the reconstruction weight per loss whose model has the BCE model's rate (KL),
+        # chosen on training images by tools/match_rate.py for the default profile (bench/rate_match.json);
+        # full reuses them and its notebook checks whether the rates still agree. {} skips the comparison.
+        "smoke": dict(_VAE, losses=["bce", "mse", "l1"], epochs=1, ablation_epochs=1, seeds=2, other_seeds=1,
+                      matched_weights={"mse": 10.0, "l1": 3.0}),
         "default": dict(_VAE, losses=["bce", "mse", "l1"], epochs=10, ablation_epochs=10, seeds=3,
-                        other_seeds=1),
+                        other_seeds=1, matched_weights=MATCHED_WEIGHTS),
         "full": dict(_VAE, losses=["bce", "mse", "l1"], epochs=250, ablation_epochs=250, seeds=3,
-                     other_seeds=3),
+                     other_seeds=3, matched_weights=MATCHED_WEIGHTS),
     },
     # The derivation reuses the basic tier's BCE model (same spec -> same cached run).
     "02_vae_derivation": {
@@ -245,6 +250,15 @@ def validate(cfg: dict[str, Any], notebook: str | None = None) -> None:
             for n in names:
                 if n not in RECON_LOSSES:
                     _fail(name, n, f"loss names from {sorted(RECON_LOSSES)}")
+    if "matched_weights" in cfg:
+        mw, others = cfg["matched_weights"], sorted(set(RECON_LOSSES) - {"bce"})
+        if not isinstance(mw, dict):
+            _fail("matched_weights", mw, f"a dict of loss name -> weight, names from {others} ({{}} skips)")
+        for name, w in mw.items():
+            if name not in others:
+                _fail("matched_weights", mw, f"loss names from {others} (BCE is the reference rate)")
+            if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w <= 0:
+                _fail("matched_weights", mw, f"finite weights > 0 ({name!r} has {w!r})")
     if "betas" in cfg:
         _nonempty_list("betas", cfg["betas"])
         for b in cfg["betas"]:
@@ -286,6 +300,8 @@ def _coerce(value: Any, like: Any) -> Any:
     list of numbers; anything else is left for ``validate`` to judge."""
     if isinstance(value, (list, tuple)) and isinstance(like, (list, tuple)) and like:
         return [_coerce(v, like[0]) for v in value]
+    if isinstance(value, dict) and isinstance(like, dict) and like:
+        return {k: _coerce(v, next(iter(like.values()))) for k, v in value.items()}
     if isinstance(value, str) and (like is int or isinstance(like, (int, float)) and not isinstance(like, bool)):
         if _NUMBER.fullmatch(value.strip()):
             number = float(value)

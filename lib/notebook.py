@@ -193,7 +193,7 @@ def summary(arms: dict[str, list[dict[str, Any]]], columns: list[str], digits: i
     return table(rows, ["model", "seeds", *columns])
 
 
-SMALL = {"gradient_energy", "sharpness_gap", "fid_se", "test_kl_small"}  # metrics shown with two more digits
+SMALL = {"gradient_energy", "sharpness_gap", "fid_se"}  # metrics shown with two more digits
 
 
 def condition(comparison: stats.Comparison, metric_ok: bool) -> bool | None:

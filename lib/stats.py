@@ -18,7 +18,7 @@ The comparisons are unpaired (conservative) even where the arms share initial we
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
@@ -99,51 +99,39 @@ def _seed_sd(arm: Arm, pooled: float | None) -> float | None:
 def compare(a: Arm, b: Arm, better: str, pooled: float | None = None, margin: float = MARGIN) -> Comparison:
     """True when a beats b by more than ``margin`` SEs, False when b beats a by as much, None otherwise
     (or when the seed rule above cannot be met). ``better``: 'lower' or 'higher' values are better."""
-    if better not in ("lower", "higher"):
-        raise ValueError(f"better={better!r}; allowed 'lower' or 'higher'")
-    gain = (b.mean - a.mean) if better == "lower" else (a.mean - b.mean)
-    sd_a, sd_b = _seed_sd(a, pooled), _seed_sd(b, pooled)
-    if sd_a is None or sd_b is None:
-        return Comparison(a, b, better, gain, None, None, None,
-                          "undecided: no training-seed spread to judge the difference by")
-    var = sd_a ** 2 / a.n + sd_b ** 2 / b.n
-    # a seed's value already carries its sampling noise when several seeds are pooled; an arm judged by
-    # a borrowed SD adds its own sampling error on top
-    var += sum(arm.sampling_se ** 2 for arm in (a, b) if arm.n == 1)
-    se = math.sqrt(var)
-    seed_sd = max(sd_a, sd_b)
-    if min(a.n, b.n) < SEEDS_NEEDED and abs(gain) < CLEAR_SDS * seed_sd:
-        return Comparison(a, b, better, gain, se, seed_sd, None,
-                          f"undecided: the gap is under {CLEAR_SDS:g} seed SDs ({seed_sd:.3g}), which needs "
-                          f"{SEEDS_NEEDED} seeds per arm")
-    z = gain / se if se > 0 else math.copysign(math.inf, gain) if gain else 0.0
-    if z >= margin:
-        return Comparison(a, b, better, gain, se, seed_sd, True, f"{z:.1f} SE ✓")
-    if z <= -margin:
-        return Comparison(a, b, better, gain, se, seed_sd, False, f"{z:.1f} SE ✗ (the other way)")
-    return Comparison(a, b, better, gain, se, seed_sd, None, f"undecided: {z:.1f} SE, under {margin:g}")
+    return _judge(a, b, better, pooled, margin)
 
 
 def within(a: Arm, limit: float, better: str, pooled: float | None = None, margin: float = MARGIN) -> Comparison:
     """Is arm ``a`` on the good side of a fixed ``limit`` (e.g. FID below 1.5 × the clean model's)?
-    The limit is taken as exact; otherwise the same rule as ``compare``."""
-    return replace(_within(a, limit, better, pooled, margin), limit=True)
+    The limit is taken as exact (no spread, never short of seeds); otherwise the same rule as ``compare``."""
+    return _judge(a, Arm("limit", (limit,)), better, pooled, margin, limit=True)
 
 
-def _within(a: Arm, limit: float, better: str, pooled: float | None, margin: float) -> Comparison:
-    ref = Arm("limit", (limit,))
-    gain = (limit - a.mean) if better == "lower" else (a.mean - limit)
-    sd = _seed_sd(a, pooled)
-    if sd is None:
-        return Comparison(a, ref, better, gain, None, None, None, "undecided: no training-seed spread")
-    se = math.sqrt(sd ** 2 / a.n + (a.sampling_se ** 2 if a.n == 1 else 0.0))
-    if a.n < SEEDS_NEEDED and abs(gain) < CLEAR_SDS * sd:
-        return Comparison(a, ref, better, gain, se, sd, None,
-                          f"undecided: within {CLEAR_SDS:g} seed SDs ({sd:.3g}) of the limit with {a.n} seed(s)")
+def _judge(a: Arm, b: Arm, better: str, pooled: float | None, margin: float, limit: bool = False) -> Comparison:
+    if better not in ("lower", "higher"):
+        raise ValueError(f"better={better!r}; allowed 'lower' or 'higher'")
+    gain = (b.mean - a.mean) if better == "lower" else (a.mean - b.mean)
+    sides = (a,) if limit else (a, b)
+    sds = [_seed_sd(arm, pooled) for arm in sides]
+    if any(sd is None for sd in sds):
+        return Comparison(a, b, better, gain, None, None, None,
+                          "undecided: no training-seed spread to judge the difference by", limit)
+    var = sum(sd ** 2 / arm.n for sd, arm in zip(sds, sides))
+    # a seed's value already carries its sampling noise when several seeds are pooled; an arm judged by
+    # a borrowed SD adds its own sampling error on top
+    var += sum(arm.sampling_se ** 2 for arm in sides if arm.n == 1)
+    se, seed_sd = math.sqrt(var), max(sds)
+    if min(arm.n for arm in sides) < SEEDS_NEEDED and abs(gain) < CLEAR_SDS * seed_sd:
+        return Comparison(a, b, better, gain, se, seed_sd, None,
+                          f"undecided: the gap is under {CLEAR_SDS:g} seed SDs ({seed_sd:.3g}), which needs "
+                          f"{SEEDS_NEEDED} seeds per arm", limit)
     z = gain / se if se > 0 else math.copysign(math.inf, gain) if gain else 0.0
-    decided = True if z >= margin else False if z <= -margin else None
-    why = f"{z:.1f} SE " + ("✓" if decided else "✗" if decided is False else f"undecided (under {margin:g})")
-    return Comparison(a, ref, better, gain, se, sd, decided, why)
+    if z >= margin:
+        return Comparison(a, b, better, gain, se, seed_sd, True, f"{z:.1f} SE ✓", limit)
+    if z <= -margin:
+        return Comparison(a, b, better, gain, se, seed_sd, False, f"{z:.1f} SE ✗ (the other way)", limit)
+    return Comparison(a, b, better, gain, se, seed_sd, None, f"undecided: {z:.1f} SE, under {margin:g}", limit)
 
 
 def bootstrap_se(statistic: Callable[[np.ndarray], float], n: int, rounds: int = 50, seed: int = 0) -> float:

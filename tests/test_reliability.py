@@ -39,10 +39,19 @@ UNWRITABLE = "/proc/genmnist-cannot-write-here"  # even root cannot create folde
     ("03_gan", {"betas": [1.0]}, r"unknown parameter\(s\) \['betas'\] for 03_gan"),
     ("01_vae_basic", {"lr_schedule": "step"}, r"'lr_schedule' = 'step' .*\['constant', 'cosine'\]"),
     ("03_gan", {"lr_schedule": "cosine"}, r"unknown parameter\(s\) \['lr_schedule'\] for 03_gan"),
+    ("01_vae_basic", {"matched_weights": {"bce": 2.0}}, r"'matched_weights' = .*\['l1', 'mse'\]"),
+    ("01_vae_basic", {"matched_weights": {"mse": -1}}, r"'matched_weights' = \{'mse': -1\} .*weights > 0 \('mse' has -1\)"),
+    ("01_vae_basic", {"matched_weights": [10, 3]}, r"'matched_weights' = \[10, 3\] .*a dict"),
 ])
 def test_bad_parameters_name_parameter_and_allowed_values(nb, kwargs, pattern, tmp_path):
     with pytest.raises(ParameterError, match=pattern):
         resolve(nb, "smoke", output_dir=str(tmp_path), **kwargs)
+
+
+def test_matched_weights_written_as_text_become_numbers(tmp_path):
+    cfg = resolve("01_vae_basic", "smoke", output_dir=str(tmp_path), matched_weights={"mse": "1e1"})
+    assert cfg["matched_weights"] == {"mse": 10.0}
+    assert resolve("01_vae_basic", "smoke", output_dir=str(tmp_path), matched_weights={})["matched_weights"] == {}
 
 
 def test_unknown_profile():

@@ -67,6 +67,16 @@ def test_within_a_limit():
     assert "the limit 3.000" in within(Arm("x", (1.0, 1.1, 0.9)), 3.0, "lower").text()
 
 
+def test_within_follows_the_seed_rule_of_compare():
+    """One seed with a borrowed SD: decided only past 5 SDs from the limit, and the limit itself adds no spread."""
+    assert within(Arm("x", (1.0,)), 3.0, "lower", pooled=0.1).decided is True
+    assert within(Arm("x", (2.7,)), 3.0, "lower", pooled=0.1).decided is None
+    assert "5 seed SDs" in within(Arm("x", (2.7,)), 3.0, "lower", pooled=0.1).why
+    three = Arm("x", (1.0, 1.2, 0.8))
+    assert within(three, 3.0, "lower").se == pytest.approx(three.sd / 3 ** 0.5)
+    assert within(Arm("x", (1.0,), sampling_se=2.0), 3.0, "lower", pooled=0.1).decided is None
+
+
 def test_compare_rejects_an_unknown_direction():
     with pytest.raises(ValueError, match="better="):
         compare(Arm("a", (1.0,)), Arm("b", (2.0,)), "smaller")

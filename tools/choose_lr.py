@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from lib import data
 from lib.bounds import test_bound
 from lib.config import resolve_precision, set_threads
 from lib.data import generator
+from lib.report import environment
 from lib.train import RunSpec, fit
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,7 +48,7 @@ def main() -> None:
         print(f"lr {lr:g} {schedule:8s}: validation -ELBO {bound:.2f} nats ({rows[-1]['seconds']:.0f} s)", flush=True)
     best = min(rows, key=lambda r: r["validation_bound"])
     out = {"candidates": rows, "chosen": best, "validation_images": VALIDATION, "threads": threads,
-           "cpu": platform.processor() or platform.machine()}
+           "cpu": environment()["cpu"]}
     (ROOT / "bench" / "lr_choice.json").write_text(json.dumps(out, indent=1) + "\n")
     print(f"chosen: lr {best['lr']:g} {best['schedule']}")
 
