@@ -51,9 +51,9 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
         "smoke": dict(_VAE, losses=["bce", "mse", "l1"], epochs=1, ablation_epochs=1, seeds=2, other_seeds=1,
                       matched_weights={"mse": 10.0, "l1": 3.0}),
         "default": dict(_VAE, losses=["bce", "mse", "l1"], epochs=10, ablation_epochs=10, seeds=3,
-                        other_seeds=1, matched_weights=MATCHED_WEIGHTS),
+                        other_seeds=1, matched_weights=dict(MATCHED_WEIGHTS)),
         "full": dict(_VAE, losses=["bce", "mse", "l1"], epochs=250, ablation_epochs=250, seeds=3,
-                     other_seeds=3, matched_weights=MATCHED_WEIGHTS),
+                     other_seeds=3, matched_weights=dict(MATCHED_WEIGHTS)),
     },
     # The derivation reuses the basic tier's BCE model (same spec -> same cached run).
     "02_vae_derivation": {

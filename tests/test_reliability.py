@@ -54,6 +54,14 @@ def test_matched_weights_written_as_text_become_numbers(tmp_path):
     assert resolve("01_vae_basic", "smoke", output_dir=str(tmp_path), matched_weights={})["matched_weights"] == {}
 
 
+def test_the_matched_weights_are_the_ones_tools_match_rate_chose():
+    from lib.config import MATCHED_WEIGHTS
+
+    record = json.loads((Path(__file__).resolve().parent.parent / "bench" / "rate_match.json").read_text())
+    assert MATCHED_WEIGHTS == {loss: r["chosen"] for loss, r in record["losses"].items()}
+    assert all(r["within_tolerance"] for r in record["losses"].values())
+
+
 def test_unknown_profile():
     with pytest.raises(ParameterError, match=r"'profile' = 'fast' .*\['smoke', 'default', 'full'\]"):
         resolve("03_gan", "fast")

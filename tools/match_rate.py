@@ -4,7 +4,8 @@ The BCE, MSE and L1 models weight reconstruction against the same KL on differen
 different rates (KL). For a like-for-like comparison, this finds for MSE and L1 the weight w in
 ``w * recon + KL`` whose model (default profile, seed 0, 10 epochs) has the BCE models' rate on the last
 5,000 *training* images, within ``TOLERANCE`` nats: a secant search on log w (the rate grows roughly
-linearly in log w). It never looks at the test set. Writes bench/rate_match.json; `lib.config` holds the
+linearly in log w). It never looks at the test set; the 5,000 images were seen in training (a rate is a
+property of the fitted model, not a held-out score, so no split is held back). Writes bench/rate_match.json; `lib.config` holds the
 chosen weights (``matched_weights``). The models it trains are the ones the notebook then loads from the
 cache (same spec, same run id).
 
@@ -42,6 +43,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tries", type=int, default=4, help="most weights tried per loss")
     args = ap.parse_args()
+    if args.tries < 1:
+        ap.error(f"--tries {args.tries} is invalid: allowed an integer >= 1")
     threads = set_threads()
     cfg = resolve("01_vae_basic", "default")
     dev = cfg["device"]
@@ -65,8 +68,8 @@ def main() -> None:
                 break
             (w0, r0), (w1, r1) = sorted(points, key=lambda p: abs(p[1] - target))[:2]  # the two nearest
             slope = (r1 - r0) / (math.log(w1) - math.log(w0))
-            step = (target - r1) / slope if slope > 0 else math.log(2.0) * (1 if target > r1 else -1)
-            w = float(f"{w1 * math.exp(max(-1.5, min(1.5, step))):.2g}")  # two significant digits: a readable tag
+            step = (target - r0) / slope if slope > 0 else math.log(2.0) * (1 if target > r0 else -1)
+            w = float(f"{w0 * math.exp(max(-1.5, min(1.5, step))):.2g}")  # from the nearest; a readable 2-digit tag
             if any(abs(w - p[0]) < 1e-12 for p in points):
                 break
         best = min(points[1:], key=lambda p: abs(p[1] - target))
