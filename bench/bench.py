@@ -168,57 +168,69 @@ def on_lib_batches(step, train_x, batch_size):
     return lambda: step(train_x[next(idx)], g_noise)
 
 
-def lib_vae_variant(spec, train_x, channels_last=False, fused=True):
+def lib_vae_variant(spec, train_x, nchw=False, fused=True):
     """fit's step (``Family.step``) for ``spec``; with one change, ``vae_step`` with fit's arguments."""
     fam = ltrain.vae_family(spec, CPU)
-    if not channels_last and fused:
+    if not nchw and fused:
         return on_lib_batches(fam.step, train_x, spec.batch_size)
     model, opt = fam.parts["model"], fam.parts["opt"]
     if not fused:
         opt = torch.optim.Adam(model.parameters(), lr=spec.lr, betas=spec.adam_betas, foreach=False, fused=False)
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
+    if nchw:  # the default layout instead of lib.train.memory_layout's channels_last
+        model.to(memory_format=torch.contiguous_format)
 
     def step(x, g):
-        x = x.contiguous(memory_format=torch.channels_last) if channels_last else x
         return ltrain.vae_step(model, opt, x, spec.recon, spec.beta, spec.recon_weight, g, spec.precision)
     return on_lib_batches(step, train_x, spec.batch_size)
 
 
+def lib_eval_variant(spec, test_x, nchw=False):
+    """``lib.bounds.test_bound`` (fp32, eval mode) of an untrained model of ``spec`` on ``test_x``."""
+    model = ltrain.vae_family(spec, CPU).parts["model"].eval()
+    if nchw:
+        model.to(memory_format=torch.contiguous_format)
+    return lambda: lib_test_bound(model, test_x, spec.recon, generator=torch.Generator().manual_seed(TEST_SEED))
+
+
 # --- measure 1: step throughput ---------------------------------------------------------------
 
-def throughput_plan(train_x):
-    """{model: [(variant, step, threads, note)]}; every step is one batch of 64 images."""
+def throughput_plan(train_x, test_x):
+    """{model: (images per call, [(variant, step, threads, note)])}: a training step of 64 images, or
+    the test bound of 1,000 test images."""
     th, conv = torch.get_num_threads(), lib_spec("01_vae_basic", recon="bce")
     beta = lib_spec("04_beta_vae", model="BetaVAE", beta=2.0)
     sv = ltrain.seeded_init(SeedConvVAE, INIT_SEED)
     sv_step = partial(seed_vae_step, sv, torch.optim.Adam(sv.parameters(), lr=1e-3), tv_batches(64, 0), [0.0])
-    return {"ConvVAE": [
+    return {"ConvVAE": (64, [
         ("seed", sv_step, th, "DataLoader+ToTensor, encoder twice, fp32, Adam 1e-3, .item()"),
-        ("lib", lib_vae_variant(conv, train_x), th, f"Family.step: {conv.precision}, fused Adam, in-memory"),
+        ("lib", lib_vae_variant(conv, train_x), th, f"Family.step: {conv.precision}, fused Adam, channels_last"),
         ("lib fp32", lib_vae_variant(dataclasses.replace(conv, precision="fp32"), train_x), th, "no autocast"),
-        ("lib channels_last", lib_vae_variant(conv, train_x, channels_last=True), th, "model + input"),
+        ("lib NCHW", lib_vae_variant(conv, train_x, nchw=True), th, "default memory layout"),
         ("lib threads=1", lib_vae_variant(conv, train_x), 1, "one intra-op thread"),
-        ("lib adam for-loop", lib_vae_variant(conv, train_x, fused=False), th, "Adam(fused=False)")],
-        "BetaVAE": [  # why spec_from keeps the small BetaVAE in fp32
-        ("lib", lib_vae_variant(beta, train_x), th, "fp32, as spec_from picks for the BetaVAE"),
-        ("lib bf16", lib_vae_variant(dataclasses.replace(beta, precision="bf16"), train_x), th, "bf16 autocast")]}
+        ("lib adam for-loop", lib_vae_variant(conv, train_x, fused=False), th, "Adam(fused=False)")]),
+        "BetaVAE": (64, [  # why spec_from keeps the small BetaVAE in fp32, and what channels_last does for it
+        ("lib", lib_vae_variant(beta, train_x), th, "fp32, as spec_from picks for the BetaVAE; channels_last"),
+        ("lib bf16", lib_vae_variant(dataclasses.replace(beta, precision="bf16"), train_x), th, "bf16 autocast"),
+        ("lib NCHW", lib_vae_variant(beta, train_x, nchw=True), th, "default memory layout")]),
+        "ConvVAE eval": (1000, [  # the test bound every epoch and every score computes, in fp32
+        ("lib", lib_eval_variant(conv, test_x[:1000]), th, "test_bound, 1,000 images, fp32, channels_last"),
+        ("lib NCHW", lib_eval_variant(conv, test_x[:1000], nchw=True), th, "default memory layout")])}
 
 
 def measure_throughput(plan, rounds, min_run_time, log):
     """Alternating rounds (the order rotates each round) of one blocked_autorange per variant."""
     out, measurements = {}, []
-    for model, variants in plan.items():
+    for model, (per_call, variants) in plan.items():
         for _, fn, _, _ in variants * 3:  # warm-up: first batches, oneDNN primitive caches
             fn()
         ips = {name: [] for name, *_ in variants}
         for r in range(rounds):
             for name, fn, threads, _ in variants[r % len(variants):] + variants[: r % len(variants)]:
                 m = benchmark.Timer(stmt="step()", globals={"step": fn}, num_threads=threads,
-                                    label=f"{model} training step (batch 64)", sub_label=name,
+                                    label=f"{model}: {per_call} images per call", sub_label=name,
                                     description=f"round {r + 1}").blocked_autorange(min_run_time=min_run_time)
                 measurements.append(m)
-                ips[name].append(64 / m.median)
+                ips[name].append(per_call / m.median)
             log(f"throughput {model} round {r + 1}/{rounds}: "
                 + ", ".join(f"{n} {v[-1]:.0f}" for n, v in ips.items()) + " img/s")
         out[model] = {}
@@ -377,10 +389,10 @@ def machine() -> dict:
 
 def print_summary(rep) -> None:
     num = lambda v, spec: "" if v is None else format(v, spec)  # noqa: E731
-    print(f"\n{'model':8} {'variant':18} {'threads':>7} {'img/s':>8} {'x seed':>7} {'x lib':>6}  note")
+    print(f"\n{'model':12} {'variant':18} {'threads':>7} {'img/s':>8} {'x seed':>7} {'x lib':>6}  note")
     for model, rows in rep["throughput"].items():
         for name, r in rows.items():
-            print(f"{model:8} {name:18} {r['threads']:7d} {r['images_per_s_median']:8.0f} "
+            print(f"{model:12} {name:18} {r['threads']:7d} {r['images_per_s_median']:8.0f} "
                   f"{num(r.get('ratio_vs_seed'), '.2f'):>7} {num(r.get('ratio_vs_lib'), '.2f'):>6}  {r['note']}")
     s = rep["settings"]
     print(f"\nTime to a test bound <= {TARGET_NATS} nats/image ({s['test_images']} test images, every "
@@ -416,7 +428,7 @@ def main(argv=None) -> int:
         f"{threads} threads, precision auto -> {mach['precision_auto']}, load {load_start}" + (" [QUICK]" if q else ""))
     train_x = ldata.load_split("train").float_images()
     test_x = ldata.load_split("test").float_images()[: 1000 if q else None]
-    tp, measurements = measure_throughput(throughput_plan(train_x), rounds, min_run_time, log)
+    tp, measurements = measure_throughput(throughput_plan(train_x, test_x), rounds, min_run_time, log)
     compare = benchmark.Compare(measurements)
     compare.trim_significant_figures()
     compare.print()
@@ -438,7 +450,8 @@ def main(argv=None) -> int:
                      "test_noise_seed": TEST_SEED, "ttq_budget_s": budget, "rounds": rounds,
                      "min_run_time_s": min_run_time, "threads": threads},
         "throughput": tp,
-        "throughput_definition": "images/s = 64 / median s per step (blocked_autorange); ratio: median per-round ratio",
+        "throughput_definition": "images/s = images per call (64 per training step, 1,000 per test bound) / median s "
+                                 "per call (blocked_autorange); ratio: median per-round ratio",
         "time_to_quality": ttq,
         "time_to_quality_definition": f"training s (evaluation excluded) until the BCE test bound first <= "
                                       f"{TARGET_NATS}, evaluated every {every} steps; history: [steps, train s, bound]",

@@ -18,7 +18,7 @@ from . import data, models, noise, stats
 from .data import generator
 from .bounds import EVAL_BATCH, iwae_bound, test_bound
 from .progress import progress
-from .store import CACHE, load_checkpoint, save_checkpoint
+from .store import CACHE, digest, load_checkpoint, memo, save_checkpoint
 
 # --- the in-project MNIST classifier --------------------------------------------------------
 
@@ -383,6 +383,12 @@ def is_superimposed(scores: dict) -> bool:
 
 
 def check_metrics(clf: Classifier, test_images, n: int, seed: int = 0) -> tuple[dict[str, bool], dict[str, dict]]:
-    """Score every known case and run METRIC_CHECKS: ({metric: passed}, {case: scores})."""
-    scores = {name: score_samples(clf, images, test_images) for name, images in known_cases(n, test_images, seed).items()}
+    """Score every known case and run METRIC_CHECKS: ({metric: passed}, {case: scores}). Kept by
+    ``store.memo`` (the same classifier, images, n and seed give the same scores in every notebook)."""
+    def compute():
+        cases = known_cases(n, test_images, seed)
+        return {name: score_samples(clf, images, test_images) for name, images in cases.items()}
+
+    scores = memo("metric-checks", {"classifier": digest(clf), "test": digest(test_images), "n": n, "seed": seed},
+                  compute)
     return {m: bool(check(scores)) for m, (_, _, check) in METRIC_CHECKS.items()}, scores

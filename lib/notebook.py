@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import data, evaluate, stats
+from . import data, evaluate, stats, store
 from .config import ParameterError, parameter_names, resolve, seed_everything, set_threads
 
 # The labels a verdict can carry, and the mark each gets in the report.
@@ -57,14 +57,21 @@ class Context:
         the clean test images. A GAN run gets only the sample scores (``score_samples``)."""
         s, cfg, clf = run.spec, self.cfg, self.classifier()[0]
         test_x = self.test_images() if test_x is None else test_x
-        if s.model == "GAN":
-            samples = evaluate.samples_of(run.model, cfg["n_samples"], s.seed)
-            metrics = evaluate.score_samples(clf, samples, test_x if reference_x is None else reference_x)
-        else:
-            metrics, samples = evaluate.score_vae(
+
+        def compute():
+            if s.model == "GAN":
+                samples = evaluate.samples_of(run.model, cfg["n_samples"], s.seed)
+                return evaluate.score_samples(clf, samples, test_x if reference_x is None else reference_x), samples
+            return evaluate.score_vae(
                 run.model, test_x, clf=clf, recon=s.recon, beta=s.beta, recon_weight=s.recon_weight,
                 n_samples=cfg["n_samples"], iwae_k=cfg["iwae_k"], iwae_images=cfg["iwae_images"], seed=s.seed,
                 reference_x=reference_x)
+
+        # kept by store.memo: another tier scoring the same weights on the same images reads these numbers
+        key = {"weights": store.digest(run.model), "spec": s.key(), "classifier": store.digest(clf),
+               "test": store.digest(test_x), "reference": None if reference_x is None else store.digest(reference_x),
+               **{k: cfg[k] for k in ("n_samples", "iwae_k", "iwae_images")}}
+        metrics, samples = store.memo("score", key, compute)
         metrics.update(extra or {})
         if label is not None:
             self.record(run, metrics, samples, label, name)

@@ -1,16 +1,19 @@
-"""The run cache: where checkpoints live, what a run id hashes, atomic save and checked load.
+"""The run cache: where checkpoints live, what a run id hashes, atomic save and checked load, and
+``memo``, which keeps an evaluation's result so that another notebook (or a rebuild) scoring the same
+model on the same images reads it instead of computing it again.
 
-Shared by ``train`` (model checkpoints) and ``evaluate`` (the classifier), so both import it and
-neither imports the other's storage code.
+Shared by ``train`` (model checkpoints), ``evaluate`` (the classifier, the metric checks) and
+``notebook`` (a run's scores), so they import it and none imports another's storage code.
 """
 from __future__ import annotations
 
 import ast
 import hashlib
+import json
 import os
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -20,6 +23,8 @@ CACHE = Path(os.environ.get("GENMNIST_CACHE", ROOT / "data" / "cache"))
 LIB = Path(__file__).resolve().parent
 # The modules whose code changes a trained model (what run ids hash).
 RESULT_SOURCES = ("data.py", "models.py", "losses.py", "noise.py", "bounds.py", "train.py")
+# ... and the modules whose code changes a score of a trained model (what ``memo`` keys hash).
+SCORE_SOURCES = (*RESULT_SOURCES, "evaluate.py", "stats.py", "notebook.py")
 
 
 def code_only(source: str) -> str:
@@ -76,3 +81,40 @@ def load_checkpoint(path: Path, owner: str | None = None, keys: tuple[str, ...] 
         warnings.warn(f"checkpoint {path} is not usable ({problem}); retraining this run from scratch")
         return None
     return state
+
+
+def digest(*parts: Any) -> str:
+    """A short sha256 of ``parts``: tensors by dtype, shape and bytes, modules by their state, the
+    rest by its JSON. Two equal inputs give the same key; any changed value or weight, another."""
+    h = hashlib.sha256()
+    for p in parts:
+        if isinstance(p, torch.nn.Module):
+            p = p.state_dict()
+        if isinstance(p, dict) and all(isinstance(v, torch.Tensor) for v in p.values()):
+            for name, t in p.items():
+                h.update(name.encode())
+                h.update(digest(t).encode())
+        elif isinstance(p, torch.Tensor):
+            t = p.detach().cpu().contiguous()
+            h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        else:
+            h.update(json.dumps(p, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:16]
+
+
+def memo(kind: str, key: dict[str, Any], compute: Callable[[], Any], cache: Path = CACHE) -> Any:
+    """``compute()``, kept in ``cache/scores/`` under ``key`` and the code of ``SCORE_SOURCES``: a
+    second call with the same key (another notebook, a rebuild) loads the kept value. What is
+    returned is always the loaded copy (tuples become lists), so a first and a later call give the
+    same types. An unreadable file is computed again; ``GENMNIST_MEMO=0`` turns keeping off."""
+    if os.environ.get("GENMNIST_MEMO", "1") == "0":
+        return compute()
+    path = Path(cache) / "scores" / f"{kind}-{digest(key, source_hash(files=SCORE_SOURCES))}.pt"
+    if path.exists():
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)["value"]
+        except Exception as e:  # noqa: BLE001 - any unreadable entry means "compute again"
+            warnings.warn(f"kept score {path} is unreadable ({type(e).__name__}: {e}); computing it again")
+    save_checkpoint(path, {"value": compute(), "kind": kind})
+    return torch.load(path, map_location="cpu", weights_only=True)["value"]

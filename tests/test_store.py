@@ -93,3 +93,65 @@ def test_a_checkpoint_holding_arbitrary_objects_is_not_unpickled(tmp_path):
     torch.save({"run_id": "run-a", "model": _Payload()}, path)
     with pytest.warns(UserWarning, match=r"(?s)corrupted \(UnpicklingError.*retraining"):
         assert store.load_checkpoint(path, owner="run-a") is None
+
+
+# --- memo: an evaluation kept by its inputs and the code that computes it -------------------
+
+def _counted(value):
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return value
+    return compute, calls
+
+
+def test_memo_computes_once_per_key_and_gives_the_same_value_back(tmp_path):
+    compute, calls = _counted(({"fid": 1.5, "shares": (0.1, 0.9)}, torch.arange(4, dtype=torch.uint8)))
+    first = store.memo("score", {"n": 10}, compute, cache=tmp_path)
+    second = store.memo("score", {"n": 10}, compute, cache=tmp_path)
+    assert len(calls) == 1
+    assert first[0] == second[0] and torch.equal(first[1], second[1])
+    store.memo("score", {"n": 11}, compute, cache=tmp_path)  # another key: computed again
+    assert len(calls) == 2
+
+
+def test_memo_recomputes_when_the_scoring_code_changes(tmp_path, monkeypatch):
+    compute, calls = _counted({"x": 1.0})
+    store.memo("score", {"n": 1}, compute, cache=tmp_path)
+    monkeypatch.setattr(store, "source_hash", lambda **_: "other code")
+    store.memo("score", {"n": 1}, compute, cache=tmp_path)
+    assert len(calls) == 2
+
+
+def test_an_unreadable_memo_entry_is_computed_again_with_a_warning(tmp_path):
+    compute, calls = _counted({"x": 2.0})
+    store.memo("score", {"n": 1}, compute, cache=tmp_path)
+    (entry,) = (tmp_path / "scores").iterdir()
+    entry.write_bytes(b"not a torch file")
+    with pytest.warns(UserWarning, match="unreadable"):
+        assert store.memo("score", {"n": 1}, compute, cache=tmp_path) == {"x": 2.0}
+    assert len(calls) == 2
+
+
+def test_memo_can_be_turned_off(tmp_path, monkeypatch):
+    monkeypatch.setenv("GENMNIST_MEMO", "0")
+    compute, calls = _counted({"x": 3.0})
+    store.memo("score", {"n": 1}, compute, cache=tmp_path)
+    store.memo("score", {"n": 1}, compute, cache=tmp_path)
+    assert len(calls) == 2 and not (tmp_path / "scores").exists()
+
+
+def test_digest_follows_every_weight_but_not_the_memory_layout():
+    conv = torch.nn.Conv2d(1, 4, 3)
+    base = store.digest(conv)
+    twin = torch.nn.Conv2d(1, 4, 3)
+    twin.load_state_dict(conv.state_dict())
+    assert store.digest(twin) == base
+    assert store.digest(conv.to(memory_format=torch.channels_last)) == base  # same numbers, other strides
+    with torch.no_grad():
+        conv.weight[0, 0, 0, 0] += 1e-6
+    assert store.digest(conv) != base
+    x = torch.zeros(2, 3)
+    assert store.digest(x) != store.digest(x.double()) != store.digest(torch.zeros(3, 2))
+    assert store.digest(torch.ones(3, dtype=torch.bfloat16)) != store.digest(torch.zeros(3, dtype=torch.bfloat16))
