@@ -2,7 +2,7 @@
 
 The BCE, MSE and L1 models weight reconstruction against the same KL on different scales, so they end at
 different rates (KL). For a like-for-like comparison, this finds for MSE and L1 the weight w in
-``w * recon + KL`` whose model (default profile, seed 0, 10 epochs) has the BCE models' rate on the last
+``w * recon + KL`` whose model (default profile, seed 0, its epochs) has the BCE models' rate on the last
 5,000 *training* images, within ``TOLERANCE`` nats: a secant search on log w (the rate grows roughly
 linearly in log w). It never looks at the test set; the 5,000 images were seen in training (a rate is a
 property of the fitted model, not a held-out score, so no split is held back). Writes bench/rate_match.json; `lib.config` holds the
@@ -23,7 +23,7 @@ from pathlib import Path
 
 from lib import data
 from lib.bounds import test_bound
-from lib.config import resolve, set_threads
+from lib.config import MATCHED_WEIGHTS, resolve, set_threads
 from lib.data import generator
 from lib.notebook import seed_list, seed_tag
 from lib.report import environment
@@ -32,7 +32,7 @@ from lib.train import fit, spec_from
 ROOT = Path(__file__).resolve().parent.parent
 VALIDATION = 5_000  # the rate is measured on the last 5,000 training images
 TOLERANCE = 0.5  # nats: tighter than the notebook's ±1 nat check, which is made on the test images
-FIRST_GUESS = {"mse": 10.0, "l1": 1.7}  # l1: from the MSE search's slope, about 16 nats per unit of log w
+FIRST_GUESS = dict(MATCHED_WEIGHTS)  # start from the weights chosen last time (lib.config)
 
 
 def rate(run, images, recon: str, weight: float) -> float:
@@ -69,8 +69,11 @@ def main() -> None:
             (w0, r0), (w1, r1) = sorted(points, key=lambda p: abs(p[1] - target))[:2]  # the two nearest
             slope = (r1 - r0) / (math.log(w1) - math.log(w0))
             step = (target - r0) / slope if slope > 0 else math.log(2.0) * (1 if target > r0 else -1)
-            w = float(f"{w0 * math.exp(max(-1.5, min(1.5, step))):.2g}")  # from the nearest; a readable 2-digit tag
-            if any(abs(w - p[0]) < 1e-12 for p in points):
+            new = w0 * math.exp(max(-1.5, min(1.5, step)))  # from the nearest point
+            # a readable 2-digit tag, or 3 digits when the 2-digit weight was tried already
+            w = next((c for c in (float(f"{new:.2g}"), float(f"{new:.3g}"))
+                      if not any(abs(c - p[0]) < 1e-12 for p in points)), None)
+            if w is None:
                 break
         best = min(points[1:], key=lambda p: abs(p[1] - target))
         out["losses"][loss] = {"tried": [{"weight": p[0], "rate": round(p[1], 3)} for p in points],
