@@ -9,10 +9,11 @@ STAMP := $(VENV)/.installed
 PROFILE ?=
 NB ?=
 P ?=
+JOBS ?= auto
 PORT ?= 8888
 # $(call quoted,VAR): VAR's text exactly as given (make's $(value): no $(...) expanded), in single quotes for
 # the shell, so that P='-p epochs 0; touch x' reaches lib.report as one argument and nothing in it is run
-unexport PROFILE NB P  # never expanded into the environment of recipes: $(shell ...) in them is not run
+unexport PROFILE NB P JOBS  # never expanded into the environment of recipes: $(shell ...) in them is not run
 quoted = '$(subst ','\'',$(value $1))'
 
 .DEFAULT_GOAL := help
@@ -20,7 +21,7 @@ quoted = '$(subst ','\'',$(value $1))'
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-12s %s\n", $$1, $$2}'
-	@echo "  variables: PROFILE=smoke|default|full (default: default)  NB=03_gan  P='-p epochs 5 -p seed 1'"
+	@echo "  variables: PROFILE=smoke|default|full (default: default)  NB=03_gan  P='-p epochs 5 -p seed 1'  JOBS=auto|N"
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -47,8 +48,9 @@ test: $(STAMP) ## unit tests on lib + smoke execution of all five notebooks + th
 	  $(MAKE) --no-print-directory check-html; \
 	else echo "NOTE: chromium is not installed and this is not root: skipping 'make check-html' (sudo apt-get install chromium)"; fi
 
-report: $(STAMP) ## execute the notebooks into report/ (PROFILE=default; NB=01_vae_basic for one; P='-p epochs 2')
+report: $(STAMP) ## execute the notebooks into report/ (PROFILE=default; NB=01_vae_basic for one; P='-p epochs 2'; JOBS=1 one at a time)
 	$(PY) -m lib.report --profile=$(call quoted,PROFILE) --nb=$(call quoted,NB) --params=$(call quoted,P) \
+	  --jobs=$(call quoted,JOBS) \
 	  && $(PY) tools/update_readme.py
 
 check-report: $(STAMP) ## after make report: rerun report/'s notebooks (warm cache) and check their tagged cells with nbval

@@ -9,6 +9,10 @@ Measure 2, time to quality (the headline): the seed's pipeline, lib's default Co
 pytorch/examples' MLP VAE train round-robin in one process, ``EVAL_EVERY`` steps at a time; one
 shared function evaluates the BCE test bound off the training clock. Reported: training seconds
 until it first reaches ``TARGET_NATS``. Targets are fixed below; reported, never asserted.
+
+Measure 3, two kernels at once (why ``make report`` runs two notebooks at a time): fit's step of each model
+family timed in one process with every core, then in two processes at once with half the cores each; reported:
+their summed images/s over the one process's.
 """
 from __future__ import annotations
 
@@ -387,6 +391,48 @@ def machine() -> dict:
             "git_dirty_lib_bench": bool(git("status", "--porcelain", "--", "lib", "bench"))}
 
 
+# --- measure 3: two kernels at once ----------------------------------------------------------
+
+FAMILIES = {"ConvVAE": ("01_vae_basic", "ConvVAE"), "BetaVAE": ("04_beta_vae", "BetaVAE"), "GAN": ("03_gan", "GAN")}
+
+
+def worker(seconds: float) -> None:
+    """``--worker``: images/s of fit's step (``Family.step``) per model family, each for ``seconds``, as JSON."""
+    train_x = ldata.load_split("train").float_images()
+    out = {}
+    for name, (notebook, model) in FAMILIES.items():
+        spec = lib_spec(notebook, model=model)
+        fam = ltrain.FAMILIES[model](spec, CPU)
+        step = on_lib_batches(fam.step, fam.inputs(train_x), spec.batch_size)
+        for _ in range(5):
+            step()
+        n, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            step()
+            n += 1
+        out[name] = n * spec.batch_size / (time.perf_counter() - t0)
+    print(json.dumps(out), flush=True)
+
+
+def two_kernels(seconds: float, log) -> dict:
+    """Summed images/s of two worker processes at once (cores // 2 threads each) over one worker with every core."""
+    cores = os.cpu_count() or 1
+
+    def run(n: int, threads: int) -> list[dict]:
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+        procs = [subprocess.Popen([sys.executable, __file__, "--worker", str(seconds)], env=env,
+                                  stdout=subprocess.PIPE, text=True) for _ in range(n)]
+        return [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
+
+    one = run(1, cores)[0]
+    two = run(2, max(1, cores // 2))
+    out = {name: {"one_kernel_images_per_s": round(one[name], 1), "threads_one": cores,
+                  "two_kernels_images_per_s": [round(t[name], 1) for t in two], "threads_each": max(1, cores // 2),
+                  "ratio": round(sum(t[name] for t in two) / one[name], 3)} for name in FAMILIES}
+    log("two kernels at once: " + ", ".join(f"{n} {r['ratio']:.2f}x" for n, r in out.items()))
+    return out
+
+
 def print_summary(rep) -> None:
     num = lambda v, spec: "" if v is None else format(v, spec)  # noqa: E731
     print(f"\n{'model':12} {'variant':18} {'threads':>7} {'img/s':>8} {'x seed':>7} {'x lib':>6}  note")
@@ -404,6 +450,10 @@ def print_summary(rep) -> None:
     for key, label in (("seed_over_lib", "seed / lib"), ("mlp_over_lib", "MLP / lib")):
         t = rep["targets"][key]
         print(f"  {label}: {t['kind']} {num(t['value'], '.2f')}  (target {t['target']}, met: {t['met']})")
+    print(f"\nTwo kernels at once, {rep['settings']['threads']} cores shared (summed img/s over one kernel's):")
+    for name, r in rep["two_kernels"].items():
+        print(f"  {name:8} one {r['one_kernel_images_per_s']:8.0f} img/s ({r['threads_one']} threads), two "
+              f"{' + '.join(f'{v:.0f}' for v in r['two_kernels_images_per_s'])} ({r['threads_each']} each): {r['ratio']:.2f}x")
     for w in rep["warnings"]:
         print(f"WARNING: {w}")
 
@@ -415,7 +465,11 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=None, help="throughput rounds (5; quick 2)")
     p.add_argument("--min-run-time", type=float, default=None, help="seconds per blocked_autorange (2; quick 0.2)")
     p.add_argument("--quick", action="store_true", help="development run: seconds per measure, 1,000 test images")
+    p.add_argument("--worker", type=float, default=None, help=argparse.SUPPRESS)  # measure 3's child process
     args = p.parse_args(argv)
+    if args.worker is not None:
+        worker(args.worker)
+        return 0
     q = args.quick
     budget = args.ttq_budget if args.ttq_budget is not None else (20.0 if q else 600.0)
     rounds, min_run_time = args.rounds or (2 if q else 5), args.min_run_time or (0.2 if q else 2.0)
@@ -433,6 +487,7 @@ def main(argv=None) -> int:
     compare.trim_significant_figures()
     compare.print()
     ttq = time_to_quality(train_x, test_x, budget, every, log)
+    kernels = two_kernels(2.0 if q else 10.0, log)
     load_end = list(os.getloadavg())
     # at the end the 1-minute load includes the bench's own threads
     limits = {"start": 0.75 * mach["usable_cpus"], "end": 0.75 * mach["usable_cpus"] + threads}
@@ -458,6 +513,9 @@ def main(argv=None) -> int:
         "targets": {"seed_over_lib": ttq_ratio(ttq["seed"], ttq["lib"], TARGET_SEED_OVER_LIB),
                     "mlp_over_lib": ttq_ratio(ttq["mlp"], ttq["lib"], TARGET_MLP_OVER_LIB, strict=True),
                     "note": "reported, never asserted; '>=' / '<=': one side's training seconds stand in for its time"},
+        "two_kernels": kernels,
+        "two_kernels_definition": "images/s of fit's step per family for a fixed time: one process with every core, "
+                                  "then two processes at once with half the cores each; ratio = summed two / one",
         "warnings": warnings,
         "bench_seconds": round(time.perf_counter() - t_start, 1),
     }

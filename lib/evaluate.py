@@ -18,7 +18,7 @@ from . import data, models, noise, stats
 from .data import generator
 from .bounds import EVAL_BATCH, iwae_bound, test_bound
 from .progress import progress
-from .store import CACHE, digest, load_checkpoint, memo, save_checkpoint
+from .store import CACHE, digest, exclusive, load_checkpoint, memo, save_checkpoint
 
 # --- the in-project MNIST classifier --------------------------------------------------------
 
@@ -72,33 +72,34 @@ def get_classifier(kind: str = "full", device: torch.device | str = "cpu", cache
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(1234)
         clf = Classifier()
-    state = load_checkpoint(path, keys=("model",))
-    test = data.load_split("test")
-    x_test = test.float_images(device)
-    acc = None
-    if state is not None:
-        clf.load_state_dict(state["model"])
-        clf.to(device)
-        acc = state.get("test_accuracy")
-    else:
-        clf.to(device)
-        x = data.subset(data.load_split("train").float_images(device), cfg["train_subset"])
-        y = data.subset(data.load_split("train").labels.to(device), cfg["train_subset"])
-        opt = torch.optim.Adam(clf.parameters(), lr=1e-3)
-        g = generator(1234)
-        for epoch in range(cfg["epochs"]):
-            clf.train()
-            batches = list(data.batches(len(x), 128, g))
-            for idx in progress(batches, len(batches), f"classifier epoch {epoch + 1}/{cfg['epochs']}",
-                                show_progress):
-                idx = idx.to(device)
-                loss = F.cross_entropy(clf(x[idx]), y[idx])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-        clf.eval()
-        acc = (predict_proba(clf, x_test).argmax(1).cpu() == test.labels).float().mean().item()
-        save_checkpoint(path, {"model": clf.state_dict(), "test_accuracy": acc})
+    with exclusive(path):  # a second kernel needing the classifier waits for the first to train it
+        state = load_checkpoint(path, keys=("model",))
+        test = data.load_split("test")
+        x_test = test.float_images(device)
+        acc = None
+        if state is not None:
+            clf.load_state_dict(state["model"])
+            clf.to(device)
+            acc = state.get("test_accuracy")
+        else:
+            clf.to(device)
+            x = data.subset(data.load_split("train").float_images(device), cfg["train_subset"])
+            y = data.subset(data.load_split("train").labels.to(device), cfg["train_subset"])
+            opt = torch.optim.Adam(clf.parameters(), lr=1e-3)
+            g = generator(1234)
+            for epoch in range(cfg["epochs"]):
+                clf.train()
+                batches = list(data.batches(len(x), 128, g))
+                for idx in progress(batches, len(batches), f"classifier epoch {epoch + 1}/{cfg['epochs']}",
+                                    show_progress):
+                    idx = idx.to(device)
+                    loss = F.cross_entropy(clf(x[idx]), y[idx])
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+            clf.eval()
+            acc = (predict_proba(clf, x_test).argmax(1).cpu() == test.labels).float().mean().item()
+            save_checkpoint(path, {"model": clf.state_dict(), "test_accuracy": acc})
     clf.eval()
     if acc is None:  # a checkpoint from before the accuracy was stored
         acc = (predict_proba(clf, x_test).argmax(1).cpu() == test.labels).float().mean().item()

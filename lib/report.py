@@ -466,6 +466,107 @@ def _echo(path: Path, prefix: str, every: float = 1.0):
         t.join(timeout=5)
 
 
+# --- the runner: notebooks in parallel -------------------------------------------------------
+
+# Which notebook a free kernel takes next: the longest first, and those that reuse 01's BCE models after it
+# (a kernel that needs a model another is training waits for it: store.exclusive).
+ORDER = ("01_vae_basic", "04_beta_vae", "03_gan", "05_noisy_data", "02_vae_derivation")
+_CHILD = ("import json, sys, traceback\n"
+          "import papermill as pm\n"
+          "args = json.load(open(sys.argv[1]))\n"
+          "try:\n"
+          "    pm.execute_notebook(**args)\n"
+          "except BaseException as e:\n"
+          "    open(sys.argv[2], 'w').write(f'{type(e).__name__}: {e}')\n"
+          "    sys.exit(130 if isinstance(e, KeyboardInterrupt) else 1)\n")
+
+
+def resolve_jobs(jobs: str, n_notebooks: int) -> int:
+    """``--jobs``: 'auto' -> 2 kernels at a time where there are two cores or more, each with half of them
+    (two such kernels train more images per second than one with every core: make bench, "two kernels
+    at once"), else 1; a number -> that many, at most one per notebook."""
+    if jobs == "auto":
+        n = 2 if (os.cpu_count() or 1) >= 2 else 1
+    else:
+        try:
+            n = int(jobs)
+        except ValueError:
+            n = 0
+        if n < 1:
+            raise ParameterError(f"parameter 'jobs' = {jobs!r} is invalid: allowed 'auto' or an integer >= 1")
+    return max(1, min(n, n_notebooks))
+
+
+def _execute_parallel(notebooks: list[str], params: dict[str, dict], nb_dir: Path, tmp: Path, jobs: int,
+                      walls: dict[str, float]) -> None:
+    """Execute ``notebooks`` ``jobs`` at a time, each by papermill in its own process whose kernel gets
+    ``cores // jobs`` threads (OMP_NUM_THREADS; unless the user set it) and its own progress log. The
+    first failure stops the others and is raised as RuntimeError naming the notebook and the error."""
+    import queue
+
+    todo: queue.Queue = queue.Queue()
+    for nb in sorted(notebooks, key=lambda n: ORDER.index(n)):
+        todo.put(nb)
+    threads = str(max(1, (os.cpu_count() or 1) // jobs))
+    procs: dict[str, subprocess.Popen] = {}
+    failures: list[str] = []
+    lock = threading.Lock()
+
+    def lane() -> None:
+        while not failures:
+            try:
+                nb = todo.get_nowait()
+            except queue.Empty:
+                return
+            log, err, spec = (tmp / f".progress-{nb}.log", tmp / f".error-{nb}.txt", tmp / f".args-{nb}.json")
+            log.touch()
+            spec.write_text(json.dumps(dict(
+                input_path=str(nb_dir / f"{nb}.ipynb"), output_path=str(tmp / f"{nb}.ipynb"), parameters=params[nb],
+                kernel_name="python3", cwd=str(ROOT), log_output=True, progress_bar=False)))
+            env = {**os.environ, PROGRESS_FILE: str(log)}
+            env.setdefault("OMP_NUM_THREADS", threads)
+            print(f"=== {nb} (profile {params[nb]['profile']}; {env['OMP_NUM_THREADS']} threads) ===", flush=True)
+            t0 = time.perf_counter()
+            with _echo(log, f"[{nb}] "):
+                with lock:
+                    if failures:
+                        return
+                    procs[nb] = subprocess.Popen([sys.executable, "-c", _CHILD, str(spec), str(err)], cwd=ROOT, env=env)
+                code = procs[nb].wait()
+            if code != 0:
+                why = err.read_text(encoding="utf-8") if err.exists() else f"papermill exited with code {code}"
+                failures.append(f"{nb} failed:\n{why}")
+                return
+            walls[nb] = round(time.perf_counter() - t0, 1)
+            print(f"=== {nb} done in {walls[nb]:.0f} s ===", flush=True)
+
+    workers = [threading.Thread(target=lane, daemon=True) for _ in range(jobs)]
+    try:
+        for w in workers:
+            w.start()
+        while any(w.is_alive() for w in workers):
+            if failures:
+                with lock:
+                    for p in procs.values():
+                        if p.poll() is None:
+                            p.terminate()
+            for w in workers:
+                w.join(timeout=0.5)
+    finally:  # Ctrl-C / SIGTERM here: no kernel is left running
+        with lock:
+            failures.append("stopped")  # no lane starts another notebook
+            for p in procs.values():
+                if p.poll() is None:
+                    p.terminate()
+        for p in procs.values():
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+    if failures[0] != "stopped":
+        raise RuntimeError(failures[0])
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m lib.report", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -476,6 +577,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--params", default="", metavar="TEXT",
                     help="more -p groups in one string, as make report's P='-p epochs 2 -p seed 1' "
                          "(split into words as a shell would, never run by one)")
+    ap.add_argument("--jobs", default="1", metavar="N",
+                    help="notebooks executed at a time, each kernel with cores/N threads: 'auto' (2 where "
+                         "there are 2 cores or more) or a number (default: 1)")
     ap.add_argument("--report-dir", default=str(REPORT), help=argparse.SUPPRESS)
     ap.add_argument("--notebook-dir", default=str(NB_DIR), help=argparse.SUPPRESS)  # tests inject failures
     args = ap.parse_args(argv)
@@ -519,6 +623,7 @@ def _build(args: argparse.Namespace, report: Path) -> int:
             # Parameters first (a typo is reported even while another build runs), then the lock, then
             # the report folder as it is under the lock; all before any notebook runs.
             params = plan(notebooks, profile, overrides, tmp)
+            jobs = resolve_jobs(str(args.jobs), len(notebooks))
             held.enter_context(report_lock(report))
             read_report(report)
         except BaseException as e:
@@ -527,11 +632,11 @@ def _build(args: argparse.Namespace, report: Path) -> int:
                 print(f"error: {e}", file=sys.stderr)
                 return 2
             raise
-        return _run(args, report, notebooks, profile, params, tmp)
+        return _run(args, report, notebooks, profile, params, tmp, jobs)
 
 
 def _run(args: argparse.Namespace, report: Path, notebooks: list[str], profile: str, params: dict[str, dict],
-         tmp: Path) -> int:
+         tmp: Path, jobs: int = 1) -> int:
     """Execute the notebooks into ``tmp``; assemble the new report in a staging copy; swap it in."""
     import papermill as pm
 
@@ -545,18 +650,22 @@ def _run(args: argparse.Namespace, report: Path, notebooks: list[str], profile: 
     try:
         progress_log.touch()
         os.environ[PROGRESS_FILE] = str(progress_log)  # the kernels inherit it (lib.progress)
+        if jobs > 1:
+            stage = f"executing {', '.join(notebooks)} ({jobs} at a time)"
+            _execute_parallel(notebooks, params, Path(args.notebook_dir), tmp, jobs, walls)
         for nb in notebooks:
             stage = nb
-            print(f"=== {nb} (profile {profile}) ===", flush=True)
-            t0 = time.perf_counter()
-            with _echo(progress_log, f"[{nb}] "):
-                pm.execute_notebook(str(Path(args.notebook_dir) / f"{nb}.ipynb"), str(tmp / f"{nb}.ipynb"),
-                                    parameters=params[nb], kernel_name="python3", cwd=str(ROOT), log_output=True,
-                                    progress_bar=False)
-            walls[nb] = round(time.perf_counter() - t0, 1)
+            if jobs == 1:
+                print(f"=== {nb} (profile {profile}) ===", flush=True)
+                t0 = time.perf_counter()
+                with _echo(progress_log, f"[{nb}] "):
+                    pm.execute_notebook(str(Path(args.notebook_dir) / f"{nb}.ipynb"), str(tmp / f"{nb}.ipynb"),
+                                        parameters=params[nb], kernel_name="python3", cwd=str(ROOT),
+                                        log_output=True, progress_bar=False)
+                walls[nb] = round(time.perf_counter() - t0, 1)
+                print(f"=== {nb} done in {walls[nb]:.0f} s ===", flush=True)
             _show_final_paths(tmp / f"{nb}.ipynb", tmp, report)
             html.export(tmp / f"{nb}.ipynb", tmp / f"{nb}.html")
-            print(f"=== {nb} done in {walls[nb]:.0f} s ===", flush=True)
 
         stage = "assembling the report"
         staging = Path(tempfile.mkdtemp(prefix=f"{report.name}.tmp-staging-", dir=report.parent))
@@ -581,6 +690,7 @@ def _run(args: argparse.Namespace, report: Path, notebooks: list[str], profile: 
             "environment": environment(),
             "total_wall_seconds": round(sum(float(v.get("wall_seconds", 0)) for v in entries), 1),
             "this_build_wall_seconds": round(time.perf_counter() - t_all, 1),
+            "this_build_jobs": jobs,  # notebooks executed at a time (their wall_seconds overlap when > 1)
             "reproducibility": BIT_EQUALITY_NOTE,
         })
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")

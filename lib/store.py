@@ -8,6 +8,8 @@ Shared by ``train`` (model checkpoints), ``evaluate`` (the classifier, the metri
 from __future__ import annotations
 
 import ast
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -83,6 +85,18 @@ def load_checkpoint(path: Path, owner: str | None = None, keys: tuple[str, ...] 
     return state
 
 
+@contextlib.contextmanager
+def exclusive(path: Path):
+    """Hold an exclusive lock on ``<path>.lock`` (flock; the system drops it when the process ends) for the
+    block. ``make report`` runs two notebooks at a time: when both need one model or score, the first
+    computes it and the second waits here, then loads what the first kept."""
+    lock = Path(path).with_name(Path(path).name + ".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
 def digest(*parts: Any) -> str:
     """A short sha256 of ``parts``: tensors by dtype, shape and bytes, modules by their state, the
     rest by its JSON. Two equal inputs give the same key; any changed value or weight, another."""
@@ -111,10 +125,11 @@ def memo(kind: str, key: dict[str, Any], compute: Callable[[], Any], cache: Path
     if os.environ.get("GENMNIST_MEMO", "1") == "0":
         return compute()
     path = Path(cache) / "scores" / f"{kind}-{digest(key, source_hash(files=SCORE_SOURCES))}.pt"
-    if path.exists():
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True)["value"]
-        except Exception as e:  # noqa: BLE001 - any unreadable entry means "compute again"
-            warnings.warn(f"kept score {path} is unreadable ({type(e).__name__}: {e}); computing it again")
-    save_checkpoint(path, {"value": compute(), "kind": kind})
-    return torch.load(path, map_location="cpu", weights_only=True)["value"]
+    with exclusive(path):
+        if path.exists():
+            try:
+                return torch.load(path, map_location="cpu", weights_only=True)["value"]
+            except Exception as e:  # noqa: BLE001 - any unreadable entry means "compute again"
+                warnings.warn(f"kept score {path} is unreadable ({type(e).__name__}: {e}); computing it again")
+        save_checkpoint(path, {"value": compute(), "kind": kind})
+        return torch.load(path, map_location="cpu", weights_only=True)["value"]

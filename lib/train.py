@@ -36,7 +36,7 @@ from .bounds import test_bound
 from .config import LR_SCHEDULES
 from .data import generator
 from .progress import progress
-from .store import CACHE, checkpoint_path, load_checkpoint, save_checkpoint, source_hash
+from .store import CACHE, checkpoint_path, exclusive, load_checkpoint, save_checkpoint, source_hash
 
 GRID = 64  # images in the per-epoch sample grid (fixed z)
 # A run has diverged when the epoch mean of a logged training term exceeds this in absolute value (per
@@ -284,7 +284,13 @@ def fit(
     epoch: the per-image means of the logged terms, the family's test scores (VAEs: the test bound),
     a sample grid from one fixed z, and an atomic checkpoint."""
     check_spec(spec)
-    device = torch.device(device)
+    # another kernel training this very run (make report's parallel notebooks): wait for it, then load
+    with exclusive(checkpoint_path(spec.run_id, cache)):
+        return _train_or_load(spec, torch.device(device), cache, show_progress, on_epoch_end)
+
+
+def _train_or_load(spec: RunSpec, device: torch.device, cache: Path, show_progress: bool,
+                   on_epoch_end: Callable[[int, dict], None] | None) -> Run:
     run_id, path = spec.run_id, checkpoint_path(spec.run_id, cache)
     fam = FAMILIES[spec.model](spec, device)
     state = load_checkpoint(path, owner=run_id, keys=(*fam.parts, "history", "grids"))

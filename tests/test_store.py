@@ -127,7 +127,7 @@ def test_memo_recomputes_when_the_scoring_code_changes(tmp_path, monkeypatch):
 def test_an_unreadable_memo_entry_is_computed_again_with_a_warning(tmp_path):
     compute, calls = _counted({"x": 2.0})
     store.memo("score", {"n": 1}, compute, cache=tmp_path)
-    (entry,) = (tmp_path / "scores").iterdir()
+    (entry,) = (tmp_path / "scores").glob("*.pt")
     entry.write_bytes(b"not a torch file")
     with pytest.warns(UserWarning, match="unreadable"):
         assert store.memo("score", {"n": 1}, compute, cache=tmp_path) == {"x": 2.0}
