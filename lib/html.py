@@ -426,7 +426,9 @@ def _manifest_summary(report: Path, manifest: dict) -> str:
         ("total wall time", f"{_duration(manifest.get('total_wall_seconds'))} "
                             f"(sum over the notebooks' last builds)"),
         *([("last build", f"{_duration(manifest['this_build_wall_seconds'])} from start to end, "
-                          f"{manifest.get('this_build_jobs', 1)} notebook(s) at a time")]
+                          f"{manifest.get('this_build_jobs', 1)} notebook(s) at a time"
+                          + (f", {manifest['this_build_kernel_threads']} torch thread(s) each"
+                             if "this_build_kernel_threads" in manifest else ""))]
           if "this_build_wall_seconds" in manifest else []),
         ("device", _e(env.get("device", "–"))),
         ("CPU", _e(f"{env.get('cpu', '–')}, {env.get('cores', '?')} cores, "

@@ -691,6 +691,9 @@ def _run(args: argparse.Namespace, report: Path, notebooks: list[str], profile: 
             "total_wall_seconds": round(sum(float(v.get("wall_seconds", 0)) for v in entries), 1),
             "this_build_wall_seconds": round(time.perf_counter() - t_all, 1),
             "this_build_jobs": jobs,  # notebooks executed at a time (their wall_seconds overlap when > 1)
+            # each kernel's torch threads (environment.torch_threads is this runner's own)
+            "this_build_kernel_threads": int(os.environ.get("OMP_NUM_THREADS") or 0) or (
+                max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else torch.get_num_threads()),
             "reproducibility": BIT_EQUALITY_NOTE,
         })
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
