@@ -5,7 +5,8 @@ it takes a few minutes); a difference means the committed report no longer follo
 
 The notebooks are copied to a temporary folder first, and their injected ``output_dir`` points
 there, so the committed report/ is never written. Durations and machine paths are sanitised
-(tools/nbval_sanitize.cfg).
+(tools/nbval_sanitize.cfg); so is float64 round-off, which follows the kernel's thread count.
+``CHECK_REPORT_VERBOSE=1`` prints the whole diff of a failing cell.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 REPORT = ROOT / "report"
+EXTRA = ["-vvv"] if __import__("os").environ.get("CHECK_REPORT_VERBOSE") else []  # the whole diff of a failing cell
 
 
 def main(argv: list[str]) -> int:
@@ -37,7 +39,7 @@ def main(argv: list[str]) -> int:
             copy = Path(tmp) / page.name
             copy.write_text(json.dumps(nb))
             copies.append(str(copy))
-        cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval-lax", "--nbval-current-env",
+        cmd = [sys.executable, "-m", "pytest", "-q", *EXTRA, "-p", "no:cacheprovider", "--nbval-lax", "--nbval-current-env",
                "--nbval-sanitize-with", str(ROOT / "tools" / "nbval_sanitize.cfg"), "--nbval-cell-timeout", "3600",
                "--rootdir", tmp, *copies]
         print("checking", ", ".join(p.stem for p in pages), flush=True)
