@@ -185,6 +185,9 @@ def _check_output_dir(path: str) -> Path:
 
 # Sizes that bound the parameters (checked here, before any training, rather than failing after it).
 TRAIN_IMAGES, TEST_IMAGES = 60_000, 10_000  # MNIST's splits (lib.data checks their files)
+# the validation split that chooses hyperparameters (tools/choose_lr.py, match_rate.py, choose_batch.py): the
+# last 5,000 training images; a candidate trains on the 55,000 before them, never on the test set
+VALIDATION_IMAGES = 5_000
 FID_FEATURES = 128  # the classifier's penultimate features, to which the FID fits a Gaussian
 SEED_MAX = 2**32 - 1  # NumPy's global seed (seed_everything) takes 32 bits; lib's torch generators get
 # seed * 1_000_003 + epoch + 500_000 (train.epoch_generators), which stays far below torch's 2**64 for such seeds

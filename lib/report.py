@@ -497,6 +497,12 @@ def resolve_jobs(jobs: str, n_notebooks: int) -> int:
     return max(1, min(n, n_notebooks))
 
 
+def kernel_threads(jobs: int) -> int:
+    """Torch threads of each notebook's kernel: the user's OMP_NUM_THREADS where set, else the cores
+    shared among the ``jobs`` kernels (with one kernel, every core: lib.config.set_threads)."""
+    return int(os.environ.get("OMP_NUM_THREADS") or 0) or max(1, (os.cpu_count() or 1) // jobs)
+
+
 def _execute_parallel(notebooks: list[str], params: dict[str, dict], nb_dir: Path, tmp: Path, jobs: int,
                       walls: dict[str, float]) -> None:
     """Execute ``notebooks`` ``jobs`` at a time, each by papermill in its own process whose kernel gets
@@ -507,7 +513,7 @@ def _execute_parallel(notebooks: list[str], params: dict[str, dict], nb_dir: Pat
     todo: queue.Queue = queue.Queue()
     for nb in sorted(notebooks, key=lambda n: ORDER.index(n)):
         todo.put(nb)
-    threads = str(max(1, (os.cpu_count() or 1) // jobs))
+    threads = str(kernel_threads(jobs))
     procs: dict[str, subprocess.Popen] = {}
     failures: list[str] = []
     lock = threading.Lock()
@@ -523,8 +529,7 @@ def _execute_parallel(notebooks: list[str], params: dict[str, dict], nb_dir: Pat
             spec.write_text(json.dumps(dict(
                 input_path=str(nb_dir / f"{nb}.ipynb"), output_path=str(tmp / f"{nb}.ipynb"), parameters=params[nb],
                 kernel_name="python3", cwd=str(ROOT), log_output=True, progress_bar=False)))
-            env = {**os.environ, PROGRESS_FILE: str(log)}
-            env.setdefault("OMP_NUM_THREADS", threads)
+            env = {**os.environ, PROGRESS_FILE: str(log), "OMP_NUM_THREADS": threads}
             print(f"=== {nb} (profile {params[nb]['profile']}; {env['OMP_NUM_THREADS']} threads) ===", flush=True)
             t0 = time.perf_counter()
             with _echo(log, f"[{nb}] "):
@@ -692,8 +697,7 @@ def _run(args: argparse.Namespace, report: Path, notebooks: list[str], profile: 
             "this_build_wall_seconds": round(time.perf_counter() - t_all, 1),
             "this_build_jobs": jobs,  # notebooks executed at a time (their wall_seconds overlap when > 1)
             # each kernel's torch threads (environment.torch_threads is this runner's own)
-            "this_build_kernel_threads": int(os.environ.get("OMP_NUM_THREADS") or 0) or (
-                max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else torch.get_num_threads()),
+            "this_build_kernel_threads": kernel_threads(jobs),
             "reproducibility": BIT_EQUALITY_NOTE,
         })
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")

@@ -33,14 +33,13 @@ import torch
 
 from lib import data, evaluate
 from lib.bounds import test_bound
-from lib.config import TRAIN_IMAGES, resolve, set_threads
+from lib.config import TRAIN_IMAGES, VALIDATION_IMAGES as VALIDATION, resolve, set_threads
 from lib.data import generator
 from lib.report import environment
 from lib.store import source_hash
 from lib.train import fit, spec_from
 
 ROOT = Path(__file__).resolve().parent.parent
-VALIDATION = 5_000  # the last 5,000 training images; training uses the 55,000 before them
 SEED_SETTING = (64, 1e-3)
 TIERS = {
     # name: (notebook, candidates (batch, lr), tolerance, what the score is)

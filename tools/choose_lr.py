@@ -20,14 +20,13 @@ import torch
 
 from lib import data
 from lib.bounds import test_bound
-from lib.config import resolve, resolve_precision, set_threads
+from lib.config import VALIDATION_IMAGES as VALIDATION, resolve, resolve_precision, set_threads
 from lib.data import generator
 from lib.report import environment
 from lib.store import source_hash
 from lib.train import RunSpec, fit
 
 ROOT = Path(__file__).resolve().parent.parent
-VALIDATION = 5_000  # the last 5,000 training images; training uses the 55,000 before them
 CANDIDATES = [(1e-3, "constant"), (2e-3, "cosine"), (3e-3, "cosine"), (5e-3, "cosine")]  # the seed's, then cosines
 
 

@@ -23,14 +23,13 @@ from pathlib import Path
 
 from lib import data
 from lib.bounds import test_bound
-from lib.config import MATCHED_WEIGHTS, resolve, set_threads
+from lib.config import MATCHED_WEIGHTS, VALIDATION_IMAGES as VALIDATION, resolve, set_threads  # the rate is read there
 from lib.data import generator
 from lib.notebook import seed_list, seed_tag
 from lib.report import environment
 from lib.train import fit, spec_from
 
 ROOT = Path(__file__).resolve().parent.parent
-VALIDATION = 5_000  # the rate is measured on the last 5,000 training images
 TOLERANCE = 0.5  # nats: tighter than the notebook's ±1 nat check, which is made on the test images
 FIRST_GUESS = dict(MATCHED_WEIGHTS)  # start from the weights chosen last time (lib.config)
 
