@@ -471,8 +471,14 @@ def _echo(path: Path, prefix: str, every: float = 1.0):
 # Which notebook a free kernel takes next: the longest first, and those that reuse 01's BCE models after it
 # (a kernel that needs a model another is training waits for it: store.exclusive).
 ORDER = ("01_vae_basic", "04_beta_vae", "03_gan", "05_noisy_data", "02_vae_derivation")
-_CHILD = ("import json, sys, traceback\n"
+# SIGTERM (how the runner stops a lane) and SIGINT become KeyboardInterrupt, so papermill shuts its kernel down on
+# the way out instead of leaving it orphaned (holding the terminal's pipes)
+_CHILD = ("import json, signal, sys\n"
           "import papermill as pm\n"
+          "def stop(signum, frame):\n"
+          "    raise KeyboardInterrupt\n"
+          "signal.signal(signal.SIGTERM, stop)\n"
+          "signal.signal(signal.SIGINT, stop)\n"
           "args = json.load(open(sys.argv[1]))\n"
           "try:\n"
           "    pm.execute_notebook(**args)\n"
