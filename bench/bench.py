@@ -318,7 +318,7 @@ def time_to_quality(train_x, test_x, budget, every, log):
                  "seed ConvVAE: Adam 1e-3 constant, batch 64, fp32, DataLoader+ToTensor, encoder twice"),
         "lib": (fam.parts["model"], spec.batch_size, partial(lib_trainer, fam, spec, train_x, every),
                 f"lib ConvVAE, 01_vae_basic/default: lr {spec.lr} {spec.lr_schedule} over {spec.epochs} epochs, "
-                f"batch {spec.batch_size}, {spec.precision}, fused Adam"),
+                f"batch {spec.batch_size}, {spec.precision}, fused Adam betas {tuple(spec.adam_betas)}"),
         "mlp": (mlp, 128, partial(torchvision_trainer, mlp, examples_step, tv_batches(128, 1), 1, every),
                 "pytorch/examples vae/main.py MLP VAE: Adam 1e-3, batch 128, DataLoader+ToTensor"),
     }

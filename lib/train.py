@@ -357,6 +357,7 @@ def spec_from(cfg: dict[str, Any], tag: str, model: str = "ConvVAE", **changes: 
     base = dict(tag=tag, model=model, epochs=cfg["epochs"], batch_size=cfg["batch_size"], lr=cfg["lr"],
                 lr_schedule=cfg.get("lr_schedule", "constant"),
                 latent_dim=cfg["latent_dim"], seed=cfg["seed"], train_subset=cfg["train_subset"],
+                adam_betas=(0.9, cfg.get("adam_beta2", 0.999)),
                 test_subset=cfg["test_subset"],
                 # bf16 does not pay for the tiny BetaVAE on a CPU (make bench), so it stays fp32
                 precision="fp32" if model == "BetaVAE" else cfg.get("precision", "fp32"))

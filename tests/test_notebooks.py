@@ -65,6 +65,30 @@ def test_parameters_are_documented_literals(name):
         assert p["inferred_type_name"] != "None", f"{name}: parameter {p['name']} has no type annotation"
 
 
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_parameter_comments_quote_the_default_profile(name):
+    """A number a parameter's comment gives as its default ("default profile: 5", "default 0 0.1 0.8") is the
+    default profile's value: such comments went stale once when the profile changed and the notebook did not."""
+    import re
+
+    import papermill as pm
+
+    from lib.config import resolve
+
+    default = resolve(name, "default")
+    quoted = 0
+    for p in pm.inspect_notebook(str(NB_DIR / f"{name}.ipynb")).values():
+        m = re.search(r"default(?: profile)?:? (\d[\d.e+-]*(?: \d[\d.e+-]*)*)", p["help"])
+        if m is None:
+            continue
+        numbers = [float(v) for v in m.group(1).split()]
+        value = default[p["name"]]
+        expected = [float(v) for v in value] if isinstance(value, (list, tuple)) else [float(value)]
+        assert numbers == expected, f"{name}: parameter {p['name']} says default {m.group(1)}, the profile has {value}"
+        quoted += 1
+    assert quoted, f"{name}: no comment quotes a default (the pattern above no longer matches them)"
+
+
 @pytest.mark.notebooks
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_notebook_runs_in_the_smoke_profile(name, tmp_path, mnist_raw):

@@ -38,6 +38,9 @@ UNWRITABLE = "/proc/genmnist-cannot-write-here"  # even root cannot create folde
     ("03_gan", {"device": "tpu"}, r"'device' = 'tpu' .*'auto', 'cpu'"),
     ("03_gan", {"betas": [1.0]}, r"unknown parameter\(s\) \['betas'\] for 03_gan"),
     ("01_vae_basic", {"lr_schedule": "step"}, r"'lr_schedule' = 'step' .*\['constant', 'cosine'\]"),
+    ("01_vae_basic", {"adam_beta2": 1.0}, r"'adam_beta2' = 1.0 .*a number in \(0, 1\)"),
+    ("05_noisy_data", {"adam_beta2": "fast"}, r"'adam_beta2' = 'fast' .*a number in \(0, 1\)"),
+    ("04_beta_vae", {"adam_beta2": 0.99}, r"unknown parameter\(s\) \['adam_beta2'\] for 04_beta_vae"),
     ("03_gan", {"lr_schedule": "cosine"}, r"unknown parameter\(s\) \['lr_schedule'\] for 03_gan"),
     ("01_vae_basic", {"matched_weights": {"bce": 2.0}}, r"'matched_weights' = .*\['l1', 'mse'\]"),
     ("01_vae_basic", {"matched_weights": {"mse": -1}}, r"'matched_weights' = \{'mse': -1\} .*weights > 0 \('mse' has -1\)"),
@@ -52,6 +55,20 @@ def test_matched_weights_written_as_text_become_numbers(tmp_path):
     cfg = resolve("01_vae_basic", "smoke", output_dir=str(tmp_path), matched_weights={"mse": "1e1"})
     assert cfg["matched_weights"] == {"mse": 10.0}
     assert resolve("01_vae_basic", "smoke", output_dir=str(tmp_path), matched_weights={})["matched_weights"] == {}
+
+
+def test_adam_beta2_is_the_one_tools_choose_adam_chose_and_reaches_the_run(tmp_path):
+    from lib.train import spec_from
+
+    record = json.loads((Path(__file__).resolve().parent.parent / "bench" / "adam_choice.json").read_text())
+    for nb in ("01_vae_basic", "02_vae_derivation", "05_noisy_data"):
+        cfg = resolve(nb, "default", output_dir=str(tmp_path))
+        assert cfg["adam_beta2"] == record["chosen_beta2"], nb
+        assert spec_from(cfg, "x").adam_betas == (0.9, record["chosen_beta2"])
+    cfg = resolve("01_vae_basic", "smoke", output_dir=str(tmp_path), adam_beta2="0.999")  # -p text becomes a number
+    assert spec_from(cfg, "x").adam_betas == (0.9, 0.999)
+    # the β-VAE tier keeps the seed's Adam, the GAN its own betas (given by the notebook)
+    assert spec_from(resolve("04_beta_vae", "default", output_dir=str(tmp_path)), "x").adam_betas == (0.9, 0.999)
 
 
 def test_the_matched_weights_are_the_ones_tools_match_rate_chose():
