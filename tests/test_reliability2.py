@@ -111,7 +111,7 @@ def _readme_parameter_strings() -> list[str]:
 
 def test_the_readme_shows_parameter_examples():
     texts = _readme_parameter_strings()
-    assert "-p lr_schedule constant -p lr 1e-3" in texts and "-p betas [1,8] -p epochs 3" in texts
+    assert "-p lr_schedule constant -p lr 1e-3 -p adam_beta2 0.999" in texts and "-p betas [1,8] -p epochs 3" in texts
 
 
 @pytest.mark.parametrize("text", _readme_parameter_strings())
