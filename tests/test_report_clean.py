@@ -55,3 +55,20 @@ def test_the_check_catches_what_it_is_for():
     assert MACHINE_PATH.search("/work/main/.venv/lib/python3.11/site-packages/tqdm/auto.py")
     assert not MACHINE_PATH.search('see <a href="runs/vae-bce/metrics.json">') and not MACHINE_PATH.search("1/2")
     assert PROGRESS.search("epoch 1/10:  45%|████▌     | 422/938 [00:09<00:11, 45.1it/s]")
+
+
+def test_check_report_kernels_get_the_build_kernels_thread_count(tmp_path, monkeypatch):
+    """make check-report reruns the notebooks with the build's kernel threads (a number computed afresh rounds by
+    the thread count); an OMP_NUM_THREADS the user set wins, and without a manifest nothing is changed."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("check_report", ROOT / "tools" / "check_report.py")
+    check_report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(check_report)
+    monkeypatch.setattr(check_report, "REPORT", tmp_path)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert "OMP_NUM_THREADS" not in check_report.kernel_env()
+    (tmp_path / "manifest.json").write_text(json.dumps({"this_build_kernel_threads": 1}))
+    assert check_report.kernel_env()["OMP_NUM_THREADS"] == "1"
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert check_report.kernel_env()["OMP_NUM_THREADS"] == "3"

@@ -4,13 +4,16 @@ outputs. Run it after ``make report`` (the models are then in data/cache, so not
 it takes a few minutes); a difference means the committed report no longer follows from the code.
 
 The notebooks are copied to a temporary folder first, and their injected ``output_dir`` points
-there, so the committed report/ is never written. Durations and machine paths are sanitised
-(tools/nbval_sanitize.cfg); so is float64 round-off, which follows the kernel's thread count.
+there, so the committed report/ is never written. The kernels get the thread count the build's kernels had
+(``this_build_kernel_threads`` in report/manifest.json, as ``OMP_NUM_THREADS``; one already set wins), because a
+number computed afresh rounds by it: with another count, 02's "84.733685 nats" came back as "84.733684".
+Durations and machine paths are sanitised (tools/nbval_sanitize.cfg); so is float64 round-off.
 ``CHECK_REPORT_VERBOSE=1`` prints the whole diff of a failing cell.
 """
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -18,7 +21,17 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 REPORT = ROOT / "report"
-EXTRA = ["-vvv"] if __import__("os").environ.get("CHECK_REPORT_VERBOSE") else []  # the whole diff of a failing cell
+EXTRA = ["-vvv"] if os.environ.get("CHECK_REPORT_VERBOSE") else []  # the whole diff of a failing cell
+
+
+def kernel_env() -> dict[str, str]:
+    """The environment of the checking kernels: the build's thread count, unless OMP_NUM_THREADS is set."""
+    env = dict(os.environ)
+    manifest = REPORT / "manifest.json"
+    threads = json.loads(manifest.read_text()).get("this_build_kernel_threads") if manifest.exists() else None
+    if threads and not env.get("OMP_NUM_THREADS"):
+        env["OMP_NUM_THREADS"] = str(threads)
+    return env
 
 
 def main(argv: list[str]) -> int:
@@ -42,8 +55,10 @@ def main(argv: list[str]) -> int:
         cmd = [sys.executable, "-m", "pytest", "-q", *EXTRA, "-p", "no:cacheprovider", "--nbval-lax", "--nbval-current-env",
                "--nbval-sanitize-with", str(ROOT / "tools" / "nbval_sanitize.cfg"), "--nbval-cell-timeout", "3600",
                "--rootdir", tmp, *copies]
-        print("checking", ", ".join(p.stem for p in pages), flush=True)
-        return subprocess.run(cmd, cwd=ROOT).returncode
+        env = kernel_env()
+        print("checking", ", ".join(p.stem for p in pages), f"(kernel threads: {env.get('OMP_NUM_THREADS', 'all')})",
+              flush=True)
+        return subprocess.run(cmd, cwd=ROOT, env=env).returncode
 
 
 if __name__ == "__main__":
