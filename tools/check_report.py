@@ -1,7 +1,8 @@
 """``make check-report``: re-execute the committed executed notebooks in report/ with nbval and check
 that the cells tagged ``nbval-check-output`` (headline tables, verdicts) reproduce their committed
-outputs. Run it after ``make report`` (the models are then in data/cache, so nothing retrains and
-it takes a few minutes); a difference means the committed report no longer follows from the code.
+outputs. Run it after ``make report`` with the cache the build used (data/cache, or the same
+``GENMNIST_CACHE``), so nothing retrains and it takes a few minutes; a difference means the committed
+report no longer follows from the code.
 
 The notebooks are copied to a temporary folder first, and their injected ``output_dir`` points
 there, so the committed report/ is never written. The kernels get the thread count the build's kernels had
