@@ -3,9 +3,9 @@
 The seed trained its VAE with torch's default Adam, betas (0.9, 0.999). A short run (the default profile's 5
 epochs, a cosine from 3e-3) may do better with a shorter memory of the squared gradients, β2 = 0.99, the value many
 short-budget recipes use. This tool trains each candidate β2 with two training seeds (0 and 1) on the first
-55,000 training images with the default profile's other settings, through ``fit``'s own pieces
-(``Family.step``, ``epoch_generators``, ``lr_at``), and scores the negative ELBO on the held-out last 5,000
-training images every ``EVAL_EVERY`` steps and at the end. The rule, written before these runs:
+55,000 training images with the default profile's other settings, through fit's loop as ``make bench`` runs
+it (``Family.step``, ``epoch_generators``, ``lr_at``: ``bench.lib_trainer``), and scores the negative ELBO on
+the held-out last 5,000 training images every ``EVAL_EVERY`` steps and at the end. The rule, written before these runs:
 
 * a candidate is *acceptable* when its final (5-epoch) validation bound, mean over the two seeds, is no worse
   than the seed's β2 = 0.999 by more than ``TOLERANCE`` (0.2 nats);
@@ -26,7 +26,7 @@ Run it alone (it takes every core for about 8 minutes; make report and make benc
 from __future__ import annotations
 
 import json
-import math
+import sys
 import time
 from pathlib import Path
 
@@ -38,9 +38,11 @@ from lib.config import TRAIN_IMAGES, VALIDATION_IMAGES as VALIDATION, resolve, r
 from lib.data import generator
 from lib.report import environment
 from lib.store import source_hash
-from lib.train import epoch_generators, lr_at, spec_from, vae_family
+from lib.train import spec_from, vae_family
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+from bench import lib_trainer  # noqa: E402  (bench/bench.py: fit's loop around Family.step, which make bench times)
 CANDIDATES = [0.999, 0.99]  # the seed's (torch's default) first
 SEEDS = (0, 1)
 TOLERANCE = 0.2  # nats of the final validation bound
@@ -49,15 +51,13 @@ EVAL_EVERY = 100  # steps
 
 
 def train(cfg: dict, beta2: float, seed: int, train_x: torch.Tensor, val: torch.Tensor) -> dict:
-    """One candidate and seed: the validation curve, the steps to VAL_TARGET and the final bound."""
+    """One candidate and seed: the validation curve, the steps to VAL_TARGET and the final bound. The steps are
+    fit's loop as ``make bench`` runs it (``bench.lib_trainer``), paused every EVAL_EVERY steps."""
     cpu = torch.device("cpu")
     spec = spec_from(cfg, f"adam-choice-{beta2:g}-s{seed}", seed=seed, adam_betas=(0.9, beta2),
                      train_subset=TRAIN_IMAGES - VALIDATION, precision=resolve_precision("auto", cpu))
     fam = vae_family(spec, cpu)
-    model, opt = fam.parts["model"], fam.parts["opt"]
-    n, bs = len(train_x), spec.batch_size
-    n_batches = math.ceil(n / bs)
-    total = spec.epochs * n_batches
+    model = fam.parts["model"]
 
     def bound() -> float:
         model.eval()
@@ -65,21 +65,18 @@ def train(cfg: dict, beta2: float, seed: int, train_x: torch.Tensor, val: torch.
         model.train()
         return round(b, 3)
 
-    curve, reached, step, seconds = [], None, 0, 0.0
-    for epoch in range(1, spec.epochs + 1):
-        g_shuffle, g_noise = epoch_generators(spec, epoch, cpu)
-        model.train()
-        for idx in data.batches(n, bs, g_shuffle):
-            t0 = time.perf_counter()
-            for group in opt.param_groups:
-                group["lr"] = lr_at(spec, step, total)
-            fam.step(train_x[idx], g_noise)
-            step += 1
-            seconds += time.perf_counter() - t0
-            if reached is None and step % EVAL_EVERY == 0:
-                curve.append((step, bound()))
-                if curve[-1][1] <= VAL_TARGET:
-                    reached = step
+    curve, reached, seconds, info = [], None, 0.0, {"steps": 0}
+    model.train()
+    chunks = lib_trainer(fam, spec, train_x, EVAL_EVERY, info)
+    while True:
+        t0 = time.perf_counter()
+        if next(chunks, StopIteration) is StopIteration:  # the schedule's end
+            break
+        seconds += time.perf_counter() - t0
+        if reached is None and info["steps"] % EVAL_EVERY == 0:
+            curve.append((info["steps"], bound()))
+            if curve[-1][1] <= VAL_TARGET:
+                reached = info["steps"]
     final = bound()
     print(f"beta2 {beta2:g} seed {seed}: {VAL_TARGET} nats after {reached} steps, final {final:.2f} "
           f"({seconds:.0f} s training)", flush=True)
