@@ -91,6 +91,19 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
     },
 }
 
+def model_epochs(profile: str) -> dict[str, int]:
+    """Training work of a whole ``make report`` in ``profile``: model-epochs per model family, counted as the
+    notebooks train them (runs shared between notebooks, such as 01's BCE model in 02, 03 and 05, counted once).
+    What the build's time estimate multiplies by a measured rate (tools/cuda_check.py, make bench)."""
+    b, g, n = PROFILES["01_vae_basic"][profile], PROFILES["03_gan"][profile], PROFILES["05_noisy_data"][profile]
+    beta = PROFILES["04_beta_vae"][profile]
+    conv = (b["seeds"] + (len(b["losses"]) - 1) * b["other_seeds"]) * b["epochs"]  # the three losses
+    conv += b["other_seeds"] * b["ablation_epochs"] + len(b["matched_weights"]) * b["other_seeds"] * b["epochs"]
+    conv += sum(1 for a in n["noise_amounts"] if a > 0) * n["other_seeds"] * n["epochs"]
+    betavae = (len(beta["betas"]) * beta["seeds"] + len(beta["collapse_betas"])) * beta["epochs"]
+    return {"ConvVAE": conv, "GAN": g["seeds"] * g["epochs"], "BetaVAE": betavae + beta["latent2_epochs"]}
+
+
 ALWAYS = dict(seed=0, device="auto", precision="auto", output_dir="report/lab")
 PRECISIONS = ("auto", "fp32", "bf16")
 LR_SCHEDULES = ("constant", "cosine")

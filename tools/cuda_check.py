@@ -15,7 +15,15 @@ What it checks (each a real property; the script exits 1 if any fails):
 4. Evaluation runs on the GPU: test bound, IWAE bound (``lib.bounds``) and the classifier FID, the
    FID equal to the CPU's for the same classifier weights.
 6. Two trainings of the same spec give bit-identical histories (lib.config.deterministic_cuda).
-7. Throughput, for information: ConvVAE training images/s on the GPU with the lib path (batch 64).
+7. The CUDA path (``lib.train``'s speed section): a captured graph draws the same noise as eager code
+   from a reseeded generator; one epoch of each family with CUDA graphs matches the same epoch launched op
+   by op (``GENMNIST_CUDA_GRAPHS=0``) within 1e-3 relative on every logged number (bit-identical where the
+   kernels are); a run killed after epoch 1 resumes to the uninterrupted run's weights, bit for bit.
+8. Speed, recorded (``--out``): ``epoch_seconds`` per family at the default profile's settings (60,000
+   images, batch 64; the second epoch, after the capture), graphed and eager; runs trained together by
+   ``fit_many`` (seconds per model-epoch, wall clock over the whole call, evaluation and checkpoints
+   included); with ``--full-arm``, one arm of the full profile (3 training seeds x 250 epochs) end to end,
+   and the full profile's estimate from these numbers (``lib.config.model_epochs``).
 
 Nothing here runs in CI (CI has no GPU); ``make test`` covers the CPU path.
 """
@@ -23,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -53,6 +62,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     ap.add_argument("--device", default="auto", help="'auto' (the check) or 'cpu' (to develop this script)")
+    ap.add_argument("--full-arm", action="store_true", help="also train 3 seeds x 250 epochs (minutes on an H200)")
+    ap.add_argument("--speed-only", action="store_true", help="skip checks 2-6 (a rerun of the speed part)")
     args = ap.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
@@ -67,6 +78,20 @@ def main() -> int:
     cpu = torch.device("cpu")
     cache = Path(tempfile.mkdtemp(prefix="cuda-check-"))
 
+    if not args.speed_only:
+        checks_2_to_6(dev, prec, cache)
+    speed = cuda_path(dev, prec, cache, args.full_arm) if dev.type == "cuda" else {}
+
+    failed = [r["check"] for r in RESULTS if not r["ok"]]
+    print(f"{len(RESULTS) - len(failed)}/{len(RESULTS)} checks passed" + (f"; FAILED: {failed}" if failed else ""))
+    if args.out:
+        Path(args.out).write_text(json.dumps({"info": info, "speed": speed, "results": RESULTS}, indent=1,
+                                             default=str))
+    return 1 if failed else 0
+
+
+def checks_2_to_6(dev: torch.device, prec: str, cache: Path) -> None:
+    cpu = torch.device("cpu")
     # 2. every model trains on the device, data and parameters stay there ----------------
     base = dict(epochs=1, train_subset=2048, test_subset=512, seed=0)
     spec = train.RunSpec(tag="cc-conv", model="ConvVAE", precision=prec, lr_schedule="cosine", lr=3e-3, **base)
@@ -153,19 +178,155 @@ def main() -> int:
         check(f"{s.model} ({s.precision}) trained twice: identical history", same,
               first=rows[0]["test_bound"], second=rows[1]["test_bound"])
 
-    # 7. throughput (information only) -------------------------------------------------------
-    if dev.type == "cuda":
-        full = train.RunSpec(tag="cc-speed", model="ConvVAE", precision=prec, epochs=1, seed=0)
-        r = train.fit(full, device=dev, cache=cache, show_progress=False)
-        secs = r.history[-1]["train_seconds"]
-        check("ConvVAE epoch on the device (60,000 images)", True, seconds=round(secs, 2),
-              images_per_s=round(60000 / secs), test_bound=r.history[-1]["test_bound"])
 
-    failed = [r["check"] for r in RESULTS if not r["ok"]]
-    print(f"{len(RESULTS) - len(failed)}/{len(RESULTS)} checks passed" + (f"; FAILED: {failed}" if failed else ""))
-    if args.out:
-        Path(args.out).write_text(json.dumps({"info": info, "results": RESULTS}, indent=1, default=str))
-    return 1 if failed else 0
+
+def default_spec(notebook: str, model: str, prec: str, **changes) -> train.RunSpec:
+    """The RunSpec the notebook's default profile trains (lib.config + lib.train.spec_from)."""
+    cfg = config.resolve(notebook, "default")
+    cfg["precision"] = prec
+    extra = {"GAN": dict(adam_betas=(0.5, 0.999))}.get(model, {})
+    return train.spec_from(cfg, f"cc-{model.lower()}", model=model, **{**extra, **changes})
+
+
+def strip(history):
+    return [{k: v for k, v in row.items() if k != "train_seconds"} for row in history]
+
+
+def max_rel(a, b) -> float:
+    return max(abs(x[k] - y[k]) / max(abs(x[k]), 1e-12) for x, y in zip(a, b) for k in x
+               if isinstance(x[k], float))
+
+
+def graphs(on: bool) -> None:
+    os.environ["GENMNIST_CUDA_GRAPHS"] = "1" if on else "0"
+
+
+def fresh() -> Path:
+    return Path(tempfile.mkdtemp(prefix="cuda-fast-"))
+
+
+def cuda_path(dev: torch.device, prec: str, cache: Path, full_arm: bool) -> dict:
+    """Checks and timings of lib.train's CUDA path (module docstring, 7 and 8)."""
+    torch.backends.cudnn.allow_tf32 = True  # torch's default, as the notebooks run (check 3 turned it off)
+    speed: dict = {"settings": "the default profile's (lib.config), 60,000 training images, batch 64; "
+                               f"precision {prec} for ConvVAE and GAN, fp32 for BetaVAE"}
+    # a graph replay draws what eager code draws from a reseeded, registered generator
+    g = torch.Generator(device=dev)
+    g.manual_seed(11)
+    out = torch.empty(5, device=dev)
+    graph = torch.cuda.CUDAGraph()
+    graph.register_generator_state(g)
+    torch.cuda.synchronize()
+    with torch.cuda.graph(graph):
+        out.copy_(torch.randn(5, device=dev, generator=g))
+    draws = []
+    for seed in (3, 3, 4):
+        g.manual_seed(seed)
+        graph.replay()
+        first = out.clone()
+        graph.replay()
+        draws.append((first, out.clone()))
+    eager = []
+    for seed in (3, 4):
+        g.manual_seed(seed)
+        eager.append((torch.randn(5, device=dev, generator=g), torch.randn(5, device=dev, generator=g)))
+    same = all(torch.equal(a, b) for a, b in zip(draws[0] + draws[2], eager[0] + eager[1]))
+    check("graph replay draws the eager noise of a reseeded generator", same and torch.equal(draws[0][0], draws[1][0])
+          and not torch.equal(draws[0][0], draws[0][1]))
+
+    families = {"ConvVAE": ("01_vae_basic", prec), "GAN": ("03_gan", prec), "BetaVAE": ("04_beta_vae", "fp32")}
+    # one epoch graphed vs op by op, on 8,192 images (128 steps)
+    for model, (nb, p) in families.items():
+        s = default_spec(nb, model, p, epochs=1, train_subset=8192, test_subset=1000)
+        rows = {}
+        for on in (True, False):
+            graphs(on)
+            rows[on] = train.fit(s, device=dev, cache=fresh(), show_progress=False).history
+        graphs(True)
+        rel = max_rel(strip(rows[True]), strip(rows[False]))
+        check(f"{model}: one epoch with CUDA graphs matches op by op (rel 1e-3)", rel <= 1e-3, max_rel=rel,
+              bit_identical=strip(rows[True]) == strip(rows[False]), graphed=strip(rows[True])[0])
+
+    # resume: killed after epoch 1, resumed, equals the uninterrupted run
+    s = default_spec("01_vae_basic", "ConvVAE", prec, epochs=2, train_subset=8192, test_subset=1000)
+    whole = train.fit(s, device=dev, cache=fresh(), show_progress=False)
+    c = fresh()
+
+    def stop(epoch, row):
+        if epoch == 1:
+            raise KeyboardInterrupt
+    try:
+        train.fit(s, device=dev, cache=c, show_progress=False, on_epoch_end=stop)
+    except KeyboardInterrupt:
+        pass
+    resumed = train.fit(s, device=dev, cache=c, show_progress=False)
+    same_w = all(torch.equal(a, b) for a, b in zip(whole.model.state_dict().values(), resumed.model.state_dict().values()))
+    check("graphed run killed after epoch 1 resumes to the uninterrupted weights", same_w and resumed.resumed_from == 1
+          and strip(whole.history) == strip(resumed.history))
+
+    # epoch seconds at the default settings: graphed (epoch 2) and op by op (epoch 1)
+    speed["epoch_seconds"] = {}
+    for model, (nb, p) in families.items():
+        graphs(True)
+        r = train.fit(default_spec(nb, model, p, epochs=2), device=dev, cache=fresh(), show_progress=False)
+        graphs(False)
+        e = train.fit(default_spec(nb, model, p, epochs=1), device=dev, cache=fresh(), show_progress=False)
+        graphs(True)
+        rec = {"graphed": round(r.history[1]["train_seconds"], 3),
+               "graphed_first_epoch_with_capture": round(r.history[0]["train_seconds"], 3),
+               "eager": round(e.history[0]["train_seconds"], 3)}
+        speed["epoch_seconds"][model] = rec
+        check(f"{model} epoch at the default settings <= 1.0 s", rec["graphed"] <= 1.0, **rec)
+
+    # several runs together (fit_many): wall seconds per model-epoch, evaluation and checkpoints included
+    speed["together"], alone = [], {}
+    for model, k, epochs in (("ConvVAE", 1, 2), ("ConvVAE", 3, 2), ("ConvVAE", 9, 2), ("ConvVAE", 18, 2),
+                             ("GAN", 1, 2), ("GAN", 3, 2), ("BetaVAE", 1, 2), ("BetaVAE", 12, 2)):
+        nb, p = families[model]
+        specs = [default_spec(nb, model, p, epochs=epochs, seed=i) for i in range(k)]
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        try:
+            runs = train.fit_many(specs, device=dev, cache=fresh(), show_progress=False)
+        except train.TrainingError as e:
+            check(f"fit_many: {k} {model} runs together", False, error=str(e))
+            continue
+        torch.cuda.synchronize()
+        wall = time.perf_counter() - t0
+        alone.setdefault(model, runs[0].history)  # the first group of a family: seed 0 trained alone or first
+        same = strip(runs[0].history) == strip(alone[model])
+        speed["together"].append({"model": model, "runs": k, "epochs": epochs, "wall_seconds": round(wall, 2),
+                                  "seconds_per_model_epoch": round(wall / (k * epochs), 3)})
+        check(f"fit_many: {k} {model} runs together, seed 0 as trained alone", same, **speed["together"][-1])
+
+    if full_arm:  # one arm of the full profile end to end: the BCE model's 3 training seeds x 250 epochs
+        cfg = config.resolve("01_vae_basic", "full")
+        cfg["precision"] = prec
+        specs = [train.spec_from(cfg, "cc-full-bce", recon="bce", seed=s) for s in range(3)]
+        t0 = time.perf_counter()
+        runs = train.fit_many(specs, device=dev, cache=fresh(), show_progress=True)
+        wall = time.perf_counter() - t0
+        speed["full_arm"] = {"what": "01's BCE arm in the full profile: 3 training seeds x 250 epochs, fit_many",
+                             "wall_seconds": round(wall, 1), "seconds_per_model_epoch": round(wall / 750, 3),
+                             "test_bounds": [r.history[-1]["test_bound"] for r in runs]}
+        check("full-profile arm trained (3 x 250 epochs)", all(len(r.history) == 250 for r in runs),
+              **speed["full_arm"])
+    speed["full_profile_estimate"] = estimate(speed)
+    print(json.dumps(speed["full_profile_estimate"]), flush=True)
+    return speed
+
+
+def estimate(speed: dict) -> dict:
+    """The full profile's training time from the measured together-rates (lib.config.model_epochs)."""
+    work = config.model_epochs("full")
+    rate = {}
+    for row in speed.get("together", []):  # the best measured rate per family
+        rate[row["model"]] = min(rate.get(row["model"], 1e9), row["seconds_per_model_epoch"])
+    if "full_arm" in speed:
+        rate["ConvVAE_full_arm"] = speed["full_arm"]["seconds_per_model_epoch"]
+    parts = {m: round(work[m] * rate[m]) for m in work if m in rate}
+    return {"model_epochs": work, "seconds_per_model_epoch": rate, "training_seconds": parts,
+            "total_minutes": round(sum(parts.values()) / 60, 1)}
 
 
 if __name__ == "__main__":
