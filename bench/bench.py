@@ -294,17 +294,22 @@ def lib_trainer(fam, spec, train_x, every, info):
     the planned epochs, the finiteness check; it ends with the schedule."""
     opt, n, bs = fam.parts["opt"], len(train_x), spec.batch_size
     nb = math.ceil(n / bs)
+    tally = None
     for epoch in range(1, spec.epochs + 1):
         g_shuffle, g_noise = ltrain.epoch_generators(spec, epoch, CPU)
-        for i, idx in enumerate(ldata.batches(n, bs, g_shuffle)):
-            for group in opt.param_groups:
-                group["lr"] = ltrain.lr_at(spec, (epoch - 1) * nb + i, spec.epochs * nb)
+        order = torch.randperm(n, generator=g_shuffle)
+        for i in range(nb):
+            idx = order[i * bs:(i + 1) * bs]
+            ltrain.set_lr(opt, ltrain.lr_at(spec, (epoch - 1) * nb + i, spec.epochs * nb))
             terms = fam.step(train_x[idx], g_noise)
-            if not torch.isfinite(sum(t.detach() for t in terms.values())):
-                raise FloatingPointError(f"lib: non-finite loss at epoch {epoch}, batch {i}")
+            tally = tally or ltrain.Tally(terms, CPU)
+            tally.add(terms, len(idx))  # fit's epoch sums and finite check, read at the epoch's end
             info["steps"] += 1
             if info["steps"] % every == 0 or info["steps"] == spec.epochs * nb:
                 yield
+        if int(tally.first_bad) >= 0:
+            raise FloatingPointError(f"lib: non-finite loss at epoch {epoch}, batch {int(tally.first_bad)}")
+        tally.reset()
 
 
 def time_to_quality(train_x, test_x, budget, every, log):
@@ -528,5 +533,19 @@ def main(argv=None) -> int:
     return 0
 
 
+def locked_main() -> int:
+    """main() holding report.lock, as make report does (both write report/): while a build holds it, the
+    bench refuses at once, naming the holder, with exit code 3. ``--worker`` children run unlocked."""
+    if "--worker" in sys.argv:
+        return main()
+    from lib.report import REPORT, ReportError, report_lock
+    try:
+        with report_lock(REPORT):
+            return main()
+    except ReportError as e:
+        print(f"make bench: {e}", file=sys.stderr)
+        return e.code
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(locked_main())

@@ -417,7 +417,7 @@ def _manifest_summary(report: Path, manifest: dict) -> str:
     prof = manifest.get("profile", "–")
     prof = ", ".join(prof) if isinstance(prof, list) else prof
     commit = str(manifest.get("git_commit", "–"))
-    dirty = " (with uncommitted changes to lib/ or notebooks/)" if manifest.get("git_dirty") else ""
+    dirty = {True: " (with uncommitted changes to lib/ or notebooks/)", "unknown": " (git could not tell whether lib/ or notebooks/ had uncommitted changes)"}.get(manifest.get("git_dirty"), "")
     rows = [
         ("profile", f"<code>{_e(prof)}</code>"),
         ("git commit", f"<code>{_e(commit[:12])}</code>{_e(dirty)}"),

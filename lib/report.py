@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from . import html
-from .config import NOTEBOOKS, PROFILE_NAMES, ROOT, ParameterError, parameter_names, resolve
+from .config import _COMMON, NOTEBOOKS, PROFILE_NAMES, ROOT, ParameterError, model_epochs, parameter_names, resolve
 from .progress import PROGRESS_FILE
 
 REPORT = ROOT / "report"
@@ -162,6 +162,12 @@ def _git(*args) -> str:
         return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
     except Exception:  # noqa: BLE001 - not a git checkout
         return "unknown"
+
+
+def git_dirty() -> bool | str:
+    """Whether lib/ or notebooks/ differ from the commit; "unknown" where git cannot tell (no git, no checkout)."""
+    status = _git("status", "--porcelain", "--", "lib", "notebooks")
+    return "unknown" if status == "unknown" else bool(status)
 
 
 def environment() -> dict[str, Any]:
@@ -646,6 +652,30 @@ def _build(args: argparse.Namespace, report: Path) -> int:
         return _run(args, report, notebooks, profile, params, tmp, jobs)
 
 
+def training_estimate(profile: str) -> str:
+    """One line printed before a build trains: the training work of all five notebooks in ``profile``
+    (lib.config.model_epochs) at measured rates: report/cuda_check.json's runs trained together (fit_many)
+    on a GPU, report/bench.json's step rate (two notebooks at a time) on a CPU. Scoring is not included."""
+    work = model_epochs(profile)
+    share = min(_COMMON[profile]["train_subset"] or 60_000, 60_000) / 60_000  # smoke trains on a subset
+    try:
+        if torch.cuda.is_available():
+            record = json.loads((REPORT / "cuda_check.json").read_text())
+            rate = {m: min(r["seconds_per_model_epoch"] for r in record["together"] if r["model"] == m) for m in work}
+            where = f"an {record['machine']['gpu']} (report/cuda_check.json, runs trained together)"
+        else:
+            two = json.loads((REPORT / "bench.json").read_text())["two_kernels"]
+            rate = {m: 60_000 / two[m]["one_kernel_images_per_s"] / two[m]["ratio"] for m in work}
+            where = "the CPU make bench last measured (report/bench.json, two notebooks at a time)"
+    except (OSError, KeyError, ValueError) as e:
+        return f"estimate: {sum(work.values()):,} model-epochs to train; no measured rate to time them ({e})"
+    minutes = share * sum(work[m] * rate[m] for m in work) / 60
+    parts = ", ".join(f"{work[m]:,} {m}" for m in work)
+    took = f"{minutes:.0f} min" if minutes >= 1 else f"{minutes * 60:.0f} s"
+    return (f"estimate: training {parts} model-epochs takes about {took} on {where}; "
+            "scoring adds to it, and a cached run costs nothing")
+
+
 def _run(args: argparse.Namespace, report: Path, notebooks: list[str], profile: str, params: dict[str, dict],
          tmp: Path, jobs: int = 1) -> int:
     """Execute the notebooks into ``tmp``; assemble the new report in a staging copy; swap it in."""
@@ -658,6 +688,7 @@ def _run(args: argparse.Namespace, report: Path, notebooks: list[str], profile: 
     progress_log = tmp / ".progress.log"
     saved_progress = os.environ.get(PROGRESS_FILE)
     staging: Path | None = None
+    print(training_estimate(profile), flush=True)
     try:
         progress_log.touch()
         os.environ[PROGRESS_FILE] = str(progress_log)  # the kernels inherit it (lib.progress)
@@ -695,7 +726,7 @@ def _run(args: argparse.Namespace, report: Path, notebooks: list[str], profile: 
         manifest.update({
             "profile": sorted({str(v["profile"]) for v in entries if "profile" in v}),
             "git_commit": _git("rev-parse", "HEAD"),
-            "git_dirty": bool(_git("status", "--porcelain", "--", "lib", "notebooks")),
+            "git_dirty": git_dirty(),
             "sources_sha256": sources_hash(),
             "sources": [str(p.relative_to(ROOT)) for p in source_files()],
             "environment": environment(),

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
 import os
+import re
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any, Callable
@@ -54,11 +57,43 @@ def checkpoint_path(run_id: str, cache: Path = CACHE) -> Path:
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """torch.save to a temporary file in the same folder, then an atomic rename."""
+    """torch.save to a temporary file in the same folder, then an atomic rename. An interrupted or failed
+    save removes its temporary file; a full disk is an OSError naming the path and the free space."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        free = shutil.disk_usage(path.parent).free
+        if isinstance(e, Exception) and free < 256 * 2**20:  # torch.save says only "iostream error"
+            raise OSError(errno.ENOSPC, f"no space left on the device to save {path} ({free:,} bytes free); "
+                          f"free some space or point GENMNIST_CACHE at another disk") from e
+        raise
+
+
+def remove_orphans(path: Path) -> None:
+    """Delete temporary files a killed save of ``path`` left behind (call it holding ``exclusive(path)``:
+    then no other process is writing one)."""
+    for orphan in path.parent.glob(path.name + ".tmp-*"):
+        orphan.unlink(missing_ok=True)
+
+
+def one_line(e: BaseException, limit: int = 200) -> str:
+    """An exception's message on one line: whitespace folded, terminal colour codes dropped, cut at ``limit``."""
+    text = " ".join(re.sub(r"\x1b\[[0-9;]*m", "", str(e)).split())
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def set_aside(path: Path, reason: str) -> None:
+    """Move an unusable checkpoint out of the way (kept, for a look, as ``<name>.unusable``) and say so in
+    one line; the caller retrains."""
+    aside = path.with_name(path.name + ".unusable")
+    with contextlib.suppress(OSError):
+        os.replace(path, aside)
+    warnings.warn(f"checkpoint {path} is not usable ({reason}); moved to {aside.name}, retraining this run "
+                  "from scratch", stacklevel=3)
 
 
 def load_checkpoint(path: Path, owner: str | None = None, keys: tuple[str, ...] = ()) -> dict[str, Any] | None:
@@ -70,7 +105,7 @@ def load_checkpoint(path: Path, owner: str | None = None, keys: tuple[str, ...] 
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable checkpoint means "retrain"
-        warnings.warn(f"checkpoint {path} is corrupted ({type(e).__name__}: {e}); retraining this run from scratch")
+        set_aside(path, f"corrupted: {type(e).__name__}: {one_line(e)}")
         return None
     problem = None
     if not isinstance(state, dict):
@@ -80,7 +115,7 @@ def load_checkpoint(path: Path, owner: str | None = None, keys: tuple[str, ...] 
     elif missing := [k for k in keys if k not in state]:
         problem = f"it lacks {missing}"
     if problem:
-        warnings.warn(f"checkpoint {path} is not usable ({problem}); retraining this run from scratch")
+        set_aside(path, problem)
         return None
     return state
 

@@ -37,7 +37,8 @@ from .bounds import test_bound
 from .config import LR_SCHEDULES
 from .data import generator
 from .progress import progress
-from .store import CACHE, checkpoint_path, exclusive, load_checkpoint, save_checkpoint, source_hash
+from .store import (CACHE, checkpoint_path, exclusive, load_checkpoint, one_line, remove_orphans, save_checkpoint, set_aside,
+                    source_hash)
 
 GRID = 64  # images in the per-epoch sample grid (fixed z)
 # A run has diverged when the epoch mean of a logged training term exceeds this in absolute value (per
@@ -395,18 +396,29 @@ def fit_many(
     if len(set(ids)) < len(ids):
         raise ValueError(f"fit_many: a run is listed twice: {sorted(i for i in ids if ids.count(i) > 1)}")
     device = torch.device(device)
+    if device.type != "cuda":  # one after another, each run locked only while it trains
+        return [_fit_locked([spec], device, cache, show_progress, on_epoch_end)[0] for spec in specs]
+    return _fit_locked(specs, device, cache, show_progress, on_epoch_end)
+
+
+def fit_arms(arms: dict[Any, list[RunSpec]], device: torch.device | str = "cpu", **kwargs) -> dict[Any, list[Run]]:
+    """``fit_many`` over the runs of every arm at once (on a GPU they all train together), returned per arm."""
+    runs = iter(fit_many([spec for specs in arms.values() for spec in specs], device, **kwargs))
+    return {arm: [next(runs) for _ in specs] for arm, specs in arms.items()}
+
+
+def _fit_locked(specs, device, cache, show_progress, on_epoch_end) -> list[Run]:
     with contextlib.ExitStack() as locks:
         # another kernel training one of these runs (make report's parallel notebooks): wait for it,
         # then load; the locks are taken in one order everywhere, so two kernels cannot deadlock
-        for run_id in sorted(ids):
+        for run_id in sorted(spec.run_id for spec in specs):
             locks.enter_context(exclusive(checkpoint_path(run_id, cache)))
         trainings = [Training(spec, device, cache) for spec in specs]
         if device.type == "cuda":
             _together(trainings, show_progress, on_epoch_end)
         else:
-            for t in trainings:
-                for _ in t.steps(show_progress, on_epoch_end):
-                    pass
+            for _ in trainings[0].steps(show_progress, on_epoch_end):
+                pass
         return [t.result() for t in trainings]
 
 
@@ -437,15 +449,25 @@ class Training:
     def __init__(self, spec: RunSpec, device: torch.device, cache: Path):
         self.spec, self.device = spec, device
         self.run_id, self.path = spec.run_id, checkpoint_path(spec.run_id, cache)
+        remove_orphans(self.path)  # a save killed mid-write (we hold the run's lock: nobody is writing)
         self.fam = FAMILIES[spec.model](spec, device)
         state = load_checkpoint(self.path, owner=self.run_id, keys=(*self.fam.parts, "history", "grids"))
-        self.history, self.grids = ([], []) if state is None else (list(state["history"]), list(state["grids"]))
-        if state is not None:
-            for name, part in self.fam.parts.items():
+        self.history, self.grids = [], []
+        try:
+            if state is not None:
+                self.history, self.grids = list(state["history"]), list(state["grids"])
+            for name, part in self.fam.parts.items() if state is not None else ():
                 if isinstance(part, torch.optim.Optimizer):
                     restore_optimizer(part, state[name], device)
                 else:
                     part.load_state_dict(state[name])
+            if state is not None and len(self.grids) != len([e for e in grid_epochs(spec.epochs)
+                                                              if e <= len(self.history)]):
+                raise ValueError(f"{len(self.grids)} sample grids for {len(self.history)} epochs")
+        except Exception as e:  # noqa: BLE001 - wrong shapes, keys or dtypes: a broken checkpoint, retrain
+            set_aside(self.path, f"{type(e).__name__}: {one_line(e)}")
+            self.fam = FAMILIES[spec.model](spec, device)  # fresh parts: some may hold the bad state
+            self.history, self.grids = [], []
         self.start = len(self.history)
         self.n_batches = math.ceil(min(spec.train_subset or math.inf, data.SPLIT_SIZES["train"]) / spec.batch_size)
         self.steps_left = max(spec.epochs - self.start, 0) * self.n_batches

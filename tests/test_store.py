@@ -59,9 +59,10 @@ def test_another_runs_checkpoint_is_refused_with_a_warning(saved):
 def test_a_checkpoint_without_a_run_id_is_refused_when_an_owner_is_asked_for(tmp_path):
     path = tmp_path / "old.pt"
     torch.save({"model": {"w": torch.zeros(1)}}, path)  # written before checkpoints carried their run id
-    with pytest.warns(UserWarning, match=r"saved for run None, not 'run-a'"):
-        assert store.load_checkpoint(path, owner="run-a") is None
     assert _quietly(store.load_checkpoint, path, keys=("model",)) is not None  # no owner asked: usable
+    with pytest.warns(UserWarning, match=r"saved for run None, not 'run-a'.*moved to old\.pt\.unusable"):
+        assert store.load_checkpoint(path, owner="run-a") is None
+    assert not path.exists() and (tmp_path / "old.pt.unusable").exists()  # set aside, not overwritten later
 
 
 @pytest.mark.parametrize("keys, missing", [(("model", "opt"), "['opt']"), (("grids", "opt"), "['grids', 'opt']")])
@@ -91,7 +92,7 @@ class _Payload:
 def test_a_checkpoint_holding_arbitrary_objects_is_not_unpickled(tmp_path):
     path = tmp_path / "pickle.pt"
     torch.save({"run_id": "run-a", "model": _Payload()}, path)
-    with pytest.warns(UserWarning, match=r"(?s)corrupted \(UnpicklingError.*retraining"):
+    with pytest.warns(UserWarning, match=r"not usable \(corrupted: UnpicklingError: [^\n\x1b]*\); moved to .*retraining"):
         assert store.load_checkpoint(path, owner="run-a") is None
 
 

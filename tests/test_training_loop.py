@@ -1,0 +1,132 @@
+"""The training loop's bookkeeping, as the CPU runs it: several runs through fit_many / fit_arms give what
+fit gives one by one, the epoch tally finds the first non-finite batch without a per-step read-back, a run
+keeps a bounded number of sample grids, and a checkpoint that cannot be loaded (wrong shapes, wrong keys,
+inconsistent grids) or a killed save's leftover never stops a notebook. The CUDA path itself (graphs,
+streams) needs a GPU: tools/cuda_check.py checks it there."""
+import dataclasses
+import math
+
+import pytest
+import torch
+
+from lib import config, store, train
+from lib.train import RunSpec, fit, fit_arms, fit_many
+
+SPEC = RunSpec(tag="loop", epochs=2, train_subset=192, test_subset=200, batch_size=64)
+
+
+def _no_time(history):
+    return [{k: v for k, v in row.items() if k != "train_seconds"} for row in history]
+
+
+def test_fit_many_and_fit_arms_give_what_fit_gives(tmp_path, mnist_raw):
+    specs = [dataclasses.replace(SPEC, seed=s) for s in (0, 1)]
+    alone = [fit(s, cache=tmp_path / "alone", show_progress=False) for s in specs]
+    many = fit_many(specs, cache=tmp_path / "many", show_progress=False)
+    arms = fit_arms({"a": specs[:1], "b": specs[1:]}, cache=tmp_path / "arms", show_progress=False)
+    for a, m, r in zip(alone, many, [*arms["a"], *arms["b"]]):
+        assert _no_time(a.history) == _no_time(m.history) == _no_time(r.history)
+        assert torch.equal(a.grids, m.grids) and m.grid_epochs == [1, 2]
+
+
+def test_fit_many_refuses_a_run_listed_twice(tmp_path):
+    with pytest.raises(ValueError, match="listed twice"):
+        fit_many([SPEC, SPEC], cache=tmp_path, show_progress=False)
+
+
+def test_tally_sums_like_the_loop_did_and_finds_the_first_non_finite_batch():
+    tally = train.Tally(["a", "b"], torch.device("cpu"))
+    rows = [(1.0, 2.0), (3.0, float("nan")), (float("inf"), 1.0)]
+    for a, b in rows[:1]:
+        tally.add({"a": torch.tensor(a), "b": torch.tensor(b)}, 4)
+    assert tally.sums.tolist() == [4.0, 8.0] and int(tally.first_bad) == -1
+    for a, b in rows[1:]:
+        tally.add({"a": torch.tensor(a), "b": torch.tensor(b)}, 4)
+    assert int(tally.first_bad) == 1  # the first bad batch, not the last
+    tally.reset()
+    assert tally.sums.tolist() == [0.0, 0.0] and int(tally.first_bad) == -1 and int(tally.step) == 0
+
+
+def test_a_non_finite_loss_names_its_batch(tmp_path, mnist_raw):
+    bad = dataclasses.replace(SPEC, lr=1e6, epochs=1, train_subset=640)
+    with pytest.raises(train.TrainingError, match=r"non-finite loss at epoch 1, batch \d+"):
+        fit(bad, cache=tmp_path, show_progress=False)
+
+
+@pytest.mark.parametrize("epochs", [1, 5, 12, 13, 250, 10_000])
+def test_grid_epochs_are_bounded_and_include_the_first_and_last(epochs):
+    kept = train.grid_epochs(epochs)
+    assert kept[0] == 1 and kept[-1] == epochs and len(kept) == min(epochs, train.GRID_EPOCHS)
+    assert kept == sorted(set(kept))
+
+
+def test_a_long_run_keeps_no_more_grids_than_grid_epochs(tmp_path, mnist_raw):
+    spec = dataclasses.replace(SPEC, epochs=14, train_subset=64)
+    run = fit(spec, cache=tmp_path, show_progress=False)
+    assert len(run.grids) == train.GRID_EPOCHS and run.grid_epochs == train.grid_epochs(14)
+
+
+def _break(path, how):
+    state = torch.load(path, weights_only=True)
+    if how == "shape":
+        state["model"][next(iter(state["model"]))] = torch.zeros(3, 3)
+    elif how == "keys":
+        state["model"] = {f"renamed.{k}": v for k, v in state["model"].items()}
+    elif how == "grids":
+        state["grids"] = state["grids"][:1]
+    elif how == "history":
+        state["history"] = 7
+    torch.save(state, path)
+
+
+@pytest.mark.parametrize("how", ["shape", "keys", "grids", "history"])
+def test_a_checkpoint_that_cannot_be_loaded_is_set_aside_and_retrained(tmp_path, mnist_raw, how):
+    ref = fit(SPEC, cache=tmp_path, show_progress=False)
+    path = train.checkpoint_path(SPEC.run_id, tmp_path)
+    _break(path, how)
+    with pytest.warns(UserWarning, match=r"checkpoint .*checkpoint\.pt is not usable \(.+\); moved to "
+                                         r"checkpoint\.pt\.unusable, retraining"):
+        run = fit(SPEC, cache=tmp_path, show_progress=False)
+    assert run.trained_epochs == 2 and (path.parent / "checkpoint.pt.unusable").exists()
+    assert _no_time(run.history) == _no_time(ref.history)
+
+
+def test_a_killed_saves_leftover_is_removed_and_a_failed_save_leaves_none(tmp_path, mnist_raw, monkeypatch):
+    path = train.checkpoint_path(SPEC.run_id, tmp_path)
+    path.parent.mkdir(parents=True)
+    orphan = path.with_name("checkpoint.pt.tmp-123456")
+    orphan.write_bytes(b"half a checkpoint")
+    fit(SPEC, cache=tmp_path, show_progress=False)
+    assert not orphan.exists()
+
+    def interrupted(obj, f, *a, **k):
+        open(f, "wb").write(b"partial")
+        raise KeyboardInterrupt
+    monkeypatch.setattr(store.torch, "save", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        store.save_checkpoint(tmp_path / "x" / "checkpoint.pt", {"a": 1})
+    assert list((tmp_path / "x").iterdir()) == []
+
+
+def test_a_full_disk_names_the_path_and_no_space(tmp_path, monkeypatch):
+    def full(obj, f, *a, **k):
+        raise RuntimeError("basic_ios::clear: iostream error")
+    monkeypatch.setattr(store.torch, "save", full)
+    monkeypatch.setattr(store.shutil, "disk_usage", lambda p: type("U", (), {"free": 4096})())
+    with pytest.raises(OSError, match=r"no space left on the device to save .*checkpoint\.pt \(4,096 bytes free\)"):
+        store.save_checkpoint(tmp_path / "checkpoint.pt", {"a": 1})
+
+
+@pytest.mark.parametrize("name, value", [("epochs", 10**9), ("latent_dim", 10**9), ("batch_size", 60_001),
+                                         ("ablation_epochs", 10**6), ("seeds", 1000)])
+def test_every_size_has_an_upper_bound_with_a_reason(name, value):
+    with pytest.raises(config.ParameterError, match=rf"parameter '{name}' = {value} is invalid: allowed an "
+                                                    r"integer in \[\d+, \d+\] \(.+\)"):
+        config.validate({name: value})
+
+
+def test_model_epochs_counts_the_default_profile():
+    # 01: BCE x3 seeds, MSE, L1, no-KL, MSE and L1 at matched rate x1 seed = 8 models; 05: two noisy levels x1
+    assert config.model_epochs("default") == {"ConvVAE": 10 * 5, "GAN": 3 * 20, "BetaVAE": (4 * 3 + 3) * 8 + 8}
+    assert not train.use_cuda_graphs(torch.device("cpu"))
+    assert math.isclose(sum(config.model_epochs("full").values()), 8340)
