@@ -134,7 +134,8 @@ def _fraction(name, v):
 
 def _nonempty_list(name, v):
     if not isinstance(v, (list, tuple)) or len(v) == 0:
-        _fail(name, v, "a non-empty list")
+        _fail(name, v, f"a non-empty list (papermill's -p passes text: use -y \"{name}: [1, 8]\"; make report "
+                       f"reads P='-p {name} [1,8]' itself)")
 
 
 def resolve_device(device: str) -> torch.device:
@@ -248,7 +249,8 @@ def validate(cfg: dict[str, Any], notebook: str | None = None) -> None:
     a seed NumPy rejects, a subset larger than its split) are refused here too."""
     if "collapse_betas" in cfg:
         if not isinstance(cfg["collapse_betas"], (list, tuple)):
-            _fail("collapse_betas", cfg["collapse_betas"], "a list (empty skips the collapse runs)")
+            _fail("collapse_betas", cfg["collapse_betas"], "a list (empty skips the collapse runs; with papermill "
+                                                           "use -y \"collapse_betas: [50, 200]\")")
         for b in cfg["collapse_betas"]:
             if isinstance(b, bool) or not isinstance(b, (int, float)) or not math.isfinite(b) or b <= 0:
                 _fail("collapse_betas", b, "numbers > 0")

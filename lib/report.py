@@ -479,6 +479,10 @@ def _echo(path: Path, prefix: str, every: float = 1.0):
 ORDER = ("01_vae_basic", "04_beta_vae", "03_gan", "05_noisy_data", "02_vae_derivation")
 # SIGTERM (how the runner stops a lane) and SIGINT become KeyboardInterrupt, so papermill shuts its kernel down on
 # the way out instead of leaving it orphaned (holding the terminal's pipes)
+# The kernels' own log lines stay out of the build's terminal: ipykernel warns on every start that its local TCP
+# sockets are unencrypted, and logs an ERROR for the Ctrl-C papermill sends a finished kernel. A failing cell
+# still fails the build (papermill reads it from the kernel's messages, not its log).
+KERNEL_ARGS = ["--IPKernelApp.log_level=CRITICAL"]
 _CHILD = ("import json, signal, sys\n"
           "import papermill as pm\n"
           "def stop(signum, frame):\n"
@@ -540,7 +544,8 @@ def _execute_parallel(notebooks: list[str], params: dict[str, dict], nb_dir: Pat
             log.touch()
             spec.write_text(json.dumps(dict(
                 input_path=str(nb_dir / f"{nb}.ipynb"), output_path=str(tmp / f"{nb}.ipynb"), parameters=params[nb],
-                kernel_name="python3", cwd=str(ROOT), log_output=True, progress_bar=False)))
+                kernel_name="python3", cwd=str(ROOT), log_output=True, progress_bar=False,
+                extra_arguments=KERNEL_ARGS)))
             env = {**os.environ, PROGRESS_FILE: str(log), "OMP_NUM_THREADS": threads}
             print(f"=== {nb} (profile {params[nb]['profile']}; {env['OMP_NUM_THREADS']} threads) ===", flush=True)
             t0 = time.perf_counter()
@@ -703,7 +708,7 @@ def _run(args: argparse.Namespace, report: Path, notebooks: list[str], profile: 
                 with _echo(progress_log, f"[{nb}] "):
                     pm.execute_notebook(str(Path(args.notebook_dir) / f"{nb}.ipynb"), str(tmp / f"{nb}.ipynb"),
                                         parameters=params[nb], kernel_name="python3", cwd=str(ROOT),
-                                        log_output=True, progress_bar=False)
+                                        log_output=True, progress_bar=False, extra_arguments=KERNEL_ARGS)
                 walls[nb] = round(time.perf_counter() - t0, 1)
                 print(f"=== {nb} done in {walls[nb]:.0f} s ===", flush=True)
             _show_final_paths(tmp / f"{nb}.ipynb", tmp, report)

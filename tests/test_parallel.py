@@ -51,7 +51,7 @@ def test_jobs_parameter_is_checked_and_auto_follows_the_cores(monkeypatch):
     assert R.main(["--nb", "03_gan", "--jobs", "0", "--report-dir", "/nonexistent/r"]) == 2
 
 
-def test_two_notebooks_run_at_once_each_with_half_the_cores(tmp_path, monkeypatch):
+def test_two_notebooks_run_at_once_each_with_half_the_cores(tmp_path, monkeypatch, capfd):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     log = tmp_path / "log.txt"
     nb_dir = _notebooks(tmp_path / "nb", {"03_gan": _marking(log, "03", 4), "04_beta_vae": _marking(log, "04", 4)})
@@ -68,6 +68,9 @@ def test_two_notebooks_run_at_once_each_with_half_the_cores(tmp_path, monkeypatc
     assert set(manifest["notebooks"]) == {"03_gan", "04_beta_vae"}
     assert (report / "03_gan.html").exists() and (report / "04_beta_vae.html").exists()
     assert not list(tmp_path.glob("report.tmp*"))
+    terminal = capfd.readouterr()
+    for noise in ("without encryption", "KeyboardInterrupt caught"):  # the kernels' own log lines
+        assert noise not in terminal.out + terminal.err
 
 
 def test_a_failing_notebook_stops_the_other_and_leaves_the_report_as_it_was(tmp_path):
