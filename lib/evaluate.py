@@ -167,7 +167,7 @@ def coverage(probs: torch.Tensor) -> dict[str, float]:
 
 
 def image_stats(images) -> dict[str, float]:
-    """Measures for the seed's words: ``mean_intensity`` (bright vs dark/faint), ``stroke_brightness``
+    """Measures for the course report's words: ``mean_intensity`` (bright vs dark/faint), ``stroke_brightness``
     (mean of each image's 50 brightest pixels: faint strokes score low), ``gradient_energy`` (mean squared
     finite difference: blur lowers it, so it measures "sharp"), ``greyness`` (mean 4x(1-x): 0 for
     crisp black/white, 1 for all-grey)."""

@@ -1,7 +1,7 @@
 """Loss terms as small free functions. Reductions are stated in each docstring.
 
 All VAE terms are **summed over the 784 pixels (or latent dimensions) and averaged over the
-batch**, i.e. nats per image — the seed's ``size_average=False`` sums divided by the batch size,
+batch**, i.e. nats per image — the course report's ``size_average=False`` sums divided by the batch size,
 so numbers are comparable across batch sizes and with pytorch/examples' printed test loss.
 """
 from __future__ import annotations
@@ -69,14 +69,14 @@ def elbo(x_logits, x, mu, logvar, recon: str = "bce", beta: float = 1.0, recon_w
     """Negative (β-)ELBO: recon_weight * E_q[-log p(x|z)] + beta * KL(q(z|x) || p(z)).
 
     beta=1, recon_weight=1 is the plain VAE; beta is the β-VAE weight; beta=0 or recon_weight=0
-    are the seed's ablations. Each part is summed per image and averaged over the batch."""
+    are the course report's ablations. Each part is summed per image and averaged over the batch."""
     r = get_recon_loss(recon)(x_logits, x)
     kl = gaussian_kl(mu, logvar)
     return ELBOTerms(recon_weight * r + beta * kl, r, kl)
 
 
 # --- GAN -----------------------------------------------------------------------------------
-# The seed's discriminator ends in Sigmoid and uses BCELoss; with logits the maths is the same.
+# The course report's discriminator ends in Sigmoid and uses BCELoss; with logits the maths is the same.
 
 def d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
     """Discriminator loss: (BCE(D(x), 1) + BCE(D(G(z)), 0)) / 2, each averaged over the batch.

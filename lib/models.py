@@ -1,15 +1,15 @@
-"""The seed report's networks, layer for layer, with its bugs fixed.
+"""The course report's networks, layer for layer, with its bugs fixed.
 
-Shape comments follow the seed's. Every VAE decoder returns *logits*; ``torch.sigmoid`` gives the
+Shape comments follow the course report's. Every VAE decoder returns *logits*; ``torch.sigmoid`` gives the
 image. Keeping logits lets the BCE term use ``binary_cross_entropy_with_logits``: the same value
-as the seed's ``binary_cross_entropy(sigmoid(.))`` without its log(0) clamp at -100.
+as the course report's ``binary_cross_entropy(sigmoid(.))`` without its log(0) clamp at -100.
 
-Seed bugs fixed here:
+The course report's bugs fixed here:
 * ``ConvVAE.forward`` ran the encoder twice (once for mu, once for logvar); it runs once.
 * ``get_z`` called ``.cuda()`` unconditionally; noise is drawn on the input's device from an
   optional seeded ``torch.Generator``.
 * ``BetaVAE`` shared one BatchNorm between encoder and decoder, so its running statistics mixed
-  two different activations and the eval-mode network differed from the trained one (the seed's
+  two different activations and the eval-mode network differed from the trained one (the course report's
   "Valid Lower Bound" of 158-183 nats against a train bound of ~124 shows it). Each side has
   its own BatchNorm here (+32 parameters).
 
@@ -57,7 +57,7 @@ class VAE(nn.Module):
         return mu + eps * torch.exp(0.5 * logvar)
 
     def forward(self, x: torch.Tensor, generator: torch.Generator | None = None):
-        """(x_logits, mu, logvar); the encoder runs once (the seed ran it twice)."""
+        """(x_logits, mu, logvar); the encoder runs once (the course report's code ran it twice)."""
         mu, logvar = self.encode(x)
         z = self.reparameterize(mu, logvar, generator)
         return self.decode_logits(z), mu, logvar
@@ -98,7 +98,7 @@ class ConvVAE(VAE):
         )
 
     def encode(self, x):
-        h = self.encoder(x).flatten(1)  # [B, 128*7*7], the seed's view(B, -1)
+        h = self.encoder(x).flatten(1)  # [B, 128*7*7], the course report's view(B, -1)
         return self.get_mu(h), self.get_logvar(h)
 
     def decode_logits(self, z):
@@ -123,7 +123,7 @@ class BetaVAE(VAE):
         self.dec_convt1 = nn.ConvTranspose2d(32, 16, 3, 2)  # B, 16, 7, 7
         self.dec_convt2 = nn.ConvTranspose2d(16, 8, 3, 2, 1, 1)  # B, 8, 14, 14
         self.dec_convt3 = nn.ConvTranspose2d(8, nc, 3, 2, 1, 1)  # B, 1, 28, 28
-        # The seed used one BatchNorm2d(16) on both sides; see the module docstring.
+        # The course report used one BatchNorm2d(16) on both sides; see the module docstring.
         self.enc_bn = nn.BatchNorm2d(16)
         self.dec_bn = nn.BatchNorm2d(16)
 
@@ -133,7 +133,7 @@ class BetaVAE(VAE):
         h = F.relu(self.enc_conv3(h))
         h = F.relu(self.enc_fc1(h.flatten(1)))
         mu = self.enc_mean(h)
-        std = F.softplus(self.enc_std(h)) + 1e-6  # floor keeps log(std) finite (the seed clamped log at 1e-10)
+        std = F.softplus(self.enc_std(h)) + 1e-6  # floor keeps log(std) finite (the course report clamped log at 1e-10)
         return mu, 2.0 * torch.log(std)
 
     def decode_logits(self, z):
@@ -145,7 +145,7 @@ class BetaVAE(VAE):
 
 
 def _block(n_in: int, n_out: int, normalize: bool = True) -> list[nn.Module]:
-    """Linear -> (BatchNorm1d) -> LeakyReLU(0.2), the seed's generator block."""
+    """Linear -> (BatchNorm1d) -> LeakyReLU(0.2), the course report's generator block."""
     layers: list[nn.Module] = [nn.Linear(n_in, n_out)]
     if normalize:
         layers.append(nn.BatchNorm1d(n_out))
@@ -154,7 +154,7 @@ def _block(n_in: int, n_out: int, normalize: bool = True) -> list[nn.Module]:
 
 
 class Generator(nn.Module):
-    """The seed's MLP generator: z (100) -> 128 -> 256 -> 512 -> 1024 -> 784, tanh output in [-1, 1]."""
+    """The course report's MLP generator: z (100) -> 128 -> 256 -> 512 -> 1024 -> 784, tanh output in [-1, 1]."""
 
     def __init__(self, latent_dim: int = 100):
         super().__init__()
@@ -181,8 +181,8 @@ class Generator(nn.Module):
 
 
 class Discriminator(nn.Module):
-    """The seed's MLP discriminator 784 -> 512 -> 256 -> 1. Returns the *logit*: the seed's final
-    Sigmoid lives in the loss (``binary_cross_entropy_with_logits``), the same maths, stable."""
+    """The course report's MLP discriminator 784 -> 512 -> 256 -> 1. Returns the *logit*: the course
+    report's final Sigmoid lives in the loss (``binary_cross_entropy_with_logits``), the same maths, stable."""
 
     def __init__(self):
         super().__init__()

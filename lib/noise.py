@@ -14,7 +14,7 @@ def salt_and_pepper(
 
     Each pixel is chosen independently with probability ``amount``; a chosen pixel becomes salt
     with probability ``salt_ratio``. Returns a new tensor; ``x`` is not modified. With the same
-    ``generator`` state the output is identical. (The seed's ``sp_noise`` looped over pixels in
+    ``generator`` state the output is identical. (The course report's ``sp_noise`` looped over pixels in
     Python and only noised the first epoch's batches; here the noisy set is fixed once.)
     """
     if not isinstance(amount, (int, float)) or not 0.0 <= float(amount) <= 1.0:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
-import fcntl
 import hashlib
 import json
 import os
@@ -40,6 +39,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from filelock import FileLock, Timeout
 
 from . import html
 from .config import _COMMON, NOTEBOOKS, PROFILE_NAMES, ROOT, ParameterError, model_epochs, parameter_names, resolve
@@ -241,34 +241,37 @@ def lock_path(report: Path) -> Path:
 
 @contextlib.contextmanager
 def report_lock(report: Path):
-    """Hold ``report.lock`` (flock, beside the report folder) for the block, or raise ReportError
+    """Hold ``report.lock`` (``filelock``, beside the report folder) for the block, or raise ReportError
     (code 3) naming the process that holds it. The lock goes with the process (a killed build never
-    leaves a stale lock); the file stays, holding the pid of its holder while held, empty when free."""
+    leaves a stale lock); ``report.lock.holder`` names its holder while it is held (empty when free)."""
     path = lock_path(report)
+    holder = path.with_name(path.name + ".holder")
+    lock = FileLock(path, timeout=0)
     try:
         report.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        lock.acquire()
+    except Timeout:
+        try:
+            who = holder.read_text(encoding="utf-8").strip()
+        except OSError:
+            who = ""
+        raise ReportError(f"another build is writing {report}: the lock {path} is held by "
+                          f"{who or 'a process (pid not yet written)'}. Wait for it to finish (or stop it with "
+                          "Ctrl-C), then run again. Nothing was changed.", code=3) from None
     except OSError as e:
         raise ReportError(f"cannot create the lock file {path} ({e}); the folder that holds {report.name}/ "
                           "must be writable") from None
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "a process (pid not yet written)"
-            raise ReportError(f"another build is writing {report}: the lock {path} is held by {holder}. Wait "
-                              "for it to finish (or stop it with Ctrl-C), then run again. Nothing was changed.",
-                              code=3) from None
-        os.ftruncate(fd, 0)
         argv0 = "python -m lib.report" if sys.argv[0].endswith(os.path.join("lib", "report.py")) else sys.argv[0]
         cmd = " ".join([argv0, *map(shlex.quote, sys.argv[1:])])
-        os.pwrite(fd, f"pid {os.getpid()} (started {time.strftime('%Y-%m-%d %H:%M:%S')}: {cmd})\n".encode(), 0)
+        holder.write_text(f"pid {os.getpid()} (started {time.strftime('%Y-%m-%d %H:%M:%S')}: {cmd})\n",
+                          encoding="utf-8")
         try:
             yield path
         finally:
-            os.ftruncate(fd, 0)  # while still held: the next holder writes its own pid
+            holder.write_text("", encoding="utf-8")  # while still held: the next holder writes its own
     finally:
-        os.close(fd)  # releases the lock
+        lock.release()
 
 
 def read_report(report: Path) -> dict[str, Any]:
@@ -602,11 +605,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", default="1", metavar="N",
                     help="notebooks executed at a time, each kernel with cores/N threads: 'auto' (2 where "
                          "there are 2 cores or more) or a number (default: 1)")
-    ap.add_argument("--report-dir", default=str(REPORT), help=argparse.SUPPRESS)
+    ap.add_argument("--report-dir", default=None, help=argparse.SUPPRESS)  # default: report/, report-<profile>/
     ap.add_argument("--notebook-dir", default=str(NB_DIR), help=argparse.SUPPRESS)  # tests inject failures
     args = ap.parse_args(argv)
 
-    report = Path(args.report_dir).absolute()
+    # only the default profile builds the committed report/; a smoke or full build goes beside it
+    default_dir = REPORT if args.profile in (None, "", "default") else ROOT / f"report-{args.profile}"
+    report = Path(args.report_dir or default_dir).absolute()
     if report.is_symlink() and report.exists():
         report = report.resolve()  # update the folder the link points to; the link stays
     try:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import ast
 import contextlib
 import errno
-import fcntl
 import hashlib
 import json
 import os
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from filelock import FileLock
 
 from .config import ROOT
 
@@ -122,13 +122,13 @@ def load_checkpoint(path: Path, owner: str | None = None, keys: tuple[str, ...] 
 
 @contextlib.contextmanager
 def exclusive(path: Path):
-    """Hold an exclusive lock on ``<path>.lock`` (flock; the system drops it when the process ends) for the
-    block. ``make report`` runs two notebooks at a time: when both need one model or score, the first
-    computes it and the second waits here, then loads what the first kept."""
+    """Hold an exclusive lock on ``<path>.lock`` for the block (``filelock``: flock on Linux and macOS,
+    msvcrt on Windows; the system drops it when the process ends). ``make report`` runs two notebooks at a
+    time: when both need one model or score, the first computes it and the second waits here, then loads
+    what the first kept."""
     lock = Path(path).with_name(Path(path).name + ".lock")
     lock.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
+    with FileLock(lock):
         yield
 
 

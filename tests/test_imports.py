@@ -2,11 +2,14 @@
 body (a function-level import is how a cycle gets papered over). Lazy imports of heavy third-party
 modules (nbconvert, skimage, tqdm, ...) inside functions are fine: they are not lib modules."""
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 LIB = Path(__file__).resolve().parent.parent / "lib"
+ROOT = LIB.parent
 
 # (importer, imported) pairs allowed inside a function body, each with its reason. Keep this empty
 # unless there is one: a lib module can import another at the top once the graph has no cycle.
@@ -126,3 +129,18 @@ def test_scanner_finds_a_cycle_closed_by_a_function_level_import(tmp_path):
 def test_scanner_sees_every_import_form(tmp_path, src, expected):
     assert lib_imports(_package(tmp_path, {"a": "", "b": src})) == expected
     assert find_cycle({("a", "b")}) is None
+
+
+def test_lib_imports_where_fcntl_does_not_exist():
+    """Windows has no fcntl: every lib module must import without it (locks come from filelock)."""
+    code = ("import sys; sys.modules['fcntl'] = None\n"  # import fcntl now raises ImportError, as on Windows
+            "import importlib, pkgutil, lib\n"
+            "for m in pkgutil.iter_modules(lib.__path__):\n"
+            "    importlib.import_module(f'lib.{m.name}')\n"
+            "from lib import store\n"
+            "import tempfile, pathlib\n"
+            "with store.exclusive(pathlib.Path(tempfile.mkdtemp()) / 'x'):\n"
+            "    pass\n"
+            "print('ok')\n")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr

@@ -164,7 +164,8 @@ def test_a_second_build_refuses_while_one_holds_the_lock_and_the_first_completes
         lock = _lock(report)
         assert getattr(R, "lock_path", _lock)(report) == lock
         deadline = time.monotonic() + 120
-        while not (lock.exists() and f"pid {first.pid} " in lock.read_text()):
+        holder = lock.with_name(lock.name + ".holder")  # who holds it (filelock's own file stays empty)
+        while not (holder.exists() and f"pid {first.pid} " in holder.read_text()):
             assert first.poll() is None, (tmp_path / "first.log").read_text()
             assert time.monotonic() < deadline, "the first build never took the lock"
             time.sleep(0.2)

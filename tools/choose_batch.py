@@ -1,21 +1,21 @@
 """Choose the batch size and learning rate of the β-VAE and GAN tiers on a validation split, never on the test set.
 
-The seed trained both with batch 64 and Adam lr 1e-3. Their networks are small, so a batch of 64 leaves most of
+The course report trained both with batch 64 and Adam lr 1e-3. Their networks are small, so a batch of 64 leaves most of
 the CPU's time in per-step overhead: larger batches train an epoch in much less time (``make bench``). This tool
 trains each candidate (batch, lr) on the first 55,000 training images, with the default profile's epochs and
 seed 0, scores it on the held-out last 5,000 training images, and applies a rule fixed before any number was seen:
 
-* a candidate is *acceptable* when its validation score is no worse than the seed's setting (batch 64, lr 1e-3)
-  by more than the tolerance: 1 nat of −ELBO for the β-VAE (β = 1); for the GAN 7 FID points, twice the seed
-  SD of the GAN's classifier-FID measured in the report (3.5);
-* of the acceptable candidates the one with the shortest training time is chosen (the seed's setting is always
-  acceptable, so there is always a choice).
+* a candidate is *acceptable* when its validation score is no worse than the course report's setting (batch 64,
+  lr 1e-3) by more than the tolerance: 1 nat of −ELBO for the β-VAE (β = 1); for the GAN 7 FID points, twice the
+  training-seed SD of the GAN's classifier-FID measured in the report (3.5);
+* of the acceptable candidates the one with the shortest training time is chosen (the course report's setting is
+  always acceptable, so there is always a choice).
 
-The same rule answers a third question (``gan_epochs``): can the GAN, at the seed's batch and lr, train fewer
+The same rule answers a third question (``gan_epochs``): can the GAN, at the course report's batch and lr, train fewer
 epochs than the default profile's 20 and score as well on the validation images?
 
 Writes bench/batch_choice.json and prints a table; ``lib.config.PROFILES`` holds the choice (default profile;
-the full profile keeps the seed's settings). Measured here (bench/batch_choice.json): neither net keeps its
+the full profile keeps the course report's settings). Measured here (bench/batch_choice.json): neither net keeps its
 quality at a larger batch within these budgets, so both kept batch 64.
 
     .venv/bin/python tools/choose_batch.py [--only betavae|gan|gan_epochs]
@@ -45,7 +45,7 @@ TIERS = {
     # name: (notebook, candidates (batch, lr), tolerance, what the score is)
     "betavae": ("04_beta_vae", [SEED_SETTING, (256, 1e-3), (256, 2e-3), (256, 4e-3)], 1.0, "validation -ELBO (nats)"),
     "gan": ("03_gan", [SEED_SETTING, (128, 1e-3), (256, 1e-3), (256, 2e-3)], 7.0, "validation classifier-FID"),
-    # the seed's batch and lr, fewer epochs than the profile's 20 (candidates: (batch, lr, epochs))
+    # the course report's batch and lr, fewer epochs than the profile's 20 (candidates: (batch, lr, epochs))
     "gan_epochs": ("03_gan", [SEED_SETTING, (64, 1e-3, 10), (64, 1e-3, 12)], 7.0, "validation classifier-FID"),
 }
 

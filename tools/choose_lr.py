@@ -27,7 +27,7 @@ from lib.store import source_hash
 from lib.train import RunSpec, fit
 
 ROOT = Path(__file__).resolve().parent.parent
-CANDIDATES = [(1e-3, "constant"), (2e-3, "cosine"), (3e-3, "cosine"), (5e-3, "cosine")]  # the seed's, then cosines
+CANDIDATES = [(1e-3, "constant"), (2e-3, "cosine"), (3e-3, "cosine"), (5e-3, "cosine")]  # the course report's, then cosines
 
 
 def main() -> None:
