@@ -12,7 +12,7 @@ P ?=
 JOBS ?= auto
 PORT ?= 8888
 # $(call quoted,VAR): VAR's text exactly as given (make's $(value): no $(...) expanded), in single quotes for
-# the shell, so that P='-p epochs 0; touch x' reaches lib.report as one argument and nothing in it is run
+# the shell, so that P='-p epochs 0; touch x' reaches builder.report as one argument and nothing in it is run
 unexport PROFILE NB P JOBS  # never expanded into the environment of recipes: $(shell ...) in them is not run
 quoted = '$(subst ','\'',$(value $1))'
 
@@ -50,7 +50,7 @@ test: $(STAMP) ## unit tests on lib + smoke execution of all five notebooks + th
 	else echo "NOTE: chromium is not installed and this is not root: skipping 'make check-html' (sudo apt-get install chromium)"; fi
 
 report: $(STAMP) ## execute the notebooks into report/ (PROFILE=default; NB=01_vae_basic for one; P='-p epochs 2'; JOBS=1 one at a time)
-	$(PY) -m lib.report --profile=$(call quoted,PROFILE) --nb=$(call quoted,NB) --params=$(call quoted,P) \
+	$(PY) -m builder.report --profile=$(call quoted,PROFILE) --nb=$(call quoted,NB) --params=$(call quoted,P) \
 	  --jobs=$(call quoted,JOBS) \
 	  && $(PY) tools/update_readme.py
 

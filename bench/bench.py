@@ -538,7 +538,7 @@ def locked_main() -> int:
     bench refuses at once, naming the holder, with exit code 3. ``--worker`` children run unlocked."""
     if "--worker" in sys.argv:
         return main()
-    from lib.report import REPORT, ReportError, report_lock
+    from builder.report import REPORT, ReportError, report_lock
     try:
         with report_lock(REPORT):
             return main()

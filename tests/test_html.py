@@ -1,6 +1,6 @@
 """The HTML report.
 
-Fast tests (always run) check lib.html on a tiny notebook: offline pages, MathJax 3 config, TOC ids,
+Fast tests (always run) check builder.html on a tiny notebook: offline pages, MathJax 3 config, TOC ids,
 the index table. The browser tests (``pytest --run-html``, i.e. ``make check-html``) open the built
 report in headless Chromium with the network cut off and check what a reader sees:
 
@@ -31,7 +31,7 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 
-from lib import html as H
+from builder import html as H
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser
@@ -115,7 +115,7 @@ def tiny_report(tmp_path_factory):
     return make_report(tmp_path_factory.mktemp("report"))
 
 
-# --- fast tests: lib.html on its own ------------------------------------------------------------
+# --- fast tests: builder.html on its own ------------------------------------------------------------
 
 def test_page_loads_nothing_from_the_network_and_configures_mathjax3(tiny_report):
     page = (tiny_report / "02_vae_derivation.html").read_text()

@@ -144,3 +144,15 @@ def test_lib_imports_where_fcntl_does_not_exist():
             "print('ok')\n")
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+
+
+def test_lib_holds_no_build_machinery():
+    """What a student reads in lib is models, losses, training and measurement: the report build (papermill,
+    nbconvert, locks by hand, signal handling) lives in builder/, which imports lib and never the reverse."""
+    banned = {"papermill", "nbconvert", "fcntl", "ctypes", "signal", "builder"}
+    for path in sorted(LIB.glob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        names = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        names |= {n.module.split(".")[0] for n in ast.walk(tree)
+                  if isinstance(n, ast.ImportFrom) and n.module and n.level == 0}
+        assert not names & banned, f"lib/{path.name} imports {sorted(names & banned)}"

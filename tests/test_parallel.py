@@ -12,7 +12,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from lib import report as R
+from builder import report as R
 from lib.config import ParameterError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -81,7 +81,7 @@ def test_a_failing_notebook_stops_the_other_and_leaves_the_report_as_it_was(tmp_
     report.mkdir()
     (report / "03_gan.html").write_text("previous good page")
     t0 = time.monotonic()
-    r = subprocess.run([sys.executable, "-m", "lib.report", "--nb", "03_gan,04_beta_vae", "--profile", "smoke",
+    r = subprocess.run([sys.executable, "-m", "builder.report", "--nb", "03_gan,04_beta_vae", "--profile", "smoke",
                         "--jobs", "2", "--report-dir", str(report), "--notebook-dir", str(nb_dir)],
                        cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 1 and time.monotonic() - t0 < 50, "the other notebook was not stopped"

@@ -12,14 +12,14 @@ from pathlib import Path
 import pytest
 
 from lib import config
-from lib import report as R
+from builder import report as R
 
 ROOT = Path(__file__).resolve().parent.parent
 
 _HOLD = """
 import sys, time
 from pathlib import Path
-from lib import report as R
+from builder import report as R
 with R.report_lock(Path(sys.argv[1])):
     print("held", flush=True)
     time.sleep(60)

@@ -145,7 +145,7 @@ def test_numbers_written_as_text_are_read_as_numbers(tmp_path):
 
 
 def _report(*args, cwd=ROOT):
-    return subprocess.run([sys.executable, "-m", "lib.report", *args], cwd=cwd, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "builder.report", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=120)
 
 

@@ -2,7 +2,7 @@
 update of report/ that leaves it untouched on any failure (Ctrl-C included), values refused before
 training rather than failing after it, unknown papermill parameters, the Makefile's quoting, divergence.
 
-The build tests run real ``python -m lib.report`` processes on the smoke profile of 03_gan (the fastest
+The build tests run real ``python -m builder.report`` processes on the smoke profile of 03_gan (the fastest
 notebook), always with ``--report-dir`` under tmp_path: the real report/ is never touched.
 """
 import fcntl
@@ -23,7 +23,7 @@ import pytest
 import torch
 
 from lib import config, data, notebook, train
-from lib import report as R
+from builder import report as R
 from lib.config import ParameterError, parameter_names, resolve
 from lib.train import RunSpec, fit
 
@@ -32,7 +32,7 @@ README = ROOT / "README.md"
 
 
 def _report_cmd(*args):
-    return [sys.executable, "-m", "lib.report", *args]
+    return [sys.executable, "-m", "builder.report", *args]
 
 
 def _report(*args, timeout=180):

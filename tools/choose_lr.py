@@ -22,7 +22,7 @@ from lib import data
 from lib.bounds import test_bound
 from lib.config import VALIDATION_IMAGES as VALIDATION, resolve, resolve_precision, set_threads
 from lib.data import generator
-from lib.report import environment
+from builder.report import environment
 from lib.store import source_hash
 from lib.train import RunSpec, fit
 

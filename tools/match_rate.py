@@ -26,7 +26,7 @@ from lib.bounds import test_bound
 from lib.config import MATCHED_WEIGHTS, VALIDATION_IMAGES as VALIDATION, resolve, set_threads  # the rate is read there
 from lib.data import generator
 from lib.notebook import seed_list, seed_tag
-from lib.report import environment
+from builder.report import environment
 from lib.train import fit, spec_from
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -22,7 +22,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from .config import NOTEBOOKS, ROOT
+from lib.config import NOTEBOOKS, ROOT
 
 TITLES = {
     "01_vae_basic": "Basic: convolutional VAE with BCE, MSE and L1 reconstruction",
@@ -482,7 +482,7 @@ Bounds are in nats per test image.</p>
 {_summary_table(runs)}
 <h2 id="build">Build</h2>
 {_manifest_summary(report, manifest)}
-<footer>Built by <code>make report</code> (<code>python -m lib.report</code>); pages render offline
+<footer>Built by <code>make report</code> (<code>python -m builder.report</code>); pages render offline
 (MathJax 3 bundled in <code>assets/mathjax/</code>).</footer>
 </main>
 </body></html>

@@ -1,6 +1,6 @@
 """The ``make report`` runner (the helpers notebooks call are in ``lib.notebook``).
 
-    python -m lib.report [--profile default] [--nb 03_gan ...] [-p epochs 2 ...] [--params "-p epochs 2"]
+    python -m builder.report [--profile default] [--nb 03_gan ...] [-p epochs 2 ...] [--params "-p epochs 2"]
 
 One build at a time: ``report.lock`` beside ``report/`` is held (flock) for the whole build, and a
 second build started meanwhile stops at once naming the process that holds it (exit code 3).
@@ -42,8 +42,8 @@ import torch
 from filelock import FileLock, Timeout
 
 from . import html
-from .config import _COMMON, NOTEBOOKS, PROFILE_NAMES, ROOT, ParameterError, model_epochs, parameter_names, resolve
-from .progress import PROGRESS_FILE
+from lib.config import _COMMON, NOTEBOOKS, PROFILE_NAMES, ROOT, ParameterError, model_epochs, parameter_names, resolve
+from lib.progress import PROGRESS_FILE
 
 REPORT = ROOT / "report"
 NB_DIR = ROOT / "notebooks"
@@ -262,7 +262,7 @@ def report_lock(report: Path):
         raise ReportError(f"cannot create the lock file {path} ({e}); the folder that holds {report.name}/ "
                           "must be writable") from None
     try:
-        argv0 = "python -m lib.report" if sys.argv[0].endswith(os.path.join("lib", "report.py")) else sys.argv[0]
+        argv0 = "python -m builder.report" if sys.argv[0].endswith(os.path.join("builder", "report.py")) else sys.argv[0]
         cmd = " ".join([argv0, *map(shlex.quote, sys.argv[1:])])
         holder.write_text(f"pid {os.getpid()} (started {time.strftime('%Y-%m-%d %H:%M:%S')}: {cmd})\n",
                           encoding="utf-8")
@@ -593,7 +593,7 @@ def _execute_parallel(notebooks: list[str], params: dict[str, dict], nb_dir: Pat
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m lib.report", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m builder.report", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--profile", default=None, help=f"one of {list(PROFILE_NAMES)} (default: default)")
     ap.add_argument("--nb", action="append", default=[], help="notebook name(s), e.g. 03_gan (default: all five)")
