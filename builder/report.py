@@ -145,8 +145,8 @@ def plan(notebooks: list[str], profile: str, overrides: dict[str, Any], output_d
 
 
 def source_files() -> list[Path]:
-    return sorted([*(ROOT / "lib").glob("*.py"), *NB_DIR.glob("*.ipynb"), ROOT / "pyproject.toml",
-                   ROOT / "constraints.txt"])
+    return sorted([*(ROOT / "lib").glob("*.py"), *(ROOT / "builder").glob("*.py"), *NB_DIR.glob("*.ipynb"),
+                   ROOT / "pyproject.toml", ROOT / "constraints.txt"])
 
 
 def sources_hash() -> str:
@@ -592,6 +592,16 @@ def _execute_parallel(notebooks: list[str], params: dict[str, dict], nb_dir: Pat
         raise RuntimeError(failures[0])
 
 
+def default_report_dir(args: argparse.Namespace) -> Path:
+    """report/ for the default profile; report-<profile>/ beside it for any other, given as --profile or as
+    -p profile (a bad profile or -p value is reported later, by _build, before anything runs)."""
+    try:
+        profile, _ = overrides_from([*map(tuple, args.p), *parse_params(args.params)], args.profile or None)
+    except ParameterError:
+        profile = args.profile or "default"
+    return REPORT if profile == "default" else ROOT / f"report-{profile}"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m builder.report", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -610,8 +620,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     # only the default profile builds the committed report/; a smoke or full build goes beside it
-    default_dir = REPORT if args.profile in (None, "", "default") else ROOT / f"report-{args.profile}"
-    report = Path(args.report_dir or default_dir).absolute()
+    report = Path(args.report_dir or default_report_dir(args)).absolute()
     if report.is_symlink() and report.exists():
         report = report.resolve()  # update the folder the link points to; the link stays
     try:
@@ -662,14 +671,14 @@ def _build(args: argparse.Namespace, report: Path) -> int:
         return _run(args, report, notebooks, profile, params, tmp, jobs)
 
 
-def training_estimate(profile: str) -> str:
+def training_estimate(profile: str, device: str = "auto") -> str:
     """One line printed before a build trains: the training work of all five notebooks in ``profile``
     (lib.config.model_epochs) at measured rates: report/cuda_check.json's runs trained together (fit_many)
     on a GPU, report/bench.json's step rate (two notebooks at a time) on a CPU. Scoring is not included."""
     work = model_epochs(profile)
     share = min(_COMMON[profile]["train_subset"] or 60_000, 60_000) / 60_000  # smoke trains on a subset
     try:
-        if torch.cuda.is_available():
+        if torch.cuda.is_available() and device != "cpu":
             record = json.loads((REPORT / "cuda_check.json").read_text())
             rate = {m: min(r["seconds_per_model_epoch"] for r in record["together"] if r["model"] == m) for m in work}
             where = f"an {record['machine']['gpu']} (report/cuda_check.json, runs trained together)"
@@ -677,13 +686,13 @@ def training_estimate(profile: str) -> str:
             two = json.loads((REPORT / "bench.json").read_text())["two_kernels"]
             rate = {m: 60_000 / two[m]["one_kernel_images_per_s"] / two[m]["ratio"] for m in work}
             where = "the CPU make bench last measured (report/bench.json, two notebooks at a time)"
-    except (OSError, KeyError, ValueError) as e:
-        return f"estimate: {sum(work.values()):,} model-epochs to train; no measured rate to time them ({e})"
+    except Exception as e:  # noqa: BLE001 - an estimate must never stop a build
+        return f"estimate: {sum(work.values()):,} model-epochs to train; no measured rate to time them ({e!r})"
     minutes = share * sum(work[m] * rate[m] for m in work) / 60
     parts = ", ".join(f"{work[m]:,} {m}" for m in work)
     took = f"{minutes:.0f} min" if minutes >= 1 else f"{minutes * 60:.0f} s"
-    return (f"estimate: training {parts} model-epochs takes about {took} on {where}; "
-            "scoring adds to it, and a cached run costs nothing")
+    return (f"estimate: training all five notebooks' {parts} model-epochs (profile {profile}, before any -p "
+            f"change) takes about {took} on {where}; scoring adds to it, and a cached run costs nothing")
 
 
 def _run(args: argparse.Namespace, report: Path, notebooks: list[str], profile: str, params: dict[str, dict],
@@ -698,7 +707,8 @@ def _run(args: argparse.Namespace, report: Path, notebooks: list[str], profile: 
     progress_log = tmp / ".progress.log"
     saved_progress = os.environ.get(PROGRESS_FILE)
     staging: Path | None = None
-    print(training_estimate(profile), flush=True)
+    devices = {str(p.get("device", "auto")) for p in params.values()}
+    print(training_estimate(profile, "cpu" if devices == {"cpu"} else "auto"), flush=True)
     try:
         progress_log.touch()
         os.environ[PROGRESS_FILE] = str(progress_log)  # the kernels inherit it (lib.progress)

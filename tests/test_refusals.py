@@ -2,6 +2,7 @@
 report.lock and names the holder; the manifest says "unknown" when git cannot tell; a list parameter
 given as text through papermill is refused with the -y spelling; a broken checkpoint never stops a notebook
 (tests/test_training_loop.py); the README is a landing page that calls the original document the course report."""
+import argparse
 import importlib.util
 import re
 import subprocess
@@ -65,3 +66,20 @@ def test_the_readme_is_a_landing_page():
         assert insider not in text
     for path in ("report/index.html", "docs/methods.md", "bench/README.md"):
         assert path in text and (ROOT / path).exists()
+
+
+@pytest.mark.parametrize("profile, p, params, folder", [
+    (None, [], "", "report"), ("default", [], "", "report"), ("smoke", [], "", "report-smoke"),
+    (None, [["profile", "smoke"]], "", "report-smoke"), (None, [], "-p profile full -p epochs 2", "report-full"),
+])
+def test_a_non_default_profile_never_builds_the_committed_report(profile, p, params, folder):
+    args = argparse.Namespace(profile=profile, p=p, params=params)
+    assert R.default_report_dir(args) == ROOT / folder
+
+
+def test_the_training_estimate_never_stops_a_build(monkeypatch, tmp_path):
+    monkeypatch.setattr(R, "REPORT", tmp_path)  # no bench.json, no cuda_check.json
+    line = R.training_estimate("default", "cpu")
+    assert line.startswith("estimate: 238 model-epochs to train; no measured rate")
+    (tmp_path / "bench.json").write_text('{"two_kernels": {"ConvVAE": {"one_kernel_images_per_s": 0}}}')
+    assert "no measured rate" in R.training_estimate("default", "cpu")

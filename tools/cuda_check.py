@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import sys
 import tempfile
 import time
@@ -84,9 +85,14 @@ def main() -> int:
 
     failed = [r["check"] for r in RESULTS if not r["ok"]]
     print(f"{len(RESULTS) - len(failed)}/{len(RESULTS)} checks passed" + (f"; FAILED: {failed}" if failed else ""))
-    if args.out:
-        Path(args.out).write_text(json.dumps({"info": info, "speed": speed, "results": RESULTS}, indent=1,
-                                             default=str))
+    if args.out:  # the schema of report/cuda_check.json, which make report's estimate reads
+        record = {"what": "tools/cuda_check.py" + (" --full-arm" if args.full_arm else ""),
+                  "date": time.strftime("%Y-%m-%d"),
+                  "machine": {"gpu": info["gpu"], "torch": info["torch"], "cuda": info["cuda"],
+                              "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                              "python": platform.python_version()},
+                  **{k: v for k, v in speed.items()}, "cuda_check": RESULTS}
+        Path(args.out).write_text(json.dumps(record, indent=1, default=str))
     return 1 if failed else 0
 
 
