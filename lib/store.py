@@ -66,11 +66,24 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
         os.replace(tmp, path)
     except BaseException as e:
         tmp.unlink(missing_ok=True)
-        free = shutil.disk_usage(path.parent).free
-        if isinstance(e, Exception) and free < 256 * 2**20:  # torch.save says only "iostream error"
+        if _out_of_space(e, path.parent):
+            free = shutil.disk_usage(path.parent).free
             raise OSError(errno.ENOSPC, f"no space left on the device to save {path} ({free:,} bytes free); "
                           f"free some space or point GENMNIST_CACHE at another disk") from e
         raise
+
+
+def _out_of_space(e: BaseException, folder: Path) -> bool:
+    """Whether a failed save ran out of disk: ENOSPC / EDQUOT, or torch's writer error ("iostream error", which
+    names no cause) on a device with less than 256 MiB free."""
+    if isinstance(e, OSError):
+        return e.errno in (errno.ENOSPC, errno.EDQUOT)
+    if not (isinstance(e, RuntimeError) and "iostream" in str(e)):
+        return False
+    try:
+        return shutil.disk_usage(folder).free < 256 * 2**20
+    except OSError:
+        return False
 
 
 def remove_orphans(path: Path) -> None:
@@ -161,6 +174,7 @@ def memo(kind: str, key: dict[str, Any], compute: Callable[[], Any], cache: Path
         return compute()
     path = Path(cache) / "scores" / f"{kind}-{digest(key, source_hash(files=SCORE_SOURCES))}.pt"
     with exclusive(path):
+        remove_orphans(path)
         if path.exists():
             try:
                 return torch.load(path, map_location="cpu", weights_only=True)["value"]

@@ -274,6 +274,11 @@ def check_spec(spec: RunSpec) -> None:
         raise ValueError(f"model {spec.model!r} is invalid: allowed one of {list(MODEL_NAMES)}")
     losses.get_recon_loss(spec.recon)
     lr_at(spec, 0, 1)
+    for name in ("batch_size", "train_subset", "epochs"):
+        value = getattr(spec, name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{name} {value!r} is invalid: allowed an integer >= 1"
+                             + (" or None (all images)" if name == "train_subset" else ""))
     if spec.model == "GAN" and spec.lr_schedule != "constant":
         raise ValueError(f"lr_schedule {spec.lr_schedule!r} is not supported for the GAN: allowed 'constant'")
 
@@ -284,6 +289,9 @@ def check_spec(spec: RunSpec) -> None:
 # (tools/cuda_check.py compares them with the plain path; bench/README.md has their measured effect).
 
 WARMUP_STEPS = 3  # eager steps before a capture (PyTorch's CUDA-graph notes: lazy inits happen outside the graph)
+# runs trained together at most: each takes two CUDA streams (its own and its graph's capture stream) from torch's
+# pool of 32, and two runs must never share one (cuBLAS keeps one workspace per stream); 9 already fill an H200
+MAX_TOGETHER = 15
 
 
 def use_cuda_graphs(device: torch.device) -> bool:
@@ -398,7 +406,8 @@ def fit_many(
     device = torch.device(device)
     if device.type != "cuda":  # one after another, each run locked only while it trains
         return [_fit_locked([spec], device, cache, show_progress, on_epoch_end)[0] for spec in specs]
-    return _fit_locked(specs, device, cache, show_progress, on_epoch_end)
+    groups = [specs[i:i + MAX_TOGETHER] for i in range(0, len(specs), MAX_TOGETHER)]
+    return [run for group in groups for run in _fit_locked(group, device, cache, show_progress, on_epoch_end)]
 
 
 def fit_arms(arms: dict[Any, list[RunSpec]], device: torch.device | str = "cpu", **kwargs) -> dict[Any, list[Run]]:
@@ -431,15 +440,21 @@ def _together(trainings: list["Training"], show_progress: bool, on_epoch_end) ->
     running = {i: t.steps(show_progress and not many, on_epoch_end) for i, t in enumerate(trainings)}
     total = sum(t.steps_left for t in trainings)
     ticks = iter(progress(range(total), total, f"{len(trainings)} runs together", show_progress and many))
-    while running:
-        for i, steps in list(running.items()):
-            with torch.cuda.stream(streams[i]):
-                if next(steps, None) is None:
-                    del running[i]
-                    continue
-            next(ticks, None)
-    for s in streams:
-        torch.cuda.current_stream(s.device).wait_stream(s)
+    try:
+        while running:
+            for i, steps in list(running.items()):
+                with torch.cuda.stream(streams[i]):
+                    if next(steps, None) is None:
+                        del running[i]
+                        continue
+                next(ticks, None)
+        for _ in ticks:  # the last progress line
+            pass
+    finally:  # also when one run fails: nothing queued on a run's stream outlives this call
+        for steps in running.values():
+            steps.close()
+        for s in streams:
+            torch.cuda.current_stream(s.device).wait_stream(s)
 
 
 class Training:
@@ -465,6 +480,8 @@ class Training:
                                                               if e <= len(self.history)]):
                 raise ValueError(f"{len(self.grids)} sample grids for {len(self.history)} epochs")
         except Exception as e:  # noqa: BLE001 - wrong shapes, keys or dtypes: a broken checkpoint, retrain
+            if isinstance(e, torch.OutOfMemoryError):  # the checkpoint is fine, the device is full
+                raise
             set_aside(self.path, f"{type(e).__name__}: {one_line(e)}")
             self.fam = FAMILIES[spec.model](spec, device)  # fresh parts: some may hold the bad state
             self.history, self.grids = [], []

@@ -130,3 +130,27 @@ def test_model_epochs_counts_the_default_profile():
     assert config.model_epochs("default") == {"ConvVAE": 10 * 5, "GAN": 3 * 20, "BetaVAE": (4 * 3 + 3) * 8 + 8}
     assert not train.use_cuda_graphs(torch.device("cpu"))
     assert math.isclose(sum(config.model_epochs("full").values()), 8340)
+
+
+def test_a_permission_error_is_not_reported_as_a_full_disk(tmp_path, monkeypatch):
+    def denied(obj, f, *a, **k):
+        raise PermissionError(13, "Permission denied", str(f))
+    monkeypatch.setattr(store.torch, "save", denied)
+    monkeypatch.setattr(store.shutil, "disk_usage", lambda p: type("U", (), {"free": 4096})())
+    with pytest.raises(PermissionError):
+        store.save_checkpoint(tmp_path / "checkpoint.pt", {"a": 1})
+
+
+def test_a_killed_score_saves_leftover_is_removed(tmp_path):
+    first = store.memo("t", {"k": 1}, lambda: 1.5, cache=tmp_path)
+    (path,) = (tmp_path / "scores").glob("t-*.pt")
+    orphan = path.with_name(path.name + ".tmp-424242")
+    orphan.write_bytes(b"half")
+    assert store.memo("t", {"k": 1}, lambda: 2.5, cache=tmp_path) == first == 1.5 and not orphan.exists()
+
+
+@pytest.mark.parametrize("change", [dict(batch_size=0), dict(train_subset=0), dict(epochs=0)])
+def test_fit_refuses_sizes_below_one_before_any_work(tmp_path, change):
+    with pytest.raises(ValueError, match=rf"{next(iter(change))} 0 is invalid: allowed an integer >= 1"):
+        fit(dataclasses.replace(SPEC, **change), cache=tmp_path, show_progress=False)
+    assert not any(tmp_path.iterdir())
