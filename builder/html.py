@@ -88,6 +88,23 @@ def install_assets(report: Path) -> Path:
 
 # --- one notebook -> one page ----------------------------------------------------------------
 
+# cells the pages leave out: papermill's injected parameters (the manifest lists them) and widgets that only
+# work in a live JupyterLab kernel
+HIDDEN_TAGS = {"injected-parameters", "lab-only"}
+MARKS = {"kept": "✅", "refuted": "❌", "inconclusive": "❔", "holds by construction": "⚙️", "untestable as stated": "∅"}
+
+
+def findings_box(path: Path) -> str:
+    """'What this tier finds': one line per sub-claim of the notebook's verdicts file, linked to its cell."""
+    if not path.exists():
+        return ""
+    doc = json.loads(path.read_text())
+    items = "".join(f'<li>{MARKS.get(f["label"], "")} <b>{_e(f["label"])}</b> — <a href="#{_e(f["anchor"])}">'
+                    f'({_e(f["id"])}) {_e(f["text"])}</a></li>' for f in doc.get("subclaims", []))
+    return (f'<aside class="gm-finds"><b>What this tier finds</b> (the course report\'s claims, one line per '
+            f'sub-claim; the rule is in <code>lib/claims.py</code>)<ul>{items}</ul></aside>\n') if items else ""
+
+
 PAGE_CSS = """
 :root { --gm-accent: #1f5fa8; --gm-border: #d7dce3; --gm-toc-w: 17rem; }
 .gm-bar { position: sticky; top: 0; z-index: 20; display: flex; gap: 1.25rem; align-items: baseline;
@@ -115,6 +132,12 @@ PAGE_CSS = """
 .jp-RenderedMarkdown :is(h1, h2, h3, h4):hover > a.anchor-link { display: inline; margin-left: .3em;
   color: #999; text-decoration: none; }
 mjx-container[display="true"] { overflow-x: auto; overflow-y: hidden; max-width: 100%; }
+.gm-finds { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; max-width: 1100px;
+  margin: 1rem auto; padding: .5rem 1rem; border: 1px solid var(--gm-border); border-left: 4px solid var(--gm-accent);
+  border-radius: 6px; background: #fbfcfe; }
+.gm-finds ul { margin: .3rem 0; padding-left: 1.2rem; }
+.gm-finds a { color: #234; }
+@media (min-width: 1280px) { .gm-finds { margin-left: calc(var(--gm-toc-w) + 1rem); } }
 """
 
 # Overrides nbconvert's lab template: our MathJax instead of its CDN MathJax 2, no CDN require.js
@@ -181,6 +204,7 @@ def export(ipynb: Path, out_html: Path) -> None:
     import nbformat
     from jinja2 import DictLoader
     from nbconvert import HTMLExporter
+    from nbconvert.preprocessors import TagRemovePreprocessor
 
     ipynb, out_html = Path(ipynb), Path(out_html)
     name = out_html.stem
@@ -189,11 +213,17 @@ def export(ipynb: Path, out_html: Path) -> None:
     exporter = HTMLExporter(template_name="lab", extra_loaders=[DictLoader({"genmnist.html.j2": _TEMPLATE})],
                             template_file="genmnist.html.j2")
     resources = {"metadata": {"name": title}, "genmnist_mathjax": mathjax_head(), "genmnist_css": PAGE_CSS}
+    exporter.register_preprocessor(TagRemovePreprocessor(remove_cell_tags=HIDDEN_TAGS), enabled=True)
     body, _ = exporter.from_notebook_node(nb, resources=resources)
-    bar = (f'<header class="gm-bar"><a href="index.html">← Report index</a>'
-           f'<span class="gm-title">{_html.escape(title)}</span>'
+    order = list(TITLES)
+    i = order.index(name) if name in order else -1
+    prev = f'<a href="{order[i - 1]}.html">← {order[i - 1]}</a>' if i > 0 else ""
+    nxt = f'<a href="{order[i + 1]}.html">{order[i + 1]} →</a>' if 0 <= i < len(order) - 1 else ""
+    bar = (f'<header class="gm-bar"><a href="index.html">Report index</a>{prev}'
+           f'<span class="gm-title">{_html.escape(title)}</span>{nxt}'
            f'<a href="{_html.escape(ipynb.name)}" download>executed notebook (.ipynb)</a></header>\n')
-    body = re.sub(r"(<body\b[^>]*>)", lambda m: m.group(1) + "\n" + bar, body, count=1)
+    box = findings_box(ipynb.parent / "verdicts" / f"{name}.json")
+    body = re.sub(r"(<body\b[^>]*>)", lambda m: m.group(1) + "\n" + bar + box, body, count=1)
     out_html.write_text(add_toc(body), encoding="utf-8")
 
 
@@ -277,6 +307,10 @@ dl.manifest dd { margin: 0; font-variant-numeric: tabular-nums; }
 code { font-size: .88em; background: var(--bg); padding: .05em .3em; border-radius: 3px; }
 .note { color: var(--muted); font-size: .88rem; }
 footer { margin: 2.5rem 0 2rem; color: var(--muted); font-size: .85rem; }
+.findings td { white-space: normal; vertical-align: top; }
+.findings td.claim { font-weight: 600; max-width: 16rem; }
+.findings td.label { white-space: nowrap; }
+.findings td.deciding { font-size: .8rem; color: var(--muted); max-width: 30rem; }
 """
 
 
@@ -445,6 +479,42 @@ def _manifest_summary(report: Path, manifest: dict) -> str:
     return f'<dl class="manifest">{dl}</dl>{note_html}{link}'
 
 
+def merge_verdicts(report: Path) -> Path:
+    """report/verdicts.json: every notebook's verdicts/<notebook>.json in notebook order, one list."""
+    report = Path(report)
+    subclaims = []
+    for nb in TITLES:
+        path = report / "verdicts" / f"{nb}.json"
+        if path.exists():
+            doc = json.loads(path.read_text())
+            subclaims += [{**f, "notebook": nb, "profile": doc.get("profile")} for f in doc.get("subclaims", [])]
+    subclaims.sort(key=lambda f: (f["claim"], f["id"]))
+    out = report / "verdicts.json"
+    out.write_text(json.dumps({"subclaims": subclaims}, indent=1, ensure_ascii=False) + "\n")
+    return out
+
+
+def _findings_table(report: Path) -> str:
+    path = report / "verdicts.json"
+    if not path.exists():
+        return '<p class="note">No <code>verdicts.json</code> in this report folder.</p>'
+    rows, last = [], None
+    for f in json.loads(path.read_text())["subclaims"]:
+        claim = f'({_e(f["claim"])}) {_e(f["claim_text"])}' if f["claim"] != last else ""
+        last = f["claim"]
+        rows.append(f'<tr><td class="claim">{claim}</td><td>{_e(f["id"])}: {_e(f["text"])}</td>'
+                    f'<td class="label">{MARKS.get(f["label"], "")} {_e(f["label"])}</td>'
+                    f'<td class="deciding">{_e(f["deciding"])}</td>'
+                    f'<td><a href="{_e(f["notebook"])}.html#{_e(f["anchor"])}">{_e(f["notebook"][:2])}</a></td></tr>')
+    return ('<p class="note">One row per sub-claim of the declared claims table (<code>lib/claims.py</code>): '
+            'kept / refuted / inconclusive by one rule (a metric that passed its known-case check, a gain above a '
+            'floor, a t-interval over training seeds); sub-claims the objective guarantees are marked so and count '
+            'as no support. The rule was written in December 2026, after earlier builds\' numbers had been seen. '
+            '<a href="verdicts.json">verdicts.json</a></p><div class="table-wrap findings"><table><thead><tr>'
+            '<th>claim</th><th>sub-claim</th><th>label</th><th>deciding numbers</th><th>page</th></tr></thead>'
+            f'<tbody>{"".join(rows)}</tbody></table></div>')
+
+
 def write_index(report: Path) -> None:
     """report/index.html: the tiers with a key figure each, one summary table of every run's metrics,
     the manifest in brief, links to every page, notebook and figure. Also installs report/assets/."""
@@ -460,7 +530,7 @@ def write_index(report: Path) -> None:
         f"profile <code>{_e(prof)}</code>" if prof else "",
         f"commit <code>{_e(str(manifest.get('git_commit', ''))[:12])}</code>" if manifest.get("git_commit") else "",
         f"device {_e(env['device'])}" if env.get("device") else "",
-        f"total wall time {_duration(manifest.get('total_wall_seconds'))}" if "total_wall_seconds" in manifest else "",
+        f"built in {_duration(manifest.get('this_build_wall_seconds'))}" if "this_build_wall_seconds" in manifest else "",
     ] if x)
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
@@ -473,6 +543,8 @@ def write_index(report: Path) -> None:
 <p class="sub">{sub or "VAE, ELBO derivation, GAN, β-VAE and noisy data, one executed notebook per tier"}</p>
 </div></header>
 <main class="wrap">
+<h2 id="findings">Findings: the course report's claims, measured</h2>
+{_findings_table(report)}
 <h2 id="tiers">Tiers</h2>
 {_tier_cards(report, manifest)}
 <h2 id="summary">Summary of every trained model</h2>

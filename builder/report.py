@@ -334,11 +334,13 @@ def _copy_into(src: Path, dest: Path) -> None:
 def _apply(staging: Path, tmp: Path, notebooks: list[str], runs: dict[str, str | None]) -> None:
     """Replace, in ``staging`` (a copy of the old report), what the rebuilt notebooks own (their pages,
     figures and runs) with the new build's files from ``tmp``; leave every other notebook's files."""
-    for sub in ("figures", "runs"):
+    for sub in ("figures", "runs", "verdicts"):
         (staging / sub).mkdir(exist_ok=True)
     for nb in notebooks:
         for old in (staging / "figures").glob(f"{nb}_*"):
             _remove(old)
+        if (staging / "verdicts" / f"{nb}.json").exists():
+            _remove(staging / "verdicts" / f"{nb}.json")
         for name, owner in runs.items():
             if owner == nb:
                 _remove(staging / "runs" / name)
@@ -349,6 +351,8 @@ def _apply(staging: Path, tmp: Path, notebooks: list[str], runs: dict[str, str |
         _copy_into(f, staging / "figures" / f.name)
     for d in sorted((tmp / "runs").glob("*")):
         _copy_into(d, staging / "runs" / d.name)
+    for f in sorted((tmp / "verdicts").glob("*.json")):
+        _copy_into(f, staging / "verdicts" / f.name)
 
 
 _RENAME_EXCHANGE, _AT_FDCWD = 2, -100
@@ -758,6 +762,7 @@ def _run(args: argparse.Namespace, report: Path, notebooks: list[str], profile: 
             "reproducibility": BIT_EQUALITY_NOTE,
         })
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+        html.merge_verdicts(staging)
         html.write_index(staging)
         stage = "swapping the new report in"
         with _signals_deferred() as pending:

@@ -1,5 +1,5 @@
 """What a tier notebook calls: ``setup`` (parameters -> validated config and a context that writes
-figures and runs), ``table`` and ``verdict``.
+figures and runs), ``table`` and ``summary``.
 
     cfg, ctx = setup("01_vae_basic", globals())
 
@@ -20,9 +20,7 @@ import torch
 from . import data, evaluate, stats, store
 from .config import ParameterError, parameter_names, resolve, seed_everything, set_threads
 
-# The labels a verdict can carry, and the mark each gets in the report.
 SAVED_SAMPLES = 1000  # samples kept per run in report/runs/ (the scores use all n_samples)
-LABELS = {"kept": "✅", "partly kept": "◐", "refuted": "❌", "inconclusive": "❔"}
 
 
 class Context:
@@ -72,7 +70,7 @@ class Context:
                "test": store.digest(test_x), "reference": None if reference_x is None else store.digest(reference_x),
                **{k: cfg[k] for k in ("n_samples", "iwae_k", "iwae_images")}}
         metrics, samples = store.memo("score", key, compute)
-        metrics.update(extra or {})
+        metrics.update(extra or {}, seed=s.seed)  # the training seed: lib.claims pairs arms by it
         if label is not None:
             self.record(run, metrics, samples, label, name)
         return metrics, samples
@@ -200,31 +198,4 @@ def summary(arms: dict[str, list[dict[str, Any]]], columns: list[str], digits: i
     return table(rows, ["model", "seeds", *columns])
 
 
-SMALL = {"gradient_energy", "sharpness_gap", "fid_se"}  # metrics shown with two more digits
-
-
-def condition(comparison: stats.Comparison, metric_ok: bool) -> bool | None:
-    """A verdict condition from a comparison, undecided (None) when its metric failed its known-case check."""
-    return comparison.decided if metric_ok else None
-
-
-def label(conditions: dict[str, bool | None]) -> str:
-    """The verdict a claim's named conditions earn (a claim holds when all of its conditions do):
-    every one holds -> 'kept'; some hold and some are decided against -> 'partly kept'; none holds and
-    at least one is decided against -> 'refuted'; otherwise (conditions the evidence cannot decide,
-    None, and none decided against) -> 'inconclusive'."""
-    if not conditions:
-        raise ValueError("a verdict needs at least one condition")
-    values = list(conditions.values())
-    if all(v is True for v in values):
-        return "kept"
-    if any(v is False for v in values):
-        return "partly kept" if any(v is True for v in values) else "refuted"
-    return "inconclusive"
-
-
-def verdict(claim: str, conditions: dict[str, bool | None], evidence: str) -> str:
-    """One Markdown line: the claim, its label (from ``label``), each condition with ✓ / ✗ / ?, the numbers."""
-    status = label(conditions)
-    marks = "; ".join(f"{name} {'?' if ok is None else '✓' if ok else '✗'}" for name, ok in conditions.items())
-    return f"- {LABELS[status]} **{status}** — *{claim}* — {marks}. {evidence}"
+SMALL = {"gradient_energy", "sharpness_gap", "sharpness_gap_binarised", "fid_se"}  # metrics shown with two more digits

@@ -81,10 +81,17 @@ def curves(histories: dict[str, list[dict]], keys: Sequence[str], ylabel: str, t
     return fig
 
 
-def bars(values: dict[str, float], ylabel: str, title: str | None = None, ref: float | None = None,
+def bars(values: dict[str, float | Sequence[float]], ylabel: str, title: str | None = None, ref: float | None = None,
          ref_label: str = "test set"):
+    """One bar per model: a number, or one value per training seed (bar = mean, error bar = SD, dots = seeds)."""
+    per = {k: [float(x) for x in (v if isinstance(v, (list, tuple)) else [v])] for k, v in values.items()}
+    means = [float(np.mean(v)) for v in per.values()]
+    sds = [float(np.std(v, ddof=1)) if len(v) > 1 else 0.0 for v in per.values()]
     fig, ax = plt.subplots(figsize=(5, 3.2))
-    ax.bar(list(values), list(values.values()), color="tab:blue")
+    ax.bar(list(per), means, yerr=sds, capsize=4, color=[f"C{i}" for i in range(len(per))], alpha=0.8)
+    for i, v in enumerate(per.values()):
+        if len(v) > 1:
+            ax.plot([i] * len(v), v, "k.", ms=4)
     if ref is not None:
         ax.axhline(ref, color="k", ls="--", lw=1, label=ref_label)
         ax.legend(fontsize=8)

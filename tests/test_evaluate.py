@@ -205,13 +205,24 @@ def test_median_filter_removes_isolated_salt():
     assert evaluate.median_filter(block)[0, 0, 8, 8].item() == 1.0, "a solid stroke survives"
 
 
-def test_sharpness_gap_is_a_distance_to_real_digits():
-    x = torch.rand(50, 1, 28, 28)
-    e = evaluate.image_stats(x)["gradient_energy"]
-    assert evaluate.sharpness_gap(x, e) == pytest.approx(0.0)
-    assert evaluate.sharpness_gap(x, e + 0.1) == pytest.approx(0.1)
-    assert evaluate.sharpness_gap(x, e - 0.1) == pytest.approx(0.1), "above the real value counts as much as below"
+def test_restoration_check_ranks_light_noise_above_heavy_and_blur_above_black():
+    g = torch.Generator().manual_seed(0)
+    clean = torch.zeros(20, 1, 28, 28)
+    clean[:, :, 8:20, 12:16] = 1.0  # a bar per image: a crude digit
+    clean = (clean + 0.1 * torch.rand(clean.shape, generator=g)).clamp(0, 1)
+    ok, scores = evaluate.restoration_checks(clean)
+    assert ok == {"psnr": True, "ssim": True}
+    assert scores["10 % noise"]["psnr"] > scores["80 % noise"]["psnr"] + 3
 
+
+def test_binarised_sharpness_gap_ignores_grey_point_summaries():
+    x = torch.zeros(50, 1, 28, 28)
+    x[:, :, 8:20, 12:16] = 1.0
+    grey = x * 0.7 + 0.1  # the same shapes as a grey point summary
+    assert evaluate.image_stats(grey)["gradient_energy"] != pytest.approx(evaluate.image_stats(x)["gradient_energy"])
+    ref = evaluate._ref_energy(x, True)
+    binary = (evaluate._as_float_images(grey, "cpu") >= 0.5).float()
+    assert evaluate.image_stats(binary)["gradient_energy"] == pytest.approx(ref)
 
 def test_superimposed_rule_on_known_images():
     real = torch.rand(100, 1, 28, 28)

@@ -416,3 +416,32 @@ def test_index_shows_mean_and_sd_of_a_model_trained_with_several_seeds(tmp_path)
     page = (report / "index.html").read_text()
     assert ">105.43 ± 2.00<" in page, "mean ± SD over the three seeds"
     assert "3 seeds:" in page and page.count('href="runs/vae-bce-s') == 2
+
+
+def test_findings_table_box_hidden_cells_and_prev_next(tmp_path):
+    """The index opens with the findings (report/verdicts.json, merged from each notebook's verdicts file);
+    a page opens with its tier's findings, links its neighbours and hides papermill's and Lab-only cells."""
+    import nbformat
+
+    folder = tmp_path / "r"
+    (folder / "verdicts").mkdir(parents=True)
+    sub = {"claim": "c", "claim_text": "GAN samples are clearer", "id": "c1", "text": "GAN closer to real digits",
+           "metric": "fid", "label": "kept", "deciding": "GAN 30.0 vs VAE 180.0", "anchor": "verdict-c1", "note": ""}
+    (folder / "verdicts" / "03_gan.json").write_text(json.dumps({"notebook": "03_gan", "profile": "smoke",
+                                                                  "subclaims": [sub]}))
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("# Parameters\nepochs = 3", metadata={"tags": ["injected-parameters"]}),
+                nbformat.v4.new_code_cell("explorer_only_in_lab()", metadata={"tags": ["lab-only"]}),
+                nbformat.v4.new_code_cell("shown_cell()")]
+    nbformat.write(nb, str(folder / "03_gan.ipynb"))
+    H.export(folder / "03_gan.ipynb", folder / "03_gan.html")
+    page = (folder / "03_gan.html").read_text()
+    assert "shown_cell" in page and "explorer_only_in_lab" not in page and "epochs = 3" not in page
+    assert "What this tier finds" in page and 'href="#verdict-c1"' in page
+    assert 'href="02_vae_derivation.html"' in page and 'href="04_beta_vae.html"' in page
+    merged = json.loads(H.merge_verdicts(folder).read_text())
+    assert [s["id"] for s in merged["subclaims"]] == ["c1"] and merged["subclaims"][0]["notebook"] == "03_gan"
+    H.write_index(folder)
+    index = (folder / "index.html").read_text()
+    assert index.index("Findings") < index.index("Tiers")
+    assert 'href="03_gan.html#verdict-c1"' in index and "GAN 30.0 vs VAE 180.0" in index and "✅ kept" in index

@@ -1,5 +1,5 @@
-"""lib.notebook, what the tier notebooks call: ``setup`` reads and validates their parameters, ``label`` and
-``verdict`` turn measured conditions into a claim's label, ``table`` formats results."""
+"""lib.notebook, what the tier notebooks call: ``setup`` reads and validates their parameters, ``table``
+and ``summary`` format results."""
 import random
 
 import numpy as np
@@ -58,38 +58,6 @@ def test_setup_rejects_a_bad_value_naming_the_parameter_before_any_work(tmp_path
     with pytest.raises(ParameterError, match=pattern):
         notebook.setup(nb, ns)
     assert not out.exists(), "a bad parameter is reported before anything is written"
-
-
-@pytest.mark.parametrize("conditions, expected", [
-    ({"bound falls": True, "samples sharpen": True}, "kept"),
-    ({"bound falls": True, "samples sharpen": False}, "partly kept"),
-    ({"bound falls": False, "samples sharpen": False}, "refuted"),
-    ({"bound falls": True, "samples sharpen": None}, "inconclusive"),
-    ({"bound falls": False, "samples sharpen": None}, "refuted"),  # a claim fails with any part decided against
-    ({"bound falls": True, "samples sharpen": False, "digits clear": None}, "partly kept"),
-    ({"bound falls": None, "samples sharpen": None}, "inconclusive"),
-    ({"only one": True}, "kept"),
-    ({"only one": False}, "refuted"),
-])
-def test_label_of_every_outcome(conditions, expected):
-    assert notebook.label(conditions) == expected
-
-
-def test_label_needs_a_condition():
-    with pytest.raises(ValueError, match="at least one condition"):
-        notebook.label({})
-
-
-def test_verdict_line_shows_label_mark_and_every_condition():
-    line = notebook.verdict("BCE gives sharper samples", {"higher gradient energy": True, "lower FID": False},
-                            "FID 12.1 vs 14.3.")
-    assert line.startswith(f"- {notebook.LABELS['partly kept']} **partly kept**")
-    assert "*BCE gives sharper samples*" in line
-    assert "higher gradient energy ✓" in line and "lower FID ✗" in line and line.endswith("FID 12.1 vs 14.3.")
-    undecided = notebook.verdict("c", {"decided": True, "undecided": None}, "")
-    assert undecided.startswith(f"- {notebook.LABELS['inconclusive']} **inconclusive**")
-    assert "decided ✓; undecided ?" in undecided
-    assert set(notebook.LABELS) == {"kept", "partly kept", "refuted", "inconclusive"}
 
 
 def test_table_formats_floats_and_missing_cells():

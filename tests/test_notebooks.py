@@ -99,12 +99,18 @@ def test_parameter_comments_quote_the_default_profile(name):
 def test_notebook_runs_in_the_smoke_profile(name, tmp_path, mnist_raw):
     import papermill as pm
 
+    from lib import claims
+
     out = tmp_path / "out"
     pm.execute_notebook(str(NB_DIR / f"{name}.ipynb"), str(tmp_path / f"{name}.ipynb"),
                         parameters={"profile": "smoke", "output_dir": str(out)}, kernel_name="python3",
                         cwd=str(ROOT), progress_bar=False)
     figures = list((out / "figures").glob(f"{name}_*.png"))
     assert figures, "each notebook saves at least one figure"
+    if name != "02_vae_derivation":  # every tier with a claim writes its sub-claims' labels for the findings table
+        doc = json.loads((out / "verdicts" / f"{name}.json").read_text())
+        assert doc["notebook"] == name and doc["profile"] == "smoke" and doc["subclaims"]
+        assert all(s["label"] in claims.LABELS for s in doc["subclaims"])
     for m in (out / "runs").glob("*/metrics.json"):
         doc = json.loads(m.read_text())
         assert doc["notebook"] == name and doc["metrics"]

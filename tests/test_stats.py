@@ -1,11 +1,12 @@
-"""lib.stats: the rule that turns per-seed values into a decided or undecided comparison."""
+"""lib.stats: per-seed arms and the t-interval of a difference (paired, Welch, fixed limit)."""
 import math
 
 import numpy as np
 import pytest
+from scipy import stats as st
 
 from lib import stats
-from lib.stats import Arm, compare, pooled_sd, within
+from lib.stats import Arm, difference
 
 
 def test_arm_mean_sd_and_text():
@@ -17,69 +18,58 @@ def test_arm_mean_sd_and_text():
         Arm("empty", ())
 
 
-def test_pooled_sd_is_the_within_arm_formula():
-    rng = np.random.default_rng(0)
-    groups = [rng.normal(0, 1, 3), rng.normal(5, 1, 4), np.array([7.0])]
-    sd, df = pooled_sd([Arm(str(i), tuple(g)) for i, g in enumerate(groups)])
-    ss = sum(((g - g.mean()) ** 2).sum() for g in groups[:2])
-    assert df == 5 and sd == pytest.approx(math.sqrt(ss / 5))
-    assert pooled_sd([Arm("one", (1.0,))]) == (None, 0)
+def test_paired_interval_uses_the_per_seed_differences_and_n_minus_1_df():
+    a, b = Arm("a", (1.0, 2.0, 4.0), (0, 1, 2)), Arm("b", (2.0, 2.5, 5.5), (0, 1, 2))
+    d = difference(a, b, "lower")
+    diffs = np.array([1.0, 0.5, 1.5])  # b - a: a is lower, so the gain is positive
+    half = st.t.ppf(0.975, 2) * diffs.std(ddof=1) / math.sqrt(3)
+    assert d.method == "paired t" and d.df == 2
+    assert d.gain == pytest.approx(1.0) and d.lo == pytest.approx(1.0 - half) and d.hi == pytest.approx(1.0 + half)
 
 
-def test_clear_gap_with_three_seeds_is_decided_both_ways():
-    good, bad = Arm("a", (1.0, 1.1, 0.9)), Arm("b", (2.0, 2.1, 1.9))
-    assert compare(good, bad, "lower").decided is True
-    assert compare(bad, good, "lower").decided is False
-    assert compare(good, bad, "higher").decided is False
+def test_pairing_removes_a_shared_seed_effect_that_welch_cannot():
+    base = np.array([10.0, 20.0, 30.0])  # a large seed effect shared by both arms
+    a, b = Arm("a", base, (0, 1, 2)), Arm("b", base + 1.0 + np.array([0.0, 0.1, -0.1]), (0, 1, 2))
+    paired = difference(a, b, "lower")
+    welch = difference(Arm("a", base), Arm("b", b.values), "lower")
+    assert paired.lo > 0, "the paired interval sees the consistent 1.0 gap"
+    assert welch.method == "Welch t" and welch.lo < 0, "unpaired, the seed effect swamps it"
 
 
-def test_gap_inside_two_standard_errors_is_undecided():
-    a, b = Arm("a", (1.0, 1.2, 0.8)), Arm("b", (1.1, 1.3, 0.9))
-    c = compare(a, b, "lower")
-    assert c.decided is None and "undecided" in c.why
+def test_welch_df_matches_the_satterthwaite_formula():
+    a, b = Arm("a", (1.0, 2.0, 3.0)), Arm("b", (0.0, 4.0, 8.0, 12.0))
+    va, vb = 1.0 / 3, np.var([0, 4, 8, 12], ddof=1) / 4
+    d = difference(a, b, "higher")
+    assert d.df == pytest.approx((va + vb) ** 2 / (va ** 2 / 2 + vb ** 2 / 3))
+    assert d.gain == pytest.approx(2.0 - 6.0)
 
 
-def test_one_seed_and_nothing_to_borrow_decides_nothing():
-    c = compare(Arm("a", (1.0,)), Arm("b", (100.0,)), "lower")
-    assert c.decided is None and c.se is None and "no training-seed spread" in c.why
+def test_a_fixed_limit_counts_only_the_arms_spread():
+    a = Arm("vae", (20.0, 21.0, 22.0))
+    d = difference(a, Arm("input", (15.0,)), "higher", limit=True)
+    assert d.method.startswith("fixed limit") and d.df == 2
+    assert d.gain == pytest.approx(6.0) and d.lo == pytest.approx(6.0 - st.t.ppf(0.975, 2) * 1 / math.sqrt(3))
 
 
-def test_a_borrowed_sd_decides_only_gaps_wider_than_five_sds():
-    # one seed per arm, pooled SD 1: a gap of 4 SDs clears 2 SE but is under the 5-SD rule
-    assert compare(Arm("a", (0.0,)), Arm("b", (4.0,)), "lower", pooled=1.0).decided is None
-    assert compare(Arm("a", (0.0,)), Arm("b", (6.0,)), "lower", pooled=1.0).decided is True
-    # with three seeds each the same 4-SD gap is decided (SE = sqrt(2/3) < 2)
-    a, b = Arm("a", (-1.0, 0.0, 1.0)), Arm("b", (3.0, 4.0, 5.0))
-    assert compare(a, b, "lower").decided is True
+def test_one_seed_gives_no_interval():
+    d = difference(Arm("a", (1.0,)), Arm("b", (2.0, 3.0)), "lower")
+    assert d.lo is None and d.hi is None and d.method == "no interval" and d.gain == pytest.approx(1.5)
 
 
-def test_sampling_error_of_a_one_seed_arm_widens_the_interval():
-    narrow = compare(Arm("a", (0.0,)), Arm("b", (6.0,)), "lower", pooled=1.0)
-    wide = compare(Arm("a", (0.0,), sampling_se=3.0), Arm("b", (6.0,)), "lower", pooled=1.0)
-    assert wide.se > narrow.se and wide.decided is None
+def test_higher_confidence_widens_the_interval():
+    a, b = Arm("a", (1.0, 2.0, 4.0)), Arm("b", (3.0, 5.0, 6.0))
+    assert difference(a, b, "lower", 0.99).lo < difference(a, b, "lower", 0.95).lo
 
 
-def test_within_a_limit():
-    assert within(Arm("x", (1.0, 1.1, 0.9)), 3.0, "lower").decided is True
-    assert within(Arm("x", (5.0, 5.1, 4.9)), 3.0, "lower").decided is False
-    assert within(Arm("x", (3.0, 3.1, 2.9)), 3.0, "lower").decided is None
-    assert within(Arm("x", (1.0,)), 3.0, "lower").decided is None
-    assert "the limit 3.000" in within(Arm("x", (1.0, 1.1, 0.9)), 3.0, "lower").text()
-
-
-def test_within_follows_the_seed_rule_of_compare():
-    """One seed with a borrowed SD: decided only past 5 SDs from the limit, and the limit itself adds no spread."""
-    assert within(Arm("x", (1.0,)), 3.0, "lower", pooled=0.1).decided is True
-    assert within(Arm("x", (2.7,)), 3.0, "lower", pooled=0.1).decided is None
-    assert "5 seed SDs" in within(Arm("x", (2.7,)), 3.0, "lower", pooled=0.1).why
-    three = Arm("x", (1.0, 1.2, 0.8))
-    assert within(three, 3.0, "lower").se == pytest.approx(three.sd / 3 ** 0.5)
-    assert within(Arm("x", (1.0,), sampling_se=2.0), 3.0, "lower", pooled=0.1).decided is None
-
-
-def test_compare_rejects_an_unknown_direction():
+def test_difference_rejects_an_unknown_direction():
     with pytest.raises(ValueError, match="better="):
-        compare(Arm("a", (1.0,)), Arm("b", (2.0,)), "smaller")
+        difference(Arm("a", (1.0,)), Arm("b", (2.0,)), "smaller")
+
+
+def test_arm_reads_seeds_from_score_dicts():
+    a = stats.arm("BCE", [{"fid": 1.0, "seed": 0}, {"fid": 3.0, "seed": 1}], "fid")
+    assert a.values == (1.0, 3.0) and a.seeds == (0, 1)
+    assert stats.arm("x", [{"fid": 1.0}], "fid").seeds == ()
 
 
 def test_bootstrap_se_of_a_mean_matches_the_formula():
