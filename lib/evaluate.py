@@ -386,10 +386,10 @@ def restoration_checks(clean, seed: int = 0) -> tuple[dict[str, bool], dict[str,
     x = _as_float_images(clean, "cpu")
     cases = {"10 % noise": noise.salt_and_pepper(x, 0.1, generator=generator(seed + 7)),
              "80 % noise": noise.salt_and_pepper(x, 0.8, generator=generator(seed + 8)),
-             "blurred": torch.from_numpy(gaussian_filter(x.numpy(), sigma=(0, 0, 1, 1))),
-             "black": torch.zeros_like(x)}
+             "blurred digits": torch.from_numpy(gaussian_filter(x.numpy(), sigma=(0, 0, 1, 1))),
+             "black image": torch.zeros_like(x)}
     scores = {name: psnr_ssim(images, x) for name, images in cases.items()}
-    ok = {m: scores["10 % noise"][m] > scores["80 % noise"][m] + d and scores["blurred"][m] > scores["black"][m] + d
+    ok = {m: scores["10 % noise"][m] > scores["80 % noise"][m] + d and scores["blurred digits"][m] > scores["black image"][m] + d
           for m, d in (("psnr", 3.0), ("ssim", 0.1))}
     return ok, scores
 

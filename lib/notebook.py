@@ -199,3 +199,18 @@ def summary(arms: dict[str, list[dict[str, Any]]], columns: list[str], digits: i
 
 
 SMALL = {"gradient_energy", "sharpness_gap", "sharpness_gap_binarised", "fid_se"}  # metrics shown with two more digits
+
+
+def budget_check(runs: list, epochs: int) -> str:
+    """Is the budget long enough? The test bound's move over the last two epochs against the seed spread of
+    the final bound (Markdown; empty with fewer than two seeds or three epochs)."""
+    if len(runs) < 2 or epochs < 3:
+        return ""
+    final = [r.history[-1]["test_bound"] for r in runs]
+    moved = [abs(r.history[-1]["test_bound"] - r.history[-3]["test_bound"]) for r in runs]
+    spread = stats.Arm("final", final).sd
+    return (f"**Budget check.** Over the last two epochs the test bound moved {stats.mean_sd(moved, 3)} nats (mean over "
+            f"{len(runs)} seeds); the final bound differs between seeds by an SD of {spread:.3f} nats. "
+            + ("The budget is long enough by this rule." if max(moved) < spread else
+               "It still moves more than the seed spread: **the budget is short by this rule**, and the verdicts "
+               "judge models that are still improving (the `full` profile trains the course report's budgets)."))

@@ -62,13 +62,22 @@ def progression(grids, epochs: Sequence[int] | None = None, max_cols: int = 6, n
 
 def curves(histories: dict[str, list[dict]], keys: Sequence[str], ylabel: str, title: str | None = None,
            logy: bool = False):
-    """One line per (run, key) over epochs."""
+    """One line per (run, key) over epochs: one colour per model (the part of a run's name before ", seed"),
+    a marker per training seed, dashed for training and solid for test numbers."""
     fig, ax = plt.subplots(figsize=(6, 3.6))
+    groups = list(dict.fromkeys(name.split(", seed")[0] for name in histories))
+    markers = "os^Dvx"
+    seen: dict[str, int] = {}
     for name, hist in histories.items():
+        group = name.split(", seed")[0]
+        i = seen[group] = seen.get(group, -1) + 1
         ep = [h["epoch"] for h in hist]
         for k in keys:
             style = "--" if k.startswith("train") else "-"
-            ax.plot(ep, [h[k] for h in hist], style, marker="o", ms=3, label=f"{name}: {k}")
+            what = k.replace("_", " ")
+            colour = groups.index(group) if len(groups) > 1 else list(keys).index(k) if style == "-" else 0
+            ax.plot(ep, [h[k] for h in hist], style, color=f"C{colour % 10}", marker=markers[i % 6],
+                    ms=3, label=f"{name}: {what}" if len(keys) > 1 else name)
     ax.set_xlabel("epoch")
     ax.set_ylabel(ylabel)
     if logy:
@@ -76,7 +85,7 @@ def curves(histories: dict[str, list[dict]], keys: Sequence[str], ylabel: str, t
     if title:
         ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, ncol=2 if len(histories) * len(keys) > 8 else 1)
     fig.tight_layout()
     return fig
 
@@ -221,5 +230,77 @@ def manifold(model, n: int = 15, p: tuple[float, float] = (0.05, 0.95), title: s
     ax.set_ylabel("$z_2$")
     if title:
         ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def latent_explorer(model, kl: torch.Tensor, codes: dict[int, torch.Tensor], start: int | None = None):
+    """A JupyterLab widget: one slider per latent dimension (most informative first, labelled with its KL),
+    a menu of starting codes (z = 0 or the code μ of a test digit) and the decoded image, redrawn live."""
+    import io
+
+    import ipywidgets as widgets
+
+    model = model.eval()
+    device = next(model.parameters()).device
+    order = kl.argsort(descending=True).tolist()
+    sliders = [widgets.FloatSlider(value=0.0, min=-3.0, max=3.0, step=0.05, description=f"z{j} · {kl[j]:.1f}",
+                                   readout_format=".2f", style={"description_width": "70px"}) for j in order]
+    menu = widgets.Dropdown(options=[("z = 0", None)] + [(f"μ of the first test {c}", c) for c in codes],
+                            value=start if start in codes else None, description="start",
+                            style={"description_width": "70px"})
+    image = widgets.Image(format="png", width=196, height=196)
+
+    def render(*_):
+        z = torch.zeros(1, model.latent_dim)
+        for j, s in zip(order, sliders):
+            z[0, j] = s.value
+        with torch.inference_mode():
+            img = model.decode(z.to(device))[0, 0].cpu().numpy()
+        buf = io.BytesIO()
+        plt.imsave(buf, np.kron(img, np.ones((7, 7))), cmap="gray", vmin=0, vmax=1, format="png")
+        image.value = buf.getvalue()
+
+    def jump(*_):
+        code = torch.zeros(model.latent_dim) if menu.value is None else codes[menu.value].clamp(-3, 3)
+        for s in sliders:
+            s.unobserve(render, "value")
+        for j, s in zip(order, sliders):
+            s.value = round(float(code[j]), 2)
+        for s in sliders:
+            s.observe(render, "value")
+        render()
+
+    menu.observe(jump, "value")
+    jump()
+    return widgets.HBox([widgets.VBox([menu, *sliders]), image])
+
+
+def rate_distortion(points: dict[str, list[tuple[float, float]]], title: str | None = None):
+    """Distortion against rate, one point per training seed, the models' means joined by a line."""
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    means = {}
+    for i, (name, pts) in enumerate(points.items()):
+        ax.plot(*zip(*pts), "o", color=f"C{i % 10}", alpha=0.6)
+        means[name] = tuple(np.mean(pts, axis=0))
+        ax.annotate(name, means[name], textcoords="offset points", xytext=(5, 5))
+    ax.plot(*zip(*means.values()), "k-", lw=1)
+    ax.set_xlabel("rate: KL(q(z|x) || p(z)) [nats]")
+    ax.set_ylabel("distortion: -E log p(x|z) [nats]")
+    ax.set_title(title or "rate-distortion on the test set (one point per seed)")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def kl_per_dimension(per_dim: dict[str, torch.Tensor]):
+    """Grouped bars: each model's KL per latent dimension, dimensions sorted by KL."""
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    w = 0.8 / len(per_dim)
+    for i, (name, kl) in enumerate(per_dim.items()):
+        ax.bar(torch.arange(len(kl)) + i * w, kl.sort(descending=True).values, w, label=name)
+    ax.set_xlabel("latent dimension (sorted by KL)")
+    ax.set_ylabel("KL [nats]")
+    ax.legend()
     fig.tight_layout()
     return fig
