@@ -21,7 +21,7 @@ quoted = '$(subst ','\'',$(value $1))'
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-12s %s\n", $$1, $$2}'
-	@echo "  variables: PROFILE=smoke|default|full (default: default)  NB=03_gan  P='-p epochs 5 -p seed 1'  JOBS=auto|N"
+	@echo "  variables: PROFILE=smoke|quick|default|full (default: default)  NB=03_gan  P='-p epochs 5 -p seed 1'  JOBS=auto|N"
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -57,7 +57,7 @@ report: $(STAMP) ## execute the notebooks into report/ (PROFILE=default; NB=01_v
 check-report: $(STAMP) ## after make report: rerun report/'s notebooks (warm cache) and check their tagged cells with nbval
 	$(PY) tools/check_report.py
 
-bench: $(STAMP) ## step throughput and time to quality, seed pipeline vs lib; writes report/bench.json
+bench: $(STAMP) ## step throughput and time to quality, the course report's pipeline vs lib; writes report/bench.json
 	@# bench.py refuses (exit 3, naming the holder) while a make report (or another bench) holds report.lock
 	$(PY) bench/bench.py
 

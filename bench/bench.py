@@ -2,10 +2,10 @@
 
 Measure 1, step throughput (information): ``torch.utils.benchmark`` times one training step, in
 alternating rounds: lib's ConvVAE step as ``lib.train.fit`` runs it (``Family.step``), one-change
-variants of it, and the seed's pipeline (torchvision MNIST + ``ToTensor`` through a ``DataLoader``,
+variants of it, and the course report's pipeline (torchvision MNIST + ``ToTensor`` through a ``DataLoader``,
 encoder run twice, fp32; its step includes fetching the batch).
 
-Measure 2, time to quality (the headline): the seed's pipeline, lib's default ConvVAE run and
+Measure 2, time to quality (the headline): the course report's pipeline, lib's default ConvVAE run and
 pytorch/examples' MLP VAE train round-robin in one process, ``EVAL_EVERY`` steps at a time; one
 shared function evaluates the BCE test bound off the training clock. Reported: training seconds
 until it first reaches ``TARGET_NATS``. Targets are fixed below; reported, never asserted.
@@ -76,7 +76,7 @@ class SeedConvVAE(nn.Module):
     def forward(self, x):
         out1 = self.encoder(x)
         mu = self.get_mu(out1.view(out1.size(0), -1))
-        out2 = self.encoder(x)  # the seed's second encoder pass
+        out2 = self.encoder(x)  # the course report's second encoder pass
         logvar = self.get_logvar(out2.view(out2.size(0), -1))
         z = self.get_z(mu, logvar)
         return self.decoder(self.get_temp(z).view(z.size(0), 128, 7, 7)), mu, logvar
@@ -90,7 +90,7 @@ class SeedConvVAE(nn.Module):
 
 
 def seed_vae_loss(new_x, old_x, mu, logvar):
-    bce = F.binary_cross_entropy(new_x, old_x, reduction="sum")  # the seed's size_average=False
+    bce = F.binary_cross_entropy(new_x, old_x, reduction="sum")  # the course report's size_average=False
     return bce - 0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())  # + its KLD
 
 

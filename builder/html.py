@@ -89,8 +89,8 @@ def install_assets(report: Path) -> Path:
 # --- one notebook -> one page ----------------------------------------------------------------
 
 # cells the pages leave out: papermill's injected parameters (the manifest lists them) and widgets that only
-# work in a live JupyterLab kernel
-HIDDEN_TAGS = {"injected-parameters", "lab-only"}
+# work in a live JupyterLab kernel, and the install cell for Colab
+HIDDEN_TAGS = {"injected-parameters", "lab-only", "install"}
 MARKS = {"kept": "✅", "refuted": "❌", "inconclusive": "❔", "holds by construction": "⚙️", "untestable as stated": "∅"}
 
 

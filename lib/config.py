@@ -16,17 +16,22 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import data
 from .losses import RECON_LOSSES
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = data.ROOT  # the project checkout (lib.data.project_root)
 NOTEBOOKS = ("01_vae_basic", "02_vae_derivation", "03_gan", "04_beta_vae", "05_noisy_data")
-PROFILE_NAMES = ("smoke", "default", "full")
+PROFILE_NAMES = ("smoke", "quick", "default", "full")
 
 # Shared by every notebook; per-notebook tables below override.
 _COMMON = {
     # smoke's n_samples: the smallest round count above FID_FEATURES (see validate)
     "smoke": dict(train_subset=512, test_subset=256, n_samples=200, iwae_k=5, iwae_images=32,
                   classifier="smoke"),
+    # quick: a first look in JupyterLab in minutes on a laptop CPU (a third of the training set, one seed,
+    # 3 epochs): real digits and every figure, verdicts that are mostly inconclusive
+    "quick": dict(train_subset=20_000, test_subset=2000, n_samples=2000, iwae_k=20, iwae_images=200,
+                  classifier="full"),
     # 10,000 samples: the classifier-FID's bias and spread at 1,000 were as large as the gaps it judged
     "default": dict(train_subset=None, test_subset=None, n_samples=10_000, iwae_k=100, iwae_images=1000,
                     classifier="full"),
@@ -34,11 +39,11 @@ _COMMON = {
                  classifier="full"),
 }
 
-# The ConvVAE tiers (01, 02, 05): the seed's batch, latent size and Adam, but with the learning rate
-# decayed along a cosine over the run. The seed kept 1e-3 constant for 250-300 epochs; a short run
+# The ConvVAE tiers (01, 02, 05): the course report's batch, latent size and Adam, but with the learning rate
+# decayed along a cosine over the run. The course report kept 1e-3 constant for 250-300 epochs; a short run
 # gets more from a larger start that decays to zero. Chosen on a validation split, never on the test set:
-# tools/choose_lr.py (numbers in bench/lr_choice.json). lr_schedule="constant", lr=1e-3 is the seed's choice.
-# adam_beta2: Adam's second-moment decay; 0.99 instead of torch's (and the seed's) 0.999, chosen on the same
+# tools/choose_lr.py (numbers in bench/lr_choice.json). lr_schedule="constant", lr=1e-3 is the course report's choice.
+# adam_beta2: Adam's second-moment decay; 0.99 instead of torch's (and the course report's) 0.999, chosen on the same
 # validation split by tools/choose_adam.py (bench/adam_choice.json), after the learning rate.
 _VAE = dict(batch_size=64, lr=3e-3, lr_schedule="cosine", adam_beta2=0.99, latent_dim=32, recon="bce")
 MATCHED_WEIGHTS = {"mse": 3.1, "l1": 1.75}  # tools/match_rate.py, bench/rate_match.json
@@ -53,6 +58,8 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
         # full reuses them and its notebook checks whether the rates still agree. {} skips the comparison.
         "smoke": dict(_VAE, losses=["bce", "mse", "l1"], epochs=1, ablation_epochs=1, seeds=2, other_seeds=1,
                       matched_weights={"mse": 10.0, "l1": 3.0}),
+        "quick": dict(_VAE, losses=["bce", "mse", "l1"], epochs=3, ablation_epochs=3, seeds=1, other_seeds=1,
+                      matched_weights={}),
         "default": dict(_VAE, losses=["bce", "mse", "l1"], epochs=5, ablation_epochs=5, seeds=3,
                         other_seeds=2, matched_weights=dict(MATCHED_WEIGHTS)),
         "full": dict(_VAE, losses=["bce", "mse", "l1"], epochs=250, ablation_epochs=250, seeds=3,
@@ -63,6 +70,7 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
         # binarised_k / binarised_images: the IWAE bound on dynamically binarised test digits, the number the
         # literature reports (Burda et al. 2016 use k = 5000 on all 10,000)
         "smoke": dict(_VAE, epochs=1, iwae_ks=[1, 2, 5], mc_samples=2000, binarised_k=5, binarised_images=32),
+        "quick": dict(_VAE, epochs=3, iwae_ks=[1, 5, 25], mc_samples=10_000, binarised_k=50, binarised_images=200),
         "default": dict(_VAE, epochs=5, iwae_ks=[1, 5, 25, 100], mc_samples=100_000, binarised_k=500,
                         binarised_images=1000),
         "full": dict(_VAE, epochs=250, iwae_ks=[1, 10, 100, 1000], mc_samples=1_000_000, binarised_k=5000,
@@ -71,6 +79,7 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
     "03_gan": {
         # seeds: training seeds of the GAN; the VAE it is compared with brings the basic tier's BCE seeds
         "smoke": dict(batch_size=64, lr=1e-3, latent_dim=100, epochs=1, seeds=2),
+        "quick": dict(batch_size=64, lr=1e-3, latent_dim=100, epochs=5, seeds=1),
         "default": dict(batch_size=64, lr=1e-3, latent_dim=100, epochs=20, seeds=3),
         "full": dict(batch_size=64, lr=1e-3, latent_dim=100, epochs=200, seeds=3),
     },
@@ -78,6 +87,8 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
         # collapse_betas: large β, where the posterior collapses and "superimposed digits" can arise
         "smoke": dict(batch_size=64, lr=1e-3, latent_dim=10, betas=[1.0, 2.0, 3.0, 4.0], epochs=1,
                       latent2_epochs=1, seeds=2, collapse_betas=[1000.0]),
+        "quick": dict(batch_size=64, lr=1e-3, latent_dim=10, betas=[1.0, 2.0, 3.0, 4.0], epochs=3,
+                      latent2_epochs=3, seeds=1, collapse_betas=[1000.0]),
         "default": dict(batch_size=64, lr=1e-3, latent_dim=10, betas=[1.0, 2.0, 3.0, 4.0], epochs=8,
                         latent2_epochs=8, seeds=3, collapse_betas=[50.0, 200.0, 1000.0]),
         "full": dict(batch_size=64, lr=1e-3, latent_dim=10, betas=[1.0, 2.0, 3.0, 4.0], epochs=15,
@@ -86,9 +97,13 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
     "05_noisy_data": {
         # The same budget as the basic tier, so that the 0 % model *is* its BCE run (same spec, one cache
         # entry, its seeds included); seeds: of the 0 % model, other_seeds: of each noisy one.
-        "smoke": dict(_VAE, noise_amounts=[0.0, 0.1, 0.8], epochs=1, seeds=2, other_seeds=1),
-        "default": dict(_VAE, noise_amounts=[0.0, 0.01, 0.1, 0.2, 0.8], epochs=5, seeds=3, other_seeds=1),
-        "full": dict(_VAE, noise_amounts=[0.0, 0.01, 0.1, 0.2, 0.8], epochs=250, seeds=3, other_seeds=3),
+        # denoise_amounts: a denoising VAE (noisy input, clean target) per level, the fair test of "cleans images"
+        "smoke": dict(_VAE, noise_amounts=[0.0, 0.1, 0.8], denoise_amounts=[0.8], epochs=1, seeds=2, other_seeds=1),
+        "quick": dict(_VAE, noise_amounts=[0.0, 0.1, 0.8], denoise_amounts=[0.1], epochs=3, seeds=1, other_seeds=1),
+        "default": dict(_VAE, noise_amounts=[0.0, 0.01, 0.1, 0.2, 0.8], denoise_amounts=[0.1, 0.8], epochs=5, seeds=3,
+                        other_seeds=1),
+        "full": dict(_VAE, noise_amounts=[0.0, 0.01, 0.1, 0.2, 0.8], denoise_amounts=[0.1, 0.8], epochs=250, seeds=3,
+                     other_seeds=3),
     },
 }
 
@@ -100,7 +115,7 @@ def model_epochs(profile: str) -> dict[str, int]:
     beta = PROFILES["04_beta_vae"][profile]
     conv = (b["seeds"] + (len(b["losses"]) - 1) * b["other_seeds"]) * b["epochs"]  # the three losses
     conv += b["ablation_epochs"] + len(b["matched_weights"]) * b["epochs"]  # one training seed each
-    conv += sum(1 for a in n["noise_amounts"] if a > 0) * n["other_seeds"] * n["epochs"]
+    conv += (sum(1 for a in n["noise_amounts"] if a > 0) * n["other_seeds"] + len(n["denoise_amounts"])) * n["epochs"]
     betavae = (len(beta["betas"]) * beta["seeds"] + len(beta["collapse_betas"])) * beta["epochs"]
     return {"ConvVAE": conv, "GAN": g["seeds"] * g["epochs"], "BetaVAE": betavae + beta["latent2_epochs"]}
 
@@ -267,7 +282,7 @@ def validate(cfg: dict[str, Any], notebook: str | None = None) -> None:
     if "adam_beta2" in cfg:
         b2 = cfg["adam_beta2"]
         if isinstance(b2, bool) or not isinstance(b2, (int, float)) or not 0.0 < float(b2) < 1.0:
-            _fail("adam_beta2", b2, "a number in (0, 1), e.g. 0.99 (the profiles) or 0.999 (the seed's)")
+            _fail("adam_beta2", b2, "a number in (0, 1), e.g. 0.99 (the profiles) or 0.999 (the course report's)")
     for name in ("losses", "recon"):
         if name in cfg:
             names = cfg[name] if name == "losses" else [cfg[name]]
@@ -294,6 +309,12 @@ def validate(cfg: dict[str, Any], notebook: str | None = None) -> None:
         _nonempty_list("noise_amounts", cfg["noise_amounts"])
         for a in cfg["noise_amounts"]:
             _fraction("noise_amounts", a)
+    if "denoise_amounts" in cfg:
+        if not isinstance(cfg["denoise_amounts"], (list, tuple)):
+            _fail("denoise_amounts", cfg["denoise_amounts"], "a list of noise fractions in (0, 1), e.g. [0.1, 0.8] ([] skips them)")
+        for a in cfg["denoise_amounts"]:
+            if isinstance(a, bool) or not isinstance(a, (int, float)) or not 0.0 < float(a) < 1.0:
+                _fail("denoise_amounts", a, "a number in (0, 1): the noise a denoising VAE removes")
     if "iwae_ks" in cfg:
         _nonempty_list("iwae_ks", cfg["iwae_ks"])
         for k in cfg["iwae_ks"]:
@@ -348,7 +369,9 @@ def parameter_names(notebook: str) -> list[str]:
 
 
 def resolve(notebook: str, profile: str = "default", **explicit: Any) -> dict[str, Any]:
-    """Profile values, overridden by explicit (non-None) parameters, validated.
+    """Profile values, overridden by explicit (non-None) parameters, validated. The notebooks' parameters
+    cells hold the default profile's values as literals: under another profile, a value left equal to the
+    default profile's takes that profile's value (``profile = "smoke"`` shrinks what was not changed).
 
     Returns a plain dict with every parameter, plus ``device`` as a torch.device and
     ``output_dir`` as an absolute Path that is known to be writable."""
@@ -361,8 +384,13 @@ def resolve(notebook: str, profile: str = "default", **explicit: Any) -> dict[st
     if unknown:
         raise ParameterError(f"unknown parameter(s) {unknown} for {notebook}; known: {sorted(known)}")
     cfg: dict[str, Any] = {**ALWAYS, **_COMMON[profile], **PROFILES[notebook][profile]}
-    cfg.update({k: _coerce(v, NONE_MEANS_ALL.get(k) if cfg.get(k) is None else cfg[k])
-                for k, v in explicit.items() if v is not None and k != "profile"})
+    default = {**ALWAYS, **_COMMON["default"], **PROFILES[notebook]["default"]}
+    for k, v in explicit.items():
+        if v is None or k == "profile":
+            continue
+        value = _coerce(v, NONE_MEANS_ALL.get(k) if cfg.get(k) is None else cfg[k])
+        if profile == "default" or k not in default or value != default[k]:  # left at the default: the profile's
+            cfg[k] = value
     cfg["profile"] = profile
     validate(cfg, notebook)
     cfg["device"] = resolve_device(cfg["device"])

@@ -40,7 +40,22 @@ WHEEL_CSV = {"train": "mnist_train.csv", "test": "mnist_test.csv"}
 IMAGE_SIDE = 28
 IMAGE_PIXELS = IMAGE_SIDE * IMAGE_SIDE
 
-DEFAULT_ROOT = Path(os.environ.get("MNIST_ROOT", Path(__file__).resolve().parent.parent / "data"))
+def project_root() -> Path:
+    """The project checkout, where data/, the cache and report/lab/ live: lib's parent folder when lib is
+    imported from a checkout (``make setup``'s editable install); when lib was installed (``pip install .``, as
+    on Colab), the nearest folder at or above the working directory holding ``notebooks/`` and ``lib/``, else
+    the working directory. ``GENMNIST_ROOT`` overrides both."""
+    if os.environ.get("GENMNIST_ROOT"):
+        return Path(os.environ["GENMNIST_ROOT"]).resolve()
+    here = Path(__file__).resolve().parent.parent
+    if (here / "notebooks").is_dir():
+        return here
+    cwd = Path.cwd().resolve()
+    return next((d for d in (cwd, *cwd.parents) if (d / "notebooks").is_dir() and (d / "lib").is_dir()), cwd)
+
+
+ROOT = project_root()
+DEFAULT_ROOT = Path(os.environ.get("MNIST_ROOT", ROOT / "data"))
 
 
 class DataError(RuntimeError):

@@ -10,7 +10,7 @@ by (seed, epoch), reaches the same numbers as an uninterrupted run.
 A model family contributes only its step function: ``vae_step`` (one Adam step on the negative
 ELBO) or ``gan_step`` (``g_step`` then ``d_step``). ``make bench`` times ``vae_step`` as ``fit`` calls it.
 
-Seed bugs fixed here: the seed trained on the 10,000 *test* images (``train=False``) — we train
+Bugs of the course report fixed here: it trained on the 10,000 *test* images (``train=False``) — we train
 on the 60,000-image training split and evaluate on the test split every epoch; its "average
 loss" divided a total that accumulated across epochs — we reset it every epoch; the GAN zeroed
 the discriminator's gradients *before* ``g_loss.backward()``, so the generator's loss leaked
@@ -68,6 +68,7 @@ class RunSpec:
     beta: float = 1.0
     recon_weight: float = 1.0
     noise_amount: float = 0.0
+    denoise: bool = False  # with noise_amount > 0: noisy inputs, clean targets (a denoising VAE)
     train_subset: int | None = None
     test_subset: int | None = None
     adam_betas: tuple[float, float] = (0.9, 0.999)
@@ -76,6 +77,8 @@ class RunSpec:
     def key(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["adam_betas"] = list(self.adam_betas)
+        if not self.denoise:  # absent unless set, so the key of every other run reads as it always did
+            d.pop("denoise")
         return d
 
     @property
@@ -135,7 +138,7 @@ def run_data(spec: RunSpec, device: torch.device) -> tuple[torch.Tensor, torch.T
     """(train_x, test_x, clean_train_x, clean_test_x) as float tensors on ``device``.
 
     With ``noise_amount > 0`` the inputs *and* targets are the salt-and-pepper images (the model
-    only ever sees noisy data, as in the seed); the noise is drawn once from the run's seed."""
+    only ever sees noisy data, as in the course report); the noise is drawn once from the run's seed."""
     train = data.subset(data.load_split("train").float_images(device), spec.train_subset)
     test = data.subset(data.load_split("test").float_images(device), spec.test_subset)
     if spec.noise_amount > 0:
@@ -171,12 +174,14 @@ def epoch_generators(spec: RunSpec, epoch: int, device: torch.device):
 
 # --- the step functions -------------------------------------------------------------------
 
-def vae_step(model, opt, x, recon="bce", beta=1.0, recon_weight=1.0, generator=None, precision="fp32"):
-    """One Adam step on the negative (β-)ELBO of batch x; returns ELBOTerms (loss computed in fp32)."""
+def vae_step(model, opt, x, recon="bce", beta=1.0, recon_weight=1.0, generator=None, precision="fp32", target=None):
+    """One Adam step on the negative (β-)ELBO of batch x (reconstructing ``target`` instead of x when given: a
+    denoising VAE); returns ELBOTerms (loss computed in fp32)."""
     with autocast(precision, x.device):
         x_logits, mu, logvar = model(x, generator=generator)
     # fp32 loss: summing 784 pixel terms in bf16 would round a ~100-nat loss to about 1 nat
-    terms = losses.elbo(x_logits.float(), x, mu.float(), logvar.float(), recon, beta, recon_weight)
+    terms = losses.elbo(x_logits.float(), x if target is None else target, mu.float(), logvar.float(), recon, beta,
+                        recon_weight)
     opt.zero_grad(set_to_none=True)
     terms.loss.backward()
     opt.step()
@@ -240,7 +245,8 @@ def vae_family(spec: RunSpec, device: torch.device) -> Family:
     opt = adam(model.parameters(), spec, device)
 
     def step(x, g_noise):
-        t = vae_step(model, opt, x, spec.recon, spec.beta, spec.recon_weight, g_noise, spec.precision)
+        x, target = (x[:, :1], x[:, 1:]) if spec.denoise else (x, None)  # denoising: [noisy | clean] channels
+        t = vae_step(model, opt, x, spec.recon, spec.beta, spec.recon_weight, g_noise, spec.precision, target)
         return {"train_loss": t.loss, "train_recon": t.recon, "train_kl": t.kl}
 
     def scores(test_x):
@@ -261,7 +267,7 @@ def gan_family(spec: RunSpec, device: torch.device) -> Family:
         gl, dl, d_real, d_fake = gan_step(G, D, opt_g, opt_d, real, z, spec.precision)
         return {"g_loss": gl, "d_loss": dl, "d_real": d_real, "d_fake": d_fake}
 
-    # [0, 1] -> [-1, 1], the seed's Normalize([0.5], [0.5]) to match the generator's tanh
+    # [0, 1] -> [-1, 1], the course report's Normalize([0.5], [0.5]) to match the generator's tanh
     return Family({"G": G, "D": D, "opt_g": opt_g, "opt_d": opt_d}, G, step, lambda x: x * 2 - 1, lambda _: {})
 
 
@@ -279,6 +285,8 @@ def check_spec(spec: RunSpec) -> None:
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ValueError(f"{name} {value!r} is invalid: allowed an integer >= 1"
                              + (" or None (all images)" if name == "train_subset" else ""))
+    if spec.denoise and (spec.model == "GAN" or spec.noise_amount <= 0):
+        raise ValueError("denoise=True is invalid here: allowed only for a VAE trained on noise (noise_amount > 0)")
     if spec.model == "GAN" and spec.lr_schedule != "constant":
         raise ValueError(f"lr_schedule {spec.lr_schedule!r} is not supported for the GAN: allowed 'constant'")
 
@@ -498,7 +506,9 @@ class Training:
             return
         fixed_z = torch.randn(GRID, spec.latent_dim, generator=generator(spec.seed + 3)).to(device)
         keep_grid = set(grid_epochs(spec.epochs))
-        train_x, test_x, _, _ = run_data(spec, device)
+        train_x, test_x, clean_train_x, _ = run_data(spec, device)
+        if spec.denoise:  # each image's noisy copy and its clean original, side by side as two channels
+            train_x = torch.cat([train_x, clean_train_x], dim=1)
         train_x = fam.inputs(train_x)
         n, bs, n_batches = len(train_x), spec.batch_size, self.n_batches
         optimizers = [p for p in fam.parts.values() if isinstance(p, torch.optim.Optimizer)]

@@ -6,31 +6,33 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _pyproject_pins():
+def _pyproject_ranges() -> dict[str, str]:
+    """Each direct dependency of pyproject.toml (the dev extra included) -> its version range."""
     meta = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     reqs = meta["dependencies"] + [r for extra in meta["optional-dependencies"].values() for r in extra]
-    return dict(r.split("==") for r in reqs)
+    return dict(re.fullmatch(r"([A-Za-z0-9_.-]+)(.*)", r).groups() for r in reqs)
 
 
-def test_every_dependency_is_pinned():
-    meta = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    for r in meta["dependencies"] + meta["optional-dependencies"]["dev"]:
-        assert re.fullmatch(r"[A-Za-z0-9_.-]+==[0-9][\w.]*", r), r
+def _lock() -> dict[str, str]:
+    lines = (ROOT / "constraints.txt").read_text().splitlines()
+    pins = dict(line.split("==") for line in lines if "==" in line and not line.startswith("#"))
+    return {k.lower().replace("_", "-"): v for k, v in pins.items()}
 
 
-def test_environment_yml_has_the_same_pins_as_pyproject():
+def test_every_direct_dependency_has_a_lower_bound_and_the_lock_pins_it_inside_its_range():
+    from packaging.specifiers import SpecifierSet
+
+    lock = _lock()
+    for name, spec in _pyproject_ranges().items():
+        assert spec.startswith(">="), f"{name}{spec}: a range with a lower bound (Colab keeps its own versions)"
+        assert name.lower() in lock, f"{name} is not in constraints.txt"
+        assert lock[name.lower()] in SpecifierSet(spec), f"constraints.txt pins {name}=={lock[name.lower()]}, outside {spec}"
+
+
+def test_environment_yml_pins_the_locked_versions_of_the_direct_dependencies():
     yml = dict(re.findall(r"^\s*-\s*([A-Za-z0-9_.-]+)==([\w.]+)\s*$", (ROOT / "environment.yml").read_text(), re.M))
-    assert yml == _pyproject_pins()
-
-
-def test_constraints_lock_agrees_with_pyproject():
-    lock = dict(
-        line.split("==") for line in (ROOT / "constraints.txt").read_text().splitlines()
-        if "==" in line and not line.startswith("#")
-    )
-    lock = {k.lower().replace("_", "-"): v for k, v in lock.items()}
-    for name, version in _pyproject_pins().items():
-        assert lock.get(name.lower()) == version, name
+    lock = _lock()
+    assert yml == {name: lock[name.lower()] for name in _pyproject_ranges()}
 
 
 def test_ci_runs_the_readme_test_command():

@@ -53,7 +53,7 @@ def test_beta_scales_only_kl():
 
 
 def test_recon_terms_match_seed_formulas():
-    """Sum over pixels / batch size == the seed's size_average=False sums divided by B."""
+    """Sum over pixels / batch size == the course report's size_average=False sums divided by B."""
     logits, x, _, _ = _batch()
     p = torch.sigmoid(logits)
     b = x.shape[0]

@@ -16,7 +16,7 @@ def _bn(c):
     return 2 * c
 
 
-# Parameter counts written out from the seed's layer list (not from our modules).
+# Parameter counts written out from the course report's layer list (not from our modules).
 SEED_CONV_VAE = (
     _conv(1, 64, 4) + _bn(64) + _conv(64, 128, 4) + _bn(128) + _conv(128, 128, 3) + _bn(128)
     + 2 * _lin(128 * 7 * 7, 32) + _lin(32, 128 * 7 * 7)
@@ -25,7 +25,7 @@ SEED_CONV_VAE = (
 SEED_BETA_VAE = (
     _conv(1, 8, 3) + _conv(8, 16, 3) + _conv(16, 32, 3) + _lin(288, 128) + 2 * _lin(128, 10)
     + _lin(10, 128) + _lin(128, 288) + (32 * 16 * 9 + 16) + (16 * 8 * 9 + 8) + (8 * 1 * 9 + 1)
-    + _bn(16)  # the seed's single shared BatchNorm2d(16)
+    + _bn(16)  # the course report's single shared BatchNorm2d(16)
 )
 SEED_GENERATOR = (
     _lin(100, 128) + _lin(128, 256) + _bn(256) + _lin(256, 512) + _bn(512) + _lin(512, 1024) + _bn(1024)

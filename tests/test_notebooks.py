@@ -30,7 +30,8 @@ def test_committed_notebook_is_clean(name):
     nb = nbformat.reads(_committed(name), as_version=4)
     assert nb.metadata["kernelspec"]["name"] == "python3"
     code = [c for c in nb.cells if c.cell_type == "code"]
-    assert "parameters" in code[0].metadata.get("tags", []), "the first code cell must be tagged 'parameters'"
+    assert "install" in code[0].metadata.get("tags", []), "the first code cell installs the project where it is missing"
+    assert "parameters" in code[1].metadata.get("tags", []), "the second code cell must be tagged 'parameters'"
     for c in code:
         assert c.outputs == [] and c.execution_count is None, "committed notebooks carry no outputs"
 
@@ -48,7 +49,7 @@ def test_notebook_outputs_are_stripped_at_commit():
                        text=True, check=True)
     stripped = nbformat.reads(r.stdout, as_version=4)
     assert stripped.cells[2].outputs == [] and stripped.cells[2].execution_count is None
-    assert stripped.cells[1].metadata.get("tags") == ["parameters"], "cell tags survive the filter"
+    assert stripped.cells[2].metadata.get("tags") == ["parameters"], "cell tags survive the filter"
     # make setup's filter names the venv's python relative to the working tree (git runs it from the top), so a
     # checkout that is moved or copied keeps stripping with its own environment
     r = subprocess.run(["git", "config", "--get", "filter.nbstripout.clean"], cwd=ROOT, capture_output=True, text=True)
@@ -71,27 +72,42 @@ def test_parameters_are_documented_literals(name):
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
-def test_parameter_comments_quote_the_default_profile(name):
-    """A number a parameter's comment gives as its default ("default profile: 5", "default 0 0.1 0.8") is the
-    default profile's value: such comments went stale once when the profile changed and the notebook did not."""
+def test_parameters_are_the_default_profiles_values_and_comments_agree(name):
+    """The parameters cell shows the default profile's values as literals (None only where None means "all"),
+    and a default a comment quotes ("default profile: 5") is that value: both went stale once when the
+    profile changed and the notebook did not."""
+    import ast
     import re
 
     import papermill as pm
 
-    from lib.config import resolve
+    from lib.config import NONE_MEANS_ALL, resolve
 
     default = resolve(name, "default")
-    quoted = 0
     for p in pm.inspect_notebook(str(NB_DIR / f"{name}.ipynb")).values():
-        m = re.search(r"default(?: profile)?:? (\d[\d.e+-]*(?: \d[\d.e+-]*)*)", p["help"])
-        if m is None:
+        if p["name"] in ("profile", "device", "output_dir", "precision"):
             continue
-        numbers = [float(v) for v in m.group(1).split()]
-        value = default[p["name"]]
-        expected = [float(v) for v in value] if isinstance(value, (list, tuple)) else [float(value)]
-        assert numbers == expected, f"{name}: parameter {p['name']} says default {m.group(1)}, the profile has {value}"
-        quoted += 1
-    assert quoted, f"{name}: no comment quotes a default (the pattern above no longer matches them)"
+        literal = ast.literal_eval(p["default"])
+        if literal is None:
+            assert p["name"] in NONE_MEANS_ALL, f"{name}: parameter {p['name']} is None, not the profile's value"
+            continue
+        assert literal == default[p["name"]], f"{name}: {p['name']} = {literal!r}, the default profile has {default[p['name']]!r}"
+        m = re.search(r"default(?: profile)?:? (\d[\d.e+-]*(?: \d[\d.e+-]*)*)", p["help"])
+        if m:
+            value = default[p["name"]]
+            expected = [float(v) for v in value] if isinstance(value, (list, tuple)) else [float(value)]
+            assert [float(v) for v in m.group(1).split()] == expected, f"{name}: {p['name']}'s comment says {m.group(1)}"
+
+
+def test_a_profile_takes_over_what_was_left_at_the_default(tmp_path):
+    from lib.config import resolve
+
+    literals = dict(epochs=5, seeds=3, other_seeds=2, matched_weights={"mse": 3.1, "l1": 1.75}, train_subset=None)
+    smoke = resolve("01_vae_basic", "smoke", output_dir=str(tmp_path), **literals)
+    assert (smoke["epochs"], smoke["seeds"], smoke["train_subset"]) == (1, 2, 512)
+    changed = resolve("01_vae_basic", "smoke", output_dir=str(tmp_path), **{**literals, "epochs": 2})
+    assert changed["epochs"] == 2 and changed["seeds"] == 2, "a changed value stays; the rest is the profile's"
+    assert resolve("01_vae_basic", "default", output_dir=str(tmp_path), **literals)["epochs"] == 5
 
 
 @pytest.mark.notebooks

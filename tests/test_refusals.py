@@ -80,6 +80,6 @@ def test_a_non_default_profile_never_builds_the_committed_report(profile, p, par
 def test_the_training_estimate_never_stops_a_build(monkeypatch, tmp_path):
     monkeypatch.setattr(R, "REPORT", tmp_path)  # no bench.json, no cuda_check.json
     line = R.training_estimate("default", "cpu")
-    assert line.startswith("estimate: 258 model-epochs to train; no measured rate")
+    assert line.startswith("estimate: 268 model-epochs to train; no measured rate")
     (tmp_path / "bench.json").write_text('{"two_kernels": {"ConvVAE": {"one_kernel_images_per_s": 0}}}')
     assert "no measured rate" in R.training_estimate("default", "cpu")

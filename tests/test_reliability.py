@@ -67,7 +67,7 @@ def test_adam_beta2_is_the_one_tools_choose_adam_chose_and_reaches_the_run(tmp_p
         assert spec_from(cfg, "x").adam_betas == (0.9, record["chosen_beta2"])
     cfg = resolve("01_vae_basic", "smoke", output_dir=str(tmp_path), adam_beta2="0.999")  # -p text becomes a number
     assert spec_from(cfg, "x").adam_betas == (0.9, 0.999)
-    # the β-VAE tier keeps the seed's Adam, the GAN its own betas (given by the notebook)
+    # the β-VAE tier keeps the course report's Adam, the GAN its own betas (given by the notebook)
     assert spec_from(resolve("04_beta_vae", "default", output_dir=str(tmp_path)), "x").adam_betas == (0.9, 0.999)
 
 
@@ -80,7 +80,7 @@ def test_the_matched_weights_are_the_ones_tools_match_rate_chose():
 
 
 def test_unknown_profile():
-    with pytest.raises(ParameterError, match=r"'profile' = 'fast' .*\['smoke', 'default', 'full'\]"):
+    with pytest.raises(ParameterError, match=r"'profile' = 'fast' .*\['smoke', 'quick', 'default', 'full'\]"):
         resolve("03_gan", "fast")
 
 

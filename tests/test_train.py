@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from lib import config, train
 from lib.train import RunSpec, lr_at
@@ -35,6 +36,7 @@ def test_unknown_schedule_is_refused():
     (dict(recon="huber"), r"unknown loss 'huber'"),
     (dict(lr_schedule="step"), r"lr_schedule 'step' is invalid"),
     (dict(model="GAN", lr_schedule="cosine"), r"'cosine' is not supported for the GAN"),
+    (dict(denoise=True), r"denoise=True is invalid here"),
 ])
 def test_fit_refuses_a_bad_spec_before_any_work(tmp_path, change, pattern):
     spec = RunSpec(tag="bad", **change)
@@ -58,6 +60,27 @@ def test_fit_applies_the_schedule(tmp_path, mnist_raw, monkeypatch):
     assert len(seen) == 8  # 2 epochs x 4 batches
     assert seen == pytest.approx([lr_at(spec, s, 8) for s in range(8)])
     assert seen[0] == pytest.approx(2e-3) and seen[-1] < seen[0] / 10
+
+
+def test_a_denoising_vae_sees_noisy_inputs_and_reconstructs_clean_targets(tmp_path, mnist_raw, monkeypatch):
+    seen = []
+    real_step = train.vae_step
+
+    def spy(model, opt, x, *args, **kwargs):
+        seen.append((x.clone(), args[-1].clone()))
+        return real_step(model, opt, x, *args, **kwargs)
+
+    monkeypatch.setattr(train, "vae_step", spy)
+    spec = RunSpec(tag="dn", epochs=1, train_subset=128, test_subset=64, batch_size=64, latent_dim=4,
+                   noise_amount=0.5, denoise=True)
+    run = train.fit(spec, cache=tmp_path, show_progress=False)
+    noisy, _, clean, _ = train.run_data(spec, "cpu")
+    x, target = seen[0]
+    assert x.shape == target.shape == (64, 1, 28, 28)
+    rows = {tuple(r.flatten().tolist()) for r in noisy}
+    assert tuple(x[0].flatten().tolist()) in rows, "the input is a noisy training image"
+    assert not torch.equal(x, target) and tuple(target[0].flatten().tolist()) in {tuple(r.flatten().tolist()) for r in clean}
+    assert "denoise" in run.spec.key() and "denoise" not in RunSpec(tag="t").key()
 
 
 def _threads_in_a_fresh_process(omp):
