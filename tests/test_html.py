@@ -379,6 +379,8 @@ def test_report_pages_in_headless_chromium(browser, tmp_path):
 def test_check_fails_when_maths_is_not_typeset(browser, tmp_path):
     """The page check must catch maths that is not typeset (and a network request): break a good page five ways."""
     report = make_report(tmp_path / "report")
+    for neighbour in ("01_vae_basic", "03_gan"):  # the page's prev / next links
+        (report / f"{neighbour}.html").write_text("<!doctype html><title>stub</title>")
     info = check_page(browser, report, "02_vae_derivation", tmp_path / "shots")
     assert info["display"] == 2 and info["containers"] >= 6  # 2 display, inline in text, heading, TOC, output
     assert info["svg"] == info["containers"] and info["no_svg"] == 0
