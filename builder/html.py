@@ -91,7 +91,7 @@ def install_assets(report: Path) -> Path:
 # cells the pages leave out: papermill's injected parameters (the manifest lists them) and widgets that only
 # work in a live JupyterLab kernel, and the install cell for Colab
 HIDDEN_TAGS = {"injected-parameters", "lab-only", "install"}
-MARKS = {"kept": "✅", "refuted": "❌", "inconclusive": "❔", "holds by construction": "⚙️", "untestable as stated": "∅"}
+MARKS = {"kept": "✓", "refuted": "✗", "inconclusive": "?", "holds by construction": "⚙", "untestable as stated": "∅"}
 
 
 def findings_box(path: Path) -> str:

@@ -40,7 +40,7 @@ SEPARATION: dict[str, tuple[str, str] | float] = {
 }
 # the known-case check a metric must pass (a derived metric uses its parent's)
 GATE = {"fid_inverted": "fid", "sharpness_gap_binarised": "sharpness_gap"}
-LABELS = {"kept": "✅", "refuted": "❌", "inconclusive": "❔", "holds by construction": "⚙️",
+LABELS = {"kept": "✓", "refuted": "✗", "inconclusive": "?", "holds by construction": "⚙",
           "untestable as stated": "∅"}
 
 

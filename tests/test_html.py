@@ -446,4 +446,4 @@ def test_findings_table_box_hidden_cells_and_prev_next(tmp_path):
     H.write_index(folder)
     index = (folder / "index.html").read_text()
     assert index.index("Findings") < index.index("Tiers")
-    assert 'href="03_gan.html#verdict-c1"' in index and "GAN 30.0 vs VAE 180.0" in index and "✅ kept" in index
+    assert 'href="03_gan.html#verdict-c1"' in index and "GAN 30.0 vs VAE 180.0" in index and "✓ kept" in index

@@ -1,0 +1,183 @@
+"""``make study``: every verdict at four training budgets (a budget ladder), beside the default report.
+
+    python -m builder.study [--ladder cpu|course] [--jobs auto]
+
+The tiers with claims (01, 05, 04, 03) run in the ``study`` profile: the course report's constant learning
+rate 1e-3 and Adam (0.9, 0.999), under which a model trained for 5 epochs is exactly the first 5 epochs of
+one trained for 20 (``lib.train.fit`` continues the longest shorter run in the cache instead of starting
+again). Each rung of the ladder, shortest first, is built by ``builder.report`` into
+``report/study/rung-<n>/`` (the same guarantees: a failed rung leaves that folder as it was). Then
+``report/study/ladder.json`` holds each sub-claim's label and deciding number at every rung, next to the
+default report's, and ``report/study/index.html`` shows them with a "stable" column.
+
+Resumable: a rung whose manifest lists every notebook built from the same sources with the same
+parameters is skipped; a stopped rung reruns, loading the models already trained (the cache) and the
+scores already computed (``lib.store.memo``).
+"""
+from __future__ import annotations
+
+import argparse
+import html as _html
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from . import report as build
+
+STUDY = build.REPORT / "study"
+LADDERS = {
+    # about two hours on a 2-core CPU (bench/README.md): 10x for the ConvVAE and the GAN (the top 3x the default
+    # profile's 20 epochs), 15x for the β-VAE up to the course report's 15
+    "cpu": {"ConvVAE": (2, 5, 10, 20), "BetaVAE": (1, 3, 8, 15), "GAN": (6, 15, 30, 60)},
+    # the course report's own budgets at the top rung (a GPU's ladder)
+    "course": {"ConvVAE": (25, 50, 125, 250), "BetaVAE": (1, 3, 8, 15), "GAN": (20, 50, 100, 200)},
+}
+ORDER = ("01_vae_basic", "05_noisy_data", "04_beta_vae", "03_gan")  # 02 has no claims
+
+
+def rung_params(ladder: dict[str, tuple[int, ...]], i: int) -> dict[str, dict[str, int]]:
+    """The budget parameters of each notebook at rung ``i`` (0-based)."""
+    c, b, g = (ladder[m][i] for m in ("ConvVAE", "BetaVAE", "GAN"))
+    return {"01_vae_basic": {"epochs": c, "ablation_epochs": c}, "05_noisy_data": {"epochs": c},
+            "04_beta_vae": {"epochs": b, "latent2_epochs": b}, "03_gan": {"epochs": g, "vae_epochs": c}}
+
+
+def _done(report: Path, params: dict[str, dict]) -> bool:
+    """Has ``report`` every notebook of ``params`` built from today's sources with these parameters?"""
+    try:
+        manifest = json.loads((report / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return False
+    if manifest.get("sources_sha256") != build.sources_hash():
+        return False
+    final = build._relative(str(report))
+    built = manifest.get("notebooks", {})
+    return all(nb in built and built[nb].get("parameters") == p | {"output_dir": final} for nb, p in params.items())
+
+
+def build_rung(report: Path, budgets: dict[str, dict[str, int]], jobs: str) -> int:
+    """One rung: ``builder.report``'s checks, lock, execution and swap, with per-notebook parameters."""
+    report.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{report.name}.tmp-", dir=report.parent))
+    notebooks = list(budgets)
+    params = {nb: build.plan([nb], "study", budgets[nb], tmp)[nb] for nb in notebooks}
+    if _done(report, params):
+        tmp.rmdir()
+        print(f"=== {build._relative(str(report))}: already built from these sources, skipped ===", flush=True)
+        return 0
+    args = argparse.Namespace(notebook_dir=str(build.NB_DIR))
+    with build.report_lock(report):
+        build.read_report(report)
+        return build._run(args, report, notebooks, "study", params, tmp, build.resolve_jobs(jobs, len(notebooks)))
+
+
+def ladder_doc(study: Path, name: str) -> dict:
+    """ladder.json: the budgets, and each sub-claim's label and deciding number per rung and in the default report."""
+    ladder = LADDERS[name]
+    rungs, found = [], {}
+    for i in range(len(ladder["ConvVAE"])):
+        folder = study / f"rung-{i + 1}"
+        manifest = json.loads((folder / "manifest.json").read_text())
+        rungs.append({"rung": i + 1, "epochs": {m: ladder[m][i] for m in ladder}, "folder": folder.name,
+                      "wall_seconds": manifest.get("this_build_wall_seconds"),
+                      "notebook_wall_seconds": {nb: v.get("wall_seconds") for nb, v in manifest["notebooks"].items()},
+                      "machine": {k: manifest.get("environment", {}).get(k) for k in ("cpu", "cores", "device")}})
+        for f in json.loads((folder / "verdicts.json").read_text())["subclaims"]:
+            row = found.setdefault(f["id"], {k: f[k] for k in ("claim", "claim_text", "id", "text", "metric", "notebook")}
+                                   | {"labels": [None] * len(ladder["ConvVAE"]), "deciding": [None] * len(ladder["ConvVAE"])})
+            row["labels"][i], row["deciding"][i] = f["label"], f["deciding"]
+    default = {}
+    if (build.REPORT / "verdicts.json").exists():
+        default = {f["id"]: f for f in json.loads((build.REPORT / "verdicts.json").read_text())["subclaims"]}
+    for sid, row in found.items():
+        row["default"] = default.get(sid, {}).get("label")
+        labels = [x for x in row["labels"] if x is not None]
+        row["stable"] = len(labels) == len(row["labels"]) and len(set(labels)) == 1
+    return {"ladder": name, "budgets": {m: list(v) for m, v in ladder.items()}, "rungs": rungs,
+            "schedule": "constant lr 1e-3, Adam (0.9, 0.999): each rung's models continue the previous rung's",
+            "subclaims": sorted(found.values(), key=lambda r: (r["claim"], r["id"]))}
+
+
+def write_page(study: Path, doc: dict, wall: float | None, cpu: str) -> Path:
+    """report/study/index.html: one row per sub-claim, one column per rung, the default report's label beside."""
+    e = _html.escape
+    marks = build.html.MARKS
+    head = "".join(f"<th>rung {r['rung']}<br><small>" + ", ".join(f"{m} {n}" for m, n in r["epochs"].items())
+                   + "</small></th>" for r in doc["rungs"])
+    rows, last = [], None
+    for s in doc["subclaims"]:
+        claim = f"({e(s['claim'])}) {e(s['claim_text'])}" if s["claim"] != last else ""
+        last = s["claim"]
+        cells = "".join(
+            f'<td class="label" title="{e(d or "")}"><a href="rung-{i + 1}/{e(s["notebook"])}.html#verdict-{e(s["id"])}">'
+            f'{marks.get(l, "")} {e(l or "—")}</a></td>' if l else "<td>—</td>"
+            for i, (l, d) in enumerate(zip(s["labels"], s["deciding"])))
+        rows.append(f'<tr><td class="claim">{claim}</td><td>{e(s["id"])}: {e(s["text"])}</td>'
+                    f'<td class="label">{marks.get(s["default"], "")} {e(s["default"] or "—")}</td>{cells}'
+                    f'<td>{"stable" if s["stable"] else "<b>changes</b>"}</td></tr>')
+    took = f"{wall / 60:.0f} min" if wall else "see each rung's manifest.json"
+    page = f"""<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">
+<title>Budget ladder: the verdicts at four training budgets</title>
+<style>body{{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}}table{{border-collapse:collapse;font-size:14px}}
+td,th{{border:1px solid #ccc;padding:4px 6px;vertical-align:top}}td.claim{{font-weight:bold;max-width:220px}}
+td.label{{white-space:nowrap}}.note{{color:#444}}</style></head><body>
+<p><a href="../index.html">← the default report</a></p>
+<h1>Budget ladder: the verdicts at four training budgets</h1>
+<p class="note">The default report judges 5-epoch ConvVAEs, 8-epoch β-VAEs and 20-epoch GANs; the course report trained
+250, 15 and 200. Here the notebooks with claims ran again in the <code>study</code> profile ({e(doc["schedule"])}) at
+the four budgets in the column heads (epochs per model family), and every sub-claim was judged by the same rule
+(<code>lib/claims.py</code>) at each. A label that is the same at every rung is <i>stable</i>. Hover a label for its
+deciding number; click it for the notebook cell. Built in {took} on {e(cpu)}; the numbers are in
+<code>ladder.json</code>.</p>
+<table><tr><th>claim</th><th>sub-claim</th><th>default report</th>{head}<th>across budgets</th></tr>
+{"".join(rows)}</table></body></html>
+"""
+    out = study / "index.html"
+    out.write_text(page)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m builder.study", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--ladder", choices=sorted(LADDERS), default=None,
+                    help="cpu (about two hours on 2 cores) or course (the course report's budgets: a GPU); "
+                         "default: course where CUDA is available, else cpu")
+    ap.add_argument("--jobs", default="auto", help="notebooks executed at a time (as make report)")
+    ap.add_argument("--study-dir", default=str(STUDY), help=argparse.SUPPRESS)  # tests build elsewhere
+    ap.add_argument("--rungs", type=int, default=None, help=argparse.SUPPRESS)  # tests: the first N rungs only
+    args = ap.parse_args(argv)
+    import torch
+
+    name = args.ladder or ("course" if torch.cuda.is_available() else "cpu")
+    ladder, study = LADDERS[name], Path(args.study_dir).absolute()
+    n = args.rungs or len(ladder["ConvVAE"])
+    t0 = time.perf_counter()
+    for i in range(n):
+        budgets = rung_params(ladder, i)
+        print(f"##### rung {i + 1} of {n}: " + ", ".join(f"{m} {ladder[m][i]} epochs" for m in ladder), flush=True)
+        try:
+            code = build_rung(study / f"rung-{i + 1}", {nb: budgets[nb] for nb in ORDER}, args.jobs)
+        except build.ReportError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return err.code
+        if code:
+            return code
+    if n < len(ladder["ConvVAE"]):
+        return 0
+    doc = ladder_doc(study, name)
+    env = build.environment()
+    doc["wall_seconds_this_run"] = round(time.perf_counter() - t0, 1)
+    doc["wall_seconds"] = round(sum(float(r["wall_seconds"] or 0) for r in doc["rungs"]), 1)  # the rungs' builds
+    doc["machine"] = {k: env.get(k) for k in ("cpu", "cores", "device", "platform", "torch")}
+    (study / "ladder.json").write_text(json.dumps(doc, indent=1, ensure_ascii=False) + "\n")
+    write_page(study, doc, doc["wall_seconds"], f"{env.get('cpu')} ({env.get('cores')} cores, {env.get('device')})")
+    print(f"ladder written to {study}: {len(doc['subclaims'])} sub-claims; the rungs' builds took "
+          f"{doc['wall_seconds']:.0f} s, this command {doc['wall_seconds_this_run']:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
