@@ -119,6 +119,7 @@ def _choice(options, allowed: str = "one of") -> tuple:
 
 _MEMORY, _RUN = "importance samples per image; more does not fit in memory", "10000 bounds a run's time and history"
 _SEEDS = _ints(1, 100, "each training seed trains one model per arm")
+_IMAGES = _ints(2, TEST_IMAGES, f"a standard error needs two images; there are {TEST_IMAGES} test images")
 # name: (shape, type, test, allowed values). shape: "" one value, "?" one value or None, "[]" a list, "[+]" a
 # non-empty list, "{}" a dict loss name -> value. Numbers must be finite; text numbers are read as numbers.
 SCHEMA: dict[str, tuple] = {
@@ -132,10 +133,7 @@ SCHEMA: dict[str, tuple] = {
                              "samples in memory")),
     "iwae_k": ("", *_ints(1, 100_000, _MEMORY)),
     "iwae_ks": ("[+]", *_ints(1, 100_000, _MEMORY)),
-    "iwae_images": ("", *_ints(2, TEST_IMAGES, f"a standard error needs two images; there are {TEST_IMAGES} test images")),
-    "binarised_k": ("", *_ints(1, 100_000, _MEMORY)),
-    "binarised_images": ("", *_ints(2, TEST_IMAGES, f"a standard error needs two images; there are {TEST_IMAGES} "
-                                    "test images")),
+    "iwae_images": ("", *_IMAGES), "binarised_k": ("", *_ints(1, 100_000, _MEMORY)), "binarised_images": ("", *_IMAGES),
     "mc_samples": ("", *_ints(1000, 10_000_000, "the Monte-Carlo checks compare a mean with its standard error, "
                               "which needs enough draws to be estimated itself; more does not fit in memory")),
     "epochs": ("", *_ints(1, 10_000, f"the course report trained at most 300 epochs; {_RUN}")),
@@ -164,7 +162,7 @@ _NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 def _coerce(name: str, value: Any) -> Any:
     """A number written as text (YAML 1.1, which papermill's and make report's ``-p`` use, reads ``1e-3`` as
     the string '1e-3') becomes the number where SCHEMA wants numbers; anything else is left for validate."""
-    typ = SCHEMA[name][1] if name in SCHEMA else None
+    typ = SCHEMA.get(name, (None, None))[1]
     if isinstance(value, (list, tuple)):
         return [_coerce(name, v) for v in value]
     if isinstance(value, dict):

@@ -1,11 +1,5 @@
-"""What a tier notebook calls: ``setup`` (parameters -> validated config and a context that writes
-figures and runs), ``table`` and ``summary``.
-
-    cfg, ctx = setup("01_vae_basic", globals())
-
-reads the notebook's parameters from the parameters cell's globals, merges them over the profile,
-validates everything before any training starts, seeds and sets threads.
-"""
+"""What a tier notebook calls: ``cfg, ctx = setup("01_vae_basic", globals())`` (parameters -> validated
+config, and a context that scores and writes figures and runs), ``table``, ``summary`` and seed helpers."""
 from __future__ import annotations
 
 import json
@@ -28,10 +22,9 @@ class Context:
         self.notebook, self.cfg, self.threads = notebook, cfg, threads
         self.device: torch.device = cfg["device"]
         self.out = Path(cfg["output_dir"])
-        (self.out / "figures").mkdir(parents=True, exist_ok=True)
-        (self.out / "runs").mkdir(parents=True, exist_ok=True)
-        self._test_x = None
-        self._clf = None
+        for sub in ("figures", "runs"):
+            (self.out / sub).mkdir(parents=True, exist_ok=True)
+        self._test_x = self._clf = None
 
     def test_images(self) -> torch.Tensor:
         """The clean test images (the first ``test_subset`` of them), float [N, 1, 28, 28] on the device."""
@@ -85,8 +78,7 @@ class Context:
         d.mkdir(parents=True, exist_ok=True)
         history = [{k: v for k, v in row.items() if k != "train_seconds"} for row in run.history]
         doc = {"run_id": run.run_id, "notebook": self.notebook, "label": label, "seed": run.spec.seed,
-               "spec": run.spec.key(),
-               "metrics": _plain(metrics), "history": _plain(history)}
+               "spec": run.spec.key(), "metrics": _plain(metrics), "history": _plain(history)}
         (d / "metrics.json").write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
         np.savez_compressed(d / "samples.npz", samples=np.asarray(samples[:SAVED_SAMPLES], dtype=np.uint8))
         return d
