@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import difflib
 import hashlib
 import json
 import os
@@ -42,7 +43,7 @@ import torch
 from filelock import FileLock, Timeout
 
 from . import html
-from lib.config import _COMMON, NOTEBOOKS, PROFILE_NAMES, ROOT, ParameterError, model_epochs, parameter_names, resolve
+from lib.config import _COMMON, NOTEBOOKS, PROFILE_NAMES, PROFILES, ROOT, ParameterError, resolve
 from lib.progress import PROGRESS_FILE
 
 REPORT = ROOT / "report"
@@ -119,8 +120,18 @@ def overrides_from(pairs: list[tuple[str, str]], profile: str | None) -> tuple[s
     return profile or "default", overrides
 
 
-def plan(notebooks: list[str], profile: str, overrides: dict[str, Any], output_dir: Path) -> dict[str, dict]:
-    """Validate every selected notebook's parameters before anything runs; return papermill parameters."""
+def notebook_parameters(nb: str, nb_dir: Path = NB_DIR) -> list[str]:
+    """The names in the notebook's ``parameters``-tagged cell, as papermill reads them."""
+    import papermill as pm
+
+    return list(pm.inspect_notebook(str(nb_dir / f"{nb}.ipynb")))
+
+
+def plan(notebooks: list[str], profile: str, overrides: dict[str, Any], output_dir: Path,
+         nb_dir: Path = NB_DIR) -> dict[str, dict]:
+    """Validate every selected notebook's parameters before anything runs; return papermill parameters.
+    A ``-p`` name that no selected notebook's parameters cell declares is refused here (papermill itself
+    would only warn and the run would ignore it), with the closest known name as a hint."""
     if profile not in PROFILE_NAMES:
         raise ParameterError(f"parameter 'profile' = {profile!r} is invalid: allowed one of {list(PROFILE_NAMES)}")
     _no_output_dir(overrides)
@@ -128,19 +139,20 @@ def plan(notebooks: list[str], profile: str, overrides: dict[str, Any], output_d
         raise ParameterError(f"parameter 'profile' = {overrides['profile']!r} is invalid: it disagrees with "
                              f"the profile {profile!r}; give the profile once")
     params: dict[str, dict] = {}
-    used: set[str] = set()
+    declared = {nb: set(notebook_parameters(nb, nb_dir)) - {"profile", "output_dir"} for nb in notebooks}
+    unknown = sorted(set(overrides) - set().union(*declared.values()) - {"profile"})
+    if unknown:
+        known = sorted(set().union(*declared.values()))
+        hints = [f"{n!r} -> {close[0]!r}" for n in unknown if (close := difflib.get_close_matches(n, known, 1))]
+        raise ParameterError(f"unknown parameter(s) {unknown} for {notebooks}; known: {known}"
+                             + (f" (did you mean {', '.join(hints)}?)" if hints else "")
+                             + "; see `papermill --help-notebook notebooks/<name>.ipynb`")
     for nb in notebooks:
-        known = set(parameter_names(nb)) - {"profile", "output_dir"}
-        mine = {k: v for k, v in overrides.items() if k in known}
-        used |= set(mine)
+        mine = {k: v for k, v in overrides.items() if k in declared[nb]}
         cfg = resolve(nb, profile, output_dir=str(output_dir), **mine)
         # the validated values ('1e-3' read as 0.001), except those resolve turns into objects or choices
         mine = {k: v if v is None or k in ("device", "precision") else cfg[k] for k, v in mine.items()}
         params[nb] = {"profile": profile, "output_dir": str(output_dir), **mine}
-    unused = sorted(set(overrides) - used - {"profile"})
-    if unused:
-        raise ParameterError(f"parameter(s) {unused} are not parameters of {notebooks}; "
-                             "see `papermill --help-notebook notebooks/<name>.ipynb`")
     return params
 
 
@@ -662,7 +674,7 @@ def _build(args: argparse.Namespace, report: Path) -> int:
         try:
             # Parameters first (a typo is reported even while another build runs), then the lock, then
             # the report folder as it is under the lock; all before any notebook runs.
-            params = plan(notebooks, profile, overrides, tmp)
+            params = plan(notebooks, profile, overrides, tmp, Path(args.notebook_dir))
             jobs = resolve_jobs(str(args.jobs), len(notebooks))
             held.enter_context(report_lock(report))
             read_report(report)
@@ -675,9 +687,22 @@ def _build(args: argparse.Namespace, report: Path) -> int:
         return _run(args, report, notebooks, profile, params, tmp, jobs)
 
 
+def model_epochs(profile: str) -> dict[str, int]:
+    """Training work of a whole ``make report`` in ``profile``: model-epochs per model family, counted as the
+    notebooks train them (runs shared between notebooks, such as 01's BCE model in 02, 03 and 05, counted once).
+    What the build's time estimate multiplies by a measured rate (tools/cuda_check.py, make bench)."""
+    b, g, n = PROFILES["01_vae_basic"][profile], PROFILES["03_gan"][profile], PROFILES["05_noisy_data"][profile]
+    beta = PROFILES["04_beta_vae"][profile]
+    conv = (b["seeds"] + (len(b["losses"]) - 1) * b["other_seeds"]) * b["epochs"]  # the three losses
+    conv += b["ablation_epochs"] + len(b["matched_weights"]) * b["epochs"]  # one training seed each
+    conv += (sum(1 for a in n["noise_amounts"] if a > 0) * n["other_seeds"] + len(n["denoise_amounts"])) * n["epochs"]
+    betavae = (len(beta["betas"]) * beta["seeds"] + len(beta["collapse_betas"])) * beta["epochs"]
+    return {"ConvVAE": conv, "GAN": g["seeds"] * g["epochs"], "BetaVAE": betavae + beta["latent2_epochs"]}
+
+
 def training_estimate(profile: str, device: str = "auto") -> str:
     """One line printed before a build trains: the training work of all five notebooks in ``profile``
-    (lib.config.model_epochs) at measured rates: report/cuda_check.json's runs trained together (fit_many)
+    (model_epochs) at measured rates: report/cuda_check.json's runs trained together (fit_many)
     on a GPU, report/bench.json's step rate (two notebooks at a time) on a CPU. Scoring is not included."""
     work = model_epochs(profile)
     share = min(_COMMON[profile]["train_subset"] or 60_000, 60_000) / 60_000  # smoke trains on a subset

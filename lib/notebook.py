@@ -1,15 +1,7 @@
-"""What a tier notebook calls: ``setup`` (parameters -> validated config and a context that writes
-figures and runs), ``table`` and ``summary``.
-
-    cfg, ctx = setup("01_vae_basic", globals())
-
-reads the notebook's parameters from the parameters cell's globals, merges them over the profile,
-validates everything before any training starts, seeds and sets threads.
-"""
+"""What a tier notebook calls: ``cfg, ctx = setup("01_vae_basic", globals())`` (parameters -> validated
+config, and a context that scores and writes figures and runs), ``table``, ``summary`` and seed helpers."""
 from __future__ import annotations
 
-import ast
-import difflib
 import json
 from pathlib import Path
 from typing import Any
@@ -18,7 +10,7 @@ import numpy as np
 import torch
 
 from . import data, evaluate, stats, store
-from .config import ParameterError, parameter_names, resolve, seed_everything, set_threads
+from .config import parameter_names, resolve, seed_everything, set_threads
 
 SAVED_SAMPLES = 1000  # samples kept per run in report/runs/ (the scores use all n_samples)
 
@@ -30,10 +22,9 @@ class Context:
         self.notebook, self.cfg, self.threads = notebook, cfg, threads
         self.device: torch.device = cfg["device"]
         self.out = Path(cfg["output_dir"])
-        (self.out / "figures").mkdir(parents=True, exist_ok=True)
-        (self.out / "runs").mkdir(parents=True, exist_ok=True)
-        self._test_x = None
-        self._clf = None
+        for sub in ("figures", "runs"):
+            (self.out / sub).mkdir(parents=True, exist_ok=True)
+        self._test_x = self._clf = None
 
     def test_images(self) -> torch.Tensor:
         """The clean test images (the first ``test_subset`` of them), float [N, 1, 28, 28] on the device."""
@@ -87,57 +78,17 @@ class Context:
         d.mkdir(parents=True, exist_ok=True)
         history = [{k: v for k, v in row.items() if k != "train_seconds"} for row in run.history]
         doc = {"run_id": run.run_id, "notebook": self.notebook, "label": label, "seed": run.spec.seed,
-               "spec": run.spec.key(),
-               "metrics": _plain(metrics), "history": _plain(history)}
+               "spec": run.spec.key(), "metrics": _plain(metrics), "history": _plain(history)}
         (d / "metrics.json").write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
         np.savez_compressed(d / "samples.npz", samples=np.asarray(samples[:SAVED_SAMPLES], dtype=np.uint8))
         return d
 
 
-INJECTED_HEADER = "# Parameters"  # the comment papermill writes atop the cell it injects (tag injected-parameters)
-
-
-def injected_names(namespace: dict[str, Any]) -> list[str]:
-    """The names papermill's injected-parameters cell assigned, read from the kernel's input history
-    (IPython's ``In``): the last executed cell whose first line is papermill's ``# Parameters``
-    comment, parsed with ``ast``. [] when there is none (interactive use, a plain dict)."""
-    history = namespace.get("In") or namespace.get("_ih") or []
-    if not isinstance(history, list):
-        return []
-    for source in reversed(history):
-        if not isinstance(source, str) or source.lstrip().split("\n", 1)[0].strip() != INJECTED_HEADER:
-            continue
-        try:
-            tree = ast.parse(source)
-        except SyntaxError:
-            return []
-        names: list[str] = []
-        for node in tree.body:
-            if isinstance(node, ast.Assign):
-                targets = node.targets
-            elif isinstance(node, (ast.AnnAssign, ast.AugAssign)):
-                targets = [node.target]
-            else:
-                continue
-            names += [n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)]
-        return names
-    return []
-
-
 def setup(notebook: str, namespace: dict[str, Any]) -> tuple[dict[str, Any], Context]:
     """The notebook's parameters (read from ``namespace``, its globals) merged over the profile and
-    validated; then threads and seeds set. Returns (cfg, ctx).
-
-    A name papermill injected (``-p epoch 3``) that is not a parameter of this notebook is an error
-    here, not a warning papermill prints and the run ignores; papermill's own ``PAPERMILL_*`` path
-    variables (``--inject-paths``) are allowed."""
-    known = parameter_names(notebook)
-    unknown = sorted({n for n in injected_names(namespace) if n not in known and not n.startswith("PAPERMILL_")})
-    if unknown:
-        hints = [f"{n!r} -> {close[0]!r}" for n in unknown if (close := difflib.get_close_matches(n, known, 1))]
-        raise ParameterError(f"unknown parameter(s) {unknown} for {notebook}; known: {known}"
-                             + (f" (did you mean {', '.join(hints)}?)" if hints else ""))
-    params = {name: namespace[name] for name in known if name in namespace}
+    validated; then threads and seeds set. Returns (cfg, ctx). (``make report`` refuses a ``-p`` name
+    that is no parameter of the notebook before running it: builder.report.plan.)"""
+    params = {name: namespace[name] for name in parameter_names(notebook) if name in namespace}
     profile = params.pop("profile", "default")
     cfg = resolve(notebook, profile, **params)
     threads = set_threads()

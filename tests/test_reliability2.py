@@ -403,55 +403,26 @@ def test_every_profile_passes_its_own_validation(nb, profile, tmp_path):
     assert cfg["n_samples"] > 128  # the FID's 128 feature dimensions
 
 
-# --- 5. unknown parameters through papermill; profile and output_dir through make report ----
+# --- 5. unknown parameters through make report; profile and output_dir through make report -----
 
-PARAMETERS_CELL = 'profile: str = "default"  # smoke | default | full\nepochs: int = None  # training epochs\n'
-
-
-def _kernel_namespace(nb: str, injected: str | None, **values):
-    """What a notebook's globals hold when setup runs: IPython's In (the executed cells' sources), the
-    parameters cell's names, and papermill's injected cell when there is one."""
-    ins = ["", PARAMETERS_CELL] + ([injected] if injected is not None else []) + [f'cfg, ctx = setup("{nb}", globals())']
-    ns = {name: None for name in parameter_names(nb)}
-    ns.update(profile="default", In=ins, _ih=ins)
-    ns.update(values)
-    return ns
-
-
-
-
-def test_setup_refuses_a_name_papermill_injected_that_is_no_parameter(tmp_path, keep_global_state):
-    injected = f'# Parameters\nprofile = "smoke"\nepoch = 3\noutput_dir = "{tmp_path}"\n'
-    ns = _kernel_namespace("03_gan", injected, profile="smoke", epoch=3, output_dir=str(tmp_path / "out"))
-    with pytest.raises(ParameterError, match=r"unknown parameter\(s\) \['epoch'\] for 03_gan; known: \[.*'epochs'"
-                                             r".*did you mean 'epoch' -> 'epochs'"):
-        notebook.setup("03_gan", ns)
-    assert not (tmp_path / "out").exists()
-
-
-@pytest.mark.parametrize("injected", [
-    None,  # JupyterLab: no injected cell, nothing to check
-    '# Parameters\nprofile = "smoke"\nepochs = 1\n',  # known names only
-    '# Parameters\nprofile = "smoke"\nPAPERMILL_INPUT_PATH = "in.ipynb"\nPAPERMILL_OUTPUT_PATH = "out.ipynb"\n',
-], ids=["interactive", "known-names", "papermill-inject-paths"])
-def test_setup_accepts_interactive_use_and_known_injected_names(tmp_path, keep_global_state, injected):
-    ns = _kernel_namespace("03_gan", injected, profile="smoke", epochs=1, output_dir=str(tmp_path), device="cpu",
-                           helper=lambda: None)  # any other global of the notebook is none of setup's business
+def test_setup_reads_only_the_notebooks_parameters_from_its_globals(tmp_path, keep_global_state):
+    ns = {name: None for name in parameter_names("03_gan")}
+    ns.update(profile="smoke", epochs=1, output_dir=str(tmp_path), device="cpu", epoch=3,
+              helper=lambda: None)  # any other global of the notebook is none of setup's business
     cfg, _ = notebook.setup("03_gan", ns)
-    assert cfg["profile"] == "smoke" and cfg["epochs"] == 1
+    assert cfg["profile"] == "smoke" and cfg["epochs"] == 1 and "epoch" not in cfg
 
 
-@pytest.mark.notebooks
-def test_papermill_run_with_a_misspelt_parameter_fails_in_the_notebook(tmp_path, mnist_raw):
-    import papermill as pm
-
-    with pytest.raises(pm.PapermillExecutionError) as e:
-        pm.execute_notebook(str(ROOT / "notebooks" / "03_gan.ipynb"), str(tmp_path / "out.ipynb"),
-                            parameters={"profile": "smoke", "epoch": 3, "output_dir": str(tmp_path / "out")},
-                            kernel_name="python3", cwd=str(ROOT), progress_bar=False)
-    assert e.value.ename == "ParameterError"
-    assert "unknown parameter(s) ['epoch'] for 03_gan" in e.value.evalue
-    assert not list((tmp_path / "out").glob("runs/*")), "stopped before any training"
+def test_report_refuses_a_misspelt_parameter_before_running_with_a_hint(tmp_path):
+    """papermill alone only warns about a name the parameters cell lacks and the run ignores it: make report
+    checks every -p name against the notebooks' parameters cells first."""
+    r = _report("--nb", "03_gan", "-p", "epoch", "3", "--report-dir", str(tmp_path / "report"))
+    assert r.returncode == 2, r.stderr
+    assert re.search(r"unknown parameter\(s\) \['epoch'\] for \['03_gan'\]; known: \[.*'epochs'.*did you mean "
+                     r"'epoch' -> 'epochs'", r.stderr), r.stderr
+    assert not (tmp_path / "report").exists() and _leftovers(tmp_path) == []
+    with pytest.raises(ParameterError, match=r"unknown parameter\(s\) \['iwae_k'\] for \['03_gan'\]"):
+        R.plan(["03_gan"], "smoke", {"iwae_k": 5}, tmp_path / "out")  # in lib's profile, not in 03's cell
 
 
 def test_p_profile_is_the_profile_and_p_output_dir_is_refused_with_the_reason(tmp_path):

@@ -127,9 +127,11 @@ def test_every_size_has_an_upper_bound_with_a_reason(name, value):
 
 def test_model_epochs_counts_the_default_profile():
     # 01: BCE x3, MSE x2, L1 x2, no-KL and MSE and L1 at matched rate x1 = 10 models; 05: four noisy levels and two denoising VAEs x1
-    assert config.model_epochs("default") == {"ConvVAE": 16 * 5, "GAN": 3 * 20, "BetaVAE": (4 * 3 + 3) * 8 + 8}
+    from builder.report import model_epochs
+
+    assert model_epochs("default") == {"ConvVAE": 16 * 5, "GAN": 3 * 20, "BetaVAE": (4 * 3 + 3) * 8 + 8}
     assert not train.use_cuda_graphs(torch.device("cpu"))
-    assert math.isclose(sum(config.model_epochs("full").values()), 7340)
+    assert math.isclose(sum(model_epochs("full").values()), 7340)
 
 
 def test_a_permission_error_is_not_reported_as_a_full_disk(tmp_path, monkeypatch):

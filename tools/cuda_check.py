@@ -23,7 +23,7 @@ What it checks (each a real property; the script exits 1 if any fails):
    images, batch 64; the second epoch, after the capture), graphed and eager; runs trained together by
    ``fit_many`` (seconds per model-epoch, wall clock over the whole call, evaluation and checkpoints
    included); with ``--full-arm``, one arm of the full profile (3 training seeds x 250 epochs) end to end,
-   and the full profile's estimate from these numbers (``lib.config.model_epochs``).
+   and the full profile's estimate from these numbers (``builder.report.model_epochs``).
 
 Nothing here runs in CI (CI has no GPU); ``make test`` covers the CPU path.
 """
@@ -323,8 +323,10 @@ def cuda_path(dev: torch.device, prec: str, cache: Path, full_arm: bool) -> dict
 
 
 def estimate(speed: dict) -> dict:
-    """The full profile's training time from the measured together-rates (lib.config.model_epochs)."""
-    work = config.model_epochs("full")
+    """The full profile's training time from the measured together-rates (builder.report.model_epochs)."""
+    from builder.report import model_epochs
+
+    work = model_epochs("full")
     rate = {}
     for row in speed.get("together", []):  # the best measured rate per family
         rate[row["model"]] = min(rate.get(row["model"], 1e9), row["seconds_per_model_epoch"])
