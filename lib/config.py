@@ -21,7 +21,7 @@ from .losses import RECON_LOSSES
 
 ROOT = data.ROOT  # the project checkout (lib.data.project_root)
 NOTEBOOKS = ("01_vae_basic", "02_vae_derivation", "03_gan", "04_beta_vae", "05_noisy_data")
-PROFILE_NAMES = ("smoke", "quick", "default", "full")
+PROFILE_NAMES = ("smoke", "quick", "default", "full", "study")
 
 # Shared by every notebook; per-notebook tables below override.
 _COMMON = {
@@ -37,6 +37,9 @@ _COMMON = {
                     classifier="full"),
     "full": dict(train_subset=None, test_subset=None, n_samples=10_000, iwae_k=1000, iwae_images=10_000,
                  classifier="full"),
+    # study: the budget ladder (make study, builder/study.py) scores every rung: 5,000 samples (the FID's floor
+    # is measured at the same size) and smaller IWAE bounds keep four rungs within about two hours on 2 cores
+    "study": dict(train_subset=None, test_subset=None, n_samples=5000, iwae_k=20, iwae_images=500, classifier="full"),
 }
 
 # The ConvVAE tiers (01, 02, 05): the course report's batch, latent size and Adam, but with the learning rate
@@ -47,6 +50,10 @@ _COMMON = {
 # same split by tools/choose_adam.py (bench/adam_choice.json).
 _VAE = dict(batch_size=64, lr=3e-3, lr_schedule="cosine", adam_beta2=0.99, latent_dim=32, recon="bce")
 MATCHED_WEIGHTS = {"mse": 3.1, "l1": 1.75}  # tools/match_rate.py, bench/rate_match.json
+# the study profile trains with the course report's constant lr 1e-3 and Adam (0.9, 0.999): a shorter budget is
+# then exactly the start of a longer one (lib.train continues the cached shorter run), so one run serves every rung
+_COURSE = dict(_VAE, lr=1e-3, lr_schedule="constant", adam_beta2=0.999)
+_V = {p: _COURSE if p == "study" else _VAE for p in PROFILE_NAMES}
 
 # Each notebook's table: values per profile, in the order of PROFILE_NAMES (smoke, quick, default, full).
 PROFILES: dict[str, dict[str, dict[str, Any]]] = {
@@ -56,33 +63,38 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
     # matched_weights: the reconstruction weight per loss whose model has the BCE model's rate (KL), chosen
     # on training images by tools/match_rate.py for the default profile; full reuses them and its notebook
     # checks whether the rates still agree. {} skips the comparison.
-    "01_vae_basic": {p: dict(_VAE, losses=["bce", "mse", "l1"], epochs=e, ablation_epochs=e, seeds=s,
+    # study: no matched-rate models (their weights were matched at the default budget and schedule)
+    "01_vae_basic": {p: dict(_V[p], losses=["bce", "mse", "l1"], epochs=e, ablation_epochs=e, seeds=s,
                              other_seeds=o, matched_weights=dict(m))
-                     for p, e, s, o, m in zip(PROFILE_NAMES, (1, 3, 5, 250), (2, 1, 3, 3), (1, 1, 2, 3),
-                                              ({"mse": 10.0, "l1": 3.0}, {}, MATCHED_WEIGHTS, MATCHED_WEIGHTS))},
+                     for p, e, s, o, m in zip(PROFILE_NAMES, (1, 3, 5, 250, 5), (2, 1, 3, 3, 3), (1, 1, 2, 3, 2),
+                                              ({"mse": 10.0, "l1": 3.0}, {}, MATCHED_WEIGHTS, MATCHED_WEIGHTS, {}))},
     # The derivation reuses the basic tier's BCE model (same spec -> same cached run). binarised_k /
     # binarised_images: the IWAE bound on dynamically binarised test digits, the number the literature
     # reports (Burda et al. 2016 use k = 5000 on all 10,000)
-    "02_vae_derivation": {p: dict(_VAE, epochs=e, iwae_ks=ks, mc_samples=mc, binarised_k=k, binarised_images=n)
+    "02_vae_derivation": {p: dict(_V[p], epochs=e, iwae_ks=ks, mc_samples=mc, binarised_k=k, binarised_images=n)
                           for p, e, ks, mc, k, n in zip(
-                              PROFILE_NAMES, (1, 3, 5, 250), ([1, 2, 5], [1, 5, 25], [1, 5, 25, 100], [1, 10, 100, 1000]),
-                              (2000, 10_000, 100_000, 1_000_000), (5, 50, 500, 5000), (32, 200, 1000, 10_000))},
-    # seeds: training seeds of the GAN; the VAE it is compared with brings the basic tier's BCE seeds
-    "03_gan": {p: dict(batch_size=64, lr=1e-3, latent_dim=100, epochs=e, seeds=s)
-               for p, e, s in zip(PROFILE_NAMES, (1, 5, 20, 200), (2, 1, 3, 3))},
+                              PROFILE_NAMES, (1, 3, 5, 250, 5),
+                              ([1, 2, 5], [1, 5, 25], [1, 5, 25, 100], [1, 10, 100, 1000], [1, 5, 25, 100]),
+                              (2000, 10_000, 100_000, 1_000_000, 100_000), (5, 50, 500, 5000, 500),
+                              (32, 200, 1000, 10_000, 1000))},
+    # seeds: training seeds of the GAN; the VAE it is compared with is the basic tier's BCE model (its seeds),
+    # trained for vae_epochs (01's epochs)
+    "03_gan": {p: dict(batch_size=64, lr=1e-3, latent_dim=100, epochs=e, seeds=s, vae_epochs=v)
+               for p, e, s, v in zip(PROFILE_NAMES, (1, 5, 20, 200, 20), (2, 1, 3, 3, 2), (1, 3, 5, 250, 5))},
     # collapse_betas: large β, where the posterior collapses and "superimposed digits" can arise
     "04_beta_vae": {p: dict(batch_size=64, lr=1e-3, latent_dim=10, betas=[1.0, 2.0, 3.0, 4.0], epochs=e,
                             latent2_epochs=e, seeds=s, collapse_betas=c)
-                    for p, e, s, c in zip(PROFILE_NAMES, (1, 3, 8, 15), (2, 1, 3, 3),
-                                          ([1000.0], [1000.0], [50.0, 200.0, 1000.0], [50.0, 200.0, 1000.0]))},
+                    for p, e, s, c in zip(PROFILE_NAMES, (1, 3, 8, 15, 8), (2, 1, 3, 3, 2),
+                                          ([1000.0], [1000.0], [50.0, 200.0, 1000.0], [50.0, 200.0, 1000.0],
+                                           [50.0, 200.0, 1000.0]))},
     # The same budget as the basic tier, so that the 0 % model *is* its BCE run (same spec, one cache entry,
     # its seeds included); seeds: of the 0 % model, other_seeds: of each noisy one. denoise_amounts: a
     # denoising VAE (noisy input, clean target) per level, the fair test of "cleans images"
-    "05_noisy_data": {p: dict(_VAE, noise_amounts=a, denoise_amounts=d, epochs=e, seeds=s, other_seeds=o)
+    "05_noisy_data": {p: dict(_V[p], noise_amounts=a, denoise_amounts=d, epochs=e, seeds=s, other_seeds=o)
                       for p, a, d, e, s, o in zip(
-                          PROFILE_NAMES, ([0.0, 0.1, 0.8], [0.0, 0.1, 0.8], [0.0, 0.01, 0.1, 0.2, 0.8],
-                                          [0.0, 0.01, 0.1, 0.2, 0.8]),
-                          ([0.8], [0.1], [0.1, 0.8], [0.1, 0.8]), (1, 3, 5, 250), (2, 1, 3, 3), (1, 1, 1, 3))},
+                          PROFILE_NAMES, ([0.0, 0.1, 0.8], [0.0, 0.1, 0.8]) + ([0.0, 0.01, 0.1, 0.2, 0.8],) * 3,
+                          ([0.8], [0.1], [0.1, 0.8], [0.1, 0.8], [0.1, 0.8]), (1, 3, 5, 250, 5), (2, 1, 3, 3, 3),
+                          (1, 1, 1, 3, 1))},
 }
 ALWAYS = dict(seed=0, device="auto", precision="auto", output_dir="report/lab")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -137,6 +149,7 @@ SCHEMA: dict[str, tuple] = {
     "mc_samples": ("", *_ints(1000, 10_000_000, "the Monte-Carlo checks compare a mean with its standard error, "
                               "which needs enough draws to be estimated itself; more does not fit in memory")),
     "epochs": ("", *_ints(1, 10_000, f"the course report trained at most 300 epochs; {_RUN}")),
+    "vae_epochs": ("", *_ints(1, 10_000, f"the basic tier's epochs; {_RUN}")),
     "ablation_epochs": ("", *_ints(0, 10_000, f"0 skips the no-KL runs; {_RUN}")),
     "latent2_epochs": ("", *_ints(0, 10_000, f"0 skips the 2-d run; {_RUN}")),
     "batch_size": ("", *_ints(1, TRAIN_IMAGES, f"a batch holds at most the {TRAIN_IMAGES} training images")),
