@@ -174,7 +174,7 @@ def on_lib_batches(step, train_x, batch_size):
 
 def lib_vae_variant(spec, train_x, nchw=False, fused=True):
     """fit's step (``Family.step``) for ``spec``; with one change, ``vae_step`` with fit's arguments."""
-    fam = ltrain.vae_family(spec, CPU)
+    fam = ltrain.VAEFamily(spec, CPU)
     if not nchw and fused:
         return on_lib_batches(fam.step, train_x, spec.batch_size)
     model, opt = fam.parts["model"], fam.parts["opt"]
@@ -190,7 +190,7 @@ def lib_vae_variant(spec, train_x, nchw=False, fused=True):
 
 def lib_eval_variant(spec, test_x, nchw=False):
     """``lib.bounds.test_bound`` (fp32, eval mode) of an untrained model of ``spec`` on ``test_x``."""
-    model = ltrain.vae_family(spec, CPU).parts["model"].eval()
+    model = ltrain.VAEFamily(spec, CPU).parts["model"].eval()
     if nchw:
         model.to(memory_format=torch.contiguous_format)
     return lambda: lib_test_bound(model, test_x, spec.recon, generator=torch.Generator().manual_seed(TEST_SEED))
@@ -316,7 +316,7 @@ def time_to_quality(train_x, test_x, budget, every, log):
     """Round-robin over the three trainers until each reaches TARGET_NATS, has trained ``budget``
     seconds, or (lib) ends its schedule."""
     spec = lib_spec("01_vae_basic", recon="bce")
-    fam, mlp = ltrain.vae_family(spec, CPU), ltrain.seeded_init(ExamplesMLPVAE, 1)
+    fam, mlp = ltrain.VAEFamily(spec, CPU), ltrain.seeded_init(ExamplesMLPVAE, 1)
     seed = ltrain.seeded_init(SeedConvVAE, INIT_SEED)
     trainers = {  # name: (model, batch, generator factory, description)
         "seed": (seed, 64, partial(torchvision_trainer, seed, seed_vae_step, tv_batches(64, 0), 0, every),
@@ -407,7 +407,7 @@ def worker(seconds: float) -> None:
     out = {}
     for name, (notebook, model) in FAMILIES.items():
         spec = lib_spec(notebook, model=model)
-        fam = ltrain.FAMILIES[model](spec, CPU)
+        fam = ltrain.family(spec, CPU)
         step = on_lib_batches(fam.step, fam.inputs(train_x), spec.batch_size)
         for _ in range(5):
             step()

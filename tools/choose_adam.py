@@ -38,7 +38,7 @@ from lib.config import TRAIN_IMAGES, VALIDATION_IMAGES as VALIDATION, resolve, r
 from lib.data import generator
 from builder.report import environment
 from lib.store import source_hash
-from lib.train import spec_from, vae_family
+from lib.train import VAEFamily, spec_from
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
@@ -56,7 +56,7 @@ def train(cfg: dict, beta2: float, seed: int, train_x: torch.Tensor, val: torch.
     cpu = torch.device("cpu")
     spec = spec_from(cfg, f"adam-choice-{beta2:g}-s{seed}", seed=seed, adam_betas=(0.9, beta2),
                      train_subset=TRAIN_IMAGES - VALIDATION, precision=resolve_precision("auto", cpu))
-    fam = vae_family(spec, cpu)
+    fam = VAEFamily(spec, cpu)
     model = fam.parts["model"]
 
     def bound() -> float:
