@@ -1,19 +1,15 @@
 """One training loop with load-or-train, and the step functions the model families plug into it.
 
-A run is described by a ``RunSpec``; its ``run_id`` hashes the spec, the dataset checksums and the code
-(not the prose) of the lib modules that change a result (``store.RESULT_SOURCES``), so a code or
-parameter change never reuses a stale model. ``fit`` writes a checkpoint atomically after every epoch;
-a killed run resumes from its last epoch and, each epoch's randomness coming from generators seeded by
-(seed, epoch), reaches the same numbers as an uninterrupted run.
+A ``RunSpec`` describes a run; its ``run_id`` hashes the spec, the dataset checksums and the code (not the prose) of
+the lib modules that change a result (``store.RESULT_SOURCES``), so no change ever reuses a stale model. ``fit``
+checkpoints atomically after every epoch; a killed run resumes from its last epoch and, each epoch's randomness
+coming from generators seeded by (seed, epoch), reaches the numbers of an uninterrupted run. A model family
+(``VAEFamily``, ``GANFamily``) brings its parts and its step: ``vae_step``, or ``gan_step`` (``g_step``, ``d_step``).
 
-A model family (``VAEFamily``, ``GANFamily``) contributes its parts and its step: ``vae_step`` (one Adam
-step on the negative ELBO) or ``gan_step`` (``g_step`` then ``d_step``). ``make bench`` times them.
-
-Bugs of the course report fixed here: it trained on the 10,000 *test* images (``train=False``) — we train
-on the 60,000-image training split and evaluate on the test split every epoch; its "average
-loss" divided a total that accumulated across epochs — we reset it every epoch; the GAN zeroed
-the discriminator's gradients *before* ``g_loss.backward()``, so the generator's loss leaked
-into the discriminator's update — ``d_step`` clears them first.
+Bugs of the course report fixed here: it trained on the 10,000 *test* images (``train=False``) — we train on the
+60,000-image training split and evaluate on the test split every epoch; its "average loss" divided a total that
+accumulated across epochs — we reset it every epoch; the GAN zeroed the discriminator's gradients *before*
+``g_loss.backward()``, so the generator's loss leaked into the discriminator's update — ``d_step`` clears them first.
 """
 from __future__ import annotations
 
@@ -478,14 +474,12 @@ class Training:
         train_x = fam.inputs(train_x)
         n, bs, n_batches = len(train_x), spec.batch_size, self.n_batches
         optimizers = [p for p in fam.parts.values() if isinstance(p, torch.optim.Optimizer)]
-        # one generator of each kind, reseeded every epoch: a CUDA graph holds on to the one it registered
-        g_shuffle, g_noise = generator(0), generator(0, device)
+        g_noise = generator(0, device)  # one, reseeded every epoch: a CUDA graph holds on to the one it registered
         tally, graphed, eager_steps = None, None, 0
         for epoch in range(self.start + 1, spec.epochs + 1):
             shuffle_seed, noise_seed = epoch_seeds(spec, epoch)
-            g_shuffle.manual_seed(shuffle_seed)
             g_noise.manual_seed(noise_seed)
-            order = torch.randperm(n, generator=g_shuffle).to(device)  # one copy an epoch, none a step
+            order = torch.randperm(n, generator=generator(shuffle_seed)).to(device)  # one copy an epoch, none a step
             self._train_mode(True)
             if tally is not None:
                 tally.reset()
