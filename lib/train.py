@@ -163,16 +163,11 @@ def lr_at(spec: RunSpec, step: int, total_steps: int) -> float:
     raise ValueError(f"lr_schedule {spec.lr_schedule!r} is invalid: allowed one of {list(LR_SCHEDULES)}")
 
 
-def epoch_seeds(spec: RunSpec, epoch: int) -> tuple[int, int]:
-    """Seeds of one epoch's shuffling and model noise: a function of (seed, epoch) only, so resuming is exact."""
-    s = spec.seed * 1_000_003 + epoch
-    return s, s + 500_000
-
-
 def epoch_generators(spec: RunSpec, epoch: int, device: torch.device):
-    """Shuffling (CPU) and model-noise (on ``device``) generators of one epoch."""
-    shuffle_seed, noise_seed = epoch_seeds(spec, epoch)
-    return generator(shuffle_seed), generator(noise_seed, device)
+    """Shuffling (CPU) and model-noise (on ``device``) generators of one epoch, seeded by (seed, epoch) only:
+    a resumed run draws what an uninterrupted one would."""
+    s = spec.seed * 1_000_003 + epoch
+    return generator(s), generator(s + 500_000, device)
 
 
 # --- the step functions -------------------------------------------------------------------
@@ -477,9 +472,9 @@ class Training:
         g_noise = generator(0, device)  # one, reseeded every epoch: a CUDA graph holds on to the one it registered
         tally, graphed, eager_steps = None, None, 0
         for epoch in range(self.start + 1, spec.epochs + 1):
-            shuffle_seed, noise_seed = epoch_seeds(spec, epoch)
-            g_noise.manual_seed(noise_seed)
-            order = torch.randperm(n, generator=generator(shuffle_seed)).to(device)  # one copy an epoch, none a step
+            g_shuffle, g_epoch = epoch_generators(spec, epoch, device)
+            g_noise.manual_seed(g_epoch.initial_seed())
+            order = torch.randperm(n, generator=g_shuffle).to(device)  # one copy an epoch, none a step
             self._train_mode(True)
             if tally is not None:
                 tally.reset()
