@@ -1,7 +1,7 @@
 """``make bench``: the seed report's training pipeline vs lib's, on this machine's CPU.
 
 Measure 1, step throughput (information): ``torch.utils.benchmark`` times one training step, in
-alternating rounds: lib's ConvVAE step as ``lib.train.fit`` runs it (``Family.step``), one-change
+alternating rounds: lib's ConvVAE step as ``lib.train.fit`` runs it (``VAEFamily.step``), one-change
 variants of it, and the course report's pipeline (torchvision MNIST + ``ToTensor`` through a ``DataLoader``,
 encoder run twice, fp32; its step includes fetching the batch).
 
@@ -173,7 +173,7 @@ def on_lib_batches(step, train_x, batch_size):
 
 
 def lib_vae_variant(spec, train_x, nchw=False, fused=True):
-    """fit's step (``Family.step``) for ``spec``; with one change, ``vae_step`` with fit's arguments."""
+    """fit's step (``VAEFamily.step``) for ``spec``; with one change, ``vae_step`` with fit's arguments."""
     fam = ltrain.VAEFamily(spec, CPU)
     if not nchw and fused:
         return on_lib_batches(fam.step, train_x, spec.batch_size)
@@ -207,7 +207,7 @@ def throughput_plan(train_x, test_x):
     sv_step = partial(seed_vae_step, sv, torch.optim.Adam(sv.parameters(), lr=1e-3), tv_batches(64, 0), [0.0])
     return {"ConvVAE": (64, [
         ("seed", sv_step, th, "DataLoader+ToTensor, encoder twice, fp32, Adam 1e-3, .item()"),
-        ("lib", lib_vae_variant(conv, train_x), th, f"Family.step: {conv.precision}, fused Adam, channels_last"),
+        ("lib", lib_vae_variant(conv, train_x), th, f"VAEFamily.step: {conv.precision}, fused Adam, channels_last"),
         ("lib fp32", lib_vae_variant(dataclasses.replace(conv, precision="fp32"), train_x), th, "no autocast"),
         ("lib NCHW", lib_vae_variant(conv, train_x, nchw=True), th, "default memory layout"),
         ("lib threads=1", lib_vae_variant(conv, train_x), 1, "one intra-op thread"),
@@ -402,7 +402,7 @@ FAMILIES = {"ConvVAE": ("01_vae_basic", "ConvVAE"), "BetaVAE": ("04_beta_vae", "
 
 
 def worker(seconds: float) -> None:
-    """``--worker``: images/s of fit's step (``Family.step``) per model family, each for ``seconds``, as JSON."""
+    """``--worker``: images/s of fit's step (the family's ``step``) per model family, each for ``seconds``, as JSON."""
     train_x = ldata.load_split("train").float_images()
     out = {}
     for name, (notebook, model) in FAMILIES.items():
