@@ -1,7 +1,7 @@
 """``make bench``: the seed report's training pipeline vs lib's, on this machine's CPU.
 
 Measure 1, step throughput (information): ``torch.utils.benchmark`` times one training step, in
-alternating rounds: lib's ConvVAE step as ``lib.train.fit`` runs it (``Family.step``), one-change
+alternating rounds: lib's ConvVAE step as ``lib.train.fit`` runs it (``VAEFamily.step``), one-change
 variants of it, and the course report's pipeline (torchvision MNIST + ``ToTensor`` through a ``DataLoader``,
 encoder run twice, fp32; its step includes fetching the batch).
 
@@ -173,8 +173,8 @@ def on_lib_batches(step, train_x, batch_size):
 
 
 def lib_vae_variant(spec, train_x, nchw=False, fused=True):
-    """fit's step (``Family.step``) for ``spec``; with one change, ``vae_step`` with fit's arguments."""
-    fam = ltrain.vae_family(spec, CPU)
+    """fit's step (``VAEFamily.step``) for ``spec``; with one change, ``vae_step`` with fit's arguments."""
+    fam = ltrain.VAEFamily(spec, CPU)
     if not nchw and fused:
         return on_lib_batches(fam.step, train_x, spec.batch_size)
     model, opt = fam.parts["model"], fam.parts["opt"]
@@ -190,7 +190,7 @@ def lib_vae_variant(spec, train_x, nchw=False, fused=True):
 
 def lib_eval_variant(spec, test_x, nchw=False):
     """``lib.bounds.test_bound`` (fp32, eval mode) of an untrained model of ``spec`` on ``test_x``."""
-    model = ltrain.vae_family(spec, CPU).parts["model"].eval()
+    model = ltrain.VAEFamily(spec, CPU).parts["model"].eval()
     if nchw:
         model.to(memory_format=torch.contiguous_format)
     return lambda: lib_test_bound(model, test_x, spec.recon, generator=torch.Generator().manual_seed(TEST_SEED))
@@ -207,7 +207,7 @@ def throughput_plan(train_x, test_x):
     sv_step = partial(seed_vae_step, sv, torch.optim.Adam(sv.parameters(), lr=1e-3), tv_batches(64, 0), [0.0])
     return {"ConvVAE": (64, [
         ("seed", sv_step, th, "DataLoader+ToTensor, encoder twice, fp32, Adam 1e-3, .item()"),
-        ("lib", lib_vae_variant(conv, train_x), th, f"Family.step: {conv.precision}, fused Adam, channels_last"),
+        ("lib", lib_vae_variant(conv, train_x), th, f"VAEFamily.step: {conv.precision}, fused Adam, channels_last"),
         ("lib fp32", lib_vae_variant(dataclasses.replace(conv, precision="fp32"), train_x), th, "no autocast"),
         ("lib NCHW", lib_vae_variant(conv, train_x, nchw=True), th, "default memory layout"),
         ("lib threads=1", lib_vae_variant(conv, train_x), 1, "one intra-op thread"),
@@ -316,7 +316,7 @@ def time_to_quality(train_x, test_x, budget, every, log):
     """Round-robin over the three trainers until each reaches TARGET_NATS, has trained ``budget``
     seconds, or (lib) ends its schedule."""
     spec = lib_spec("01_vae_basic", recon="bce")
-    fam, mlp = ltrain.vae_family(spec, CPU), ltrain.seeded_init(ExamplesMLPVAE, 1)
+    fam, mlp = ltrain.VAEFamily(spec, CPU), ltrain.seeded_init(ExamplesMLPVAE, 1)
     seed = ltrain.seeded_init(SeedConvVAE, INIT_SEED)
     trainers = {  # name: (model, batch, generator factory, description)
         "seed": (seed, 64, partial(torchvision_trainer, seed, seed_vae_step, tv_batches(64, 0), 0, every),
@@ -402,12 +402,12 @@ FAMILIES = {"ConvVAE": ("01_vae_basic", "ConvVAE"), "BetaVAE": ("04_beta_vae", "
 
 
 def worker(seconds: float) -> None:
-    """``--worker``: images/s of fit's step (``Family.step``) per model family, each for ``seconds``, as JSON."""
+    """``--worker``: images/s of fit's step (the family's ``step``) per model family, each for ``seconds``, as JSON."""
     train_x = ldata.load_split("train").float_images()
     out = {}
     for name, (notebook, model) in FAMILIES.items():
         spec = lib_spec(notebook, model=model)
-        fam = ltrain.FAMILIES[model](spec, CPU)
+        fam = ltrain.family(spec, CPU)
         step = on_lib_batches(fam.step, fam.inputs(train_x), spec.batch_size)
         for _ in range(5):
             step()

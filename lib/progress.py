@@ -1,10 +1,6 @@
 """Progress where a person watches: a live bar in JupyterLab (tqdm.auto's widget), a text bar in a
-terminal, progress lines on ``make report``'s terminal, nothing in CI.
-
-``make report`` executes notebooks in a kernel whose output is saved into the report, so a bar
-there would end up in every page. It sets ``GENMNIST_PROGRESS_FILE`` instead: progress lines are
-appended to that file, and the runner prints them to its own terminal as they arrive.
-"""
+terminal, nothing in CI. ``make report`` saves each kernel's output into the report, so it sets
+``GENMNIST_PROGRESS_FILE`` instead: progress lines go to that file, which it prints to its own terminal."""
 from __future__ import annotations
 
 import os
@@ -34,8 +30,7 @@ def _lines(iterable, total: int, desc: str, path: str):
 
 
 def progress(iterable, total: int, desc: str, enabled: bool = True):
-    """``iterable`` with progress shown (see the module docstring); unchanged when ``enabled`` is
-    False or in CI (``CI`` set)."""
+    """``iterable`` with progress shown; unchanged when ``enabled`` is False or in CI (``CI`` set)."""
     if not enabled or os.environ.get("CI"):
         return iterable
     if os.environ.get(PROGRESS_FILE):

@@ -1,10 +1,6 @@
-"""The run cache: where checkpoints live, what a run id hashes, atomic save and checked load, and
-``memo``, which keeps an evaluation's result so that another notebook (or a rebuild) scoring the same
-model on the same images reads it instead of computing it again.
-
-Shared by ``train`` (model checkpoints), ``evaluate`` (the classifier, the metric checks) and
-``notebook`` (a run's scores), so they import it and none imports another's storage code.
-"""
+"""The one disk cache: where checkpoints live, what a run id hashes, atomic save and checked load, and
+``memo``, which keeps an evaluation's result so that another notebook (or a rebuild) reads it instead of
+computing it again. Below ``train``, ``evaluate`` and ``notebook``, which all store through it."""
 from __future__ import annotations
 
 import ast
@@ -26,10 +22,8 @@ from .config import ROOT
 
 CACHE = Path(os.environ.get("GENMNIST_CACHE", ROOT / "data" / "cache"))
 LIB = Path(__file__).resolve().parent
-# The modules whose code changes a trained model (what run ids hash).
-RESULT_SOURCES = ("data.py", "models.py", "losses.py", "noise.py", "bounds.py", "train.py")
-# ... and the modules whose code changes a score of a trained model (what ``memo`` keys hash).
-SCORE_SOURCES = (*RESULT_SOURCES, "evaluate.py", "stats.py", "notebook.py")
+RESULT_SOURCES = ("data.py", "models.py", "losses.py", "noise.py", "bounds.py", "train.py")  # hashed by run ids
+SCORE_SOURCES = (*RESULT_SOURCES, "evaluate.py", "stats.py", "notebook.py")  # hashed by memo keys
 
 
 def code_only(source: str) -> str:
@@ -57,8 +51,8 @@ def checkpoint_path(run_id: str, cache: Path = CACHE) -> Path:
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """torch.save to a temporary file in the same folder, then an atomic rename. An interrupted or failed
-    save removes its temporary file; a full disk is an OSError naming the path and the free space."""
+    """torch.save to a temporary file, then an atomic rename; a failed save removes its temporary file, and
+    a full disk is an OSError naming the path and the free space."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
     try:
@@ -74,34 +68,28 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 
 
 def _out_of_space(e: BaseException, folder: Path) -> bool:
-    """Whether a failed save ran out of disk: ENOSPC / EDQUOT, or torch's writer error ("iostream error", which
-    names no cause) on a device with less than 256 MiB free."""
+    """ENOSPC / EDQUOT, or torch's writer error ("iostream error", no cause given) with under 256 MiB free."""
     if isinstance(e, OSError):
         return e.errno in (errno.ENOSPC, errno.EDQUOT)
-    if not (isinstance(e, RuntimeError) and "iostream" in str(e)):
-        return False
-    try:
-        return shutil.disk_usage(folder).free < 256 * 2**20
-    except OSError:
-        return False
+    with contextlib.suppress(OSError):
+        return isinstance(e, RuntimeError) and "iostream" in str(e) and shutil.disk_usage(folder).free < 256 * 2**20
+    return False
 
 
 def remove_orphans(path: Path) -> None:
-    """Delete temporary files a killed save of ``path`` left behind (call it holding ``exclusive(path)``:
-    then no other process is writing one)."""
+    """Delete temporary files a killed save of ``path`` left (hold ``exclusive(path)``: nobody is writing)."""
     for orphan in path.parent.glob(path.name + ".tmp-*"):
         orphan.unlink(missing_ok=True)
 
 
 def one_line(e: BaseException, limit: int = 200) -> str:
-    """An exception's message on one line: whitespace folded, terminal colour codes dropped, cut at ``limit``."""
+    """An exception's message on one line, without terminal colour codes, cut at ``limit``."""
     text = " ".join(re.sub(r"\x1b\[[0-9;]*m", "", str(e)).split())
     return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 def set_aside(path: Path, reason: str) -> None:
-    """Move an unusable checkpoint out of the way (kept, for a look, as ``<name>.unusable``) and say so in
-    one line; the caller retrains."""
+    """Move an unusable checkpoint aside (as ``<name>.unusable``, for a look) and say so; the caller retrains."""
     aside = path.with_name(path.name + ".unusable")
     with contextlib.suppress(OSError):
         os.replace(path, aside)
@@ -110,9 +98,8 @@ def set_aside(path: Path, reason: str) -> None:
 
 
 def load_checkpoint(path: Path, owner: str | None = None, keys: tuple[str, ...] = ()) -> dict[str, Any] | None:
-    """The checkpoint's state, or None when absent or unusable. Unusable means unreadable, saved
-    for another run (its ``run_id`` is not ``owner``) or missing one of ``keys``: each is reported
-    and the caller retrains, never crashes or presents another run's model as this one."""
+    """The checkpoint's state, or None when absent or unusable (unreadable, saved for another run than
+    ``owner``, or missing one of ``keys``: reported, set aside, and the caller retrains)."""
     if not path.exists():
         return None
     try:
@@ -133,21 +120,16 @@ def load_checkpoint(path: Path, owner: str | None = None, keys: tuple[str, ...] 
     return state
 
 
-@contextlib.contextmanager
-def exclusive(path: Path):
-    """Hold an exclusive lock on ``<path>.lock`` for the block (``filelock``: flock on Linux and macOS,
-    msvcrt on Windows; the system drops it when the process ends). ``make report`` runs two notebooks at a
-    time: when both need one model or score, the first computes it and the second waits here, then loads
-    what the first kept."""
+def exclusive(path: Path) -> FileLock:
+    """Hold ``<path>.lock`` (filelock; dropped when the process ends) for the block: of two notebooks that
+    need one model or score, the first computes it and the second waits here, then loads it."""
     lock = Path(path).with_name(Path(path).name + ".lock")
     lock.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(lock):
-        yield
+    return FileLock(lock)
 
 
 def digest(*parts: Any) -> str:
-    """A short sha256 of ``parts``: tensors by dtype, shape and bytes, modules by their state, the
-    rest by its JSON. Two equal inputs give the same key; any changed value or weight, another."""
+    """A short sha256 of ``parts``: tensors by dtype, shape and bytes, modules by their state, the rest by JSON."""
     h = hashlib.sha256()
     for p in parts:
         if isinstance(p, torch.nn.Module):
@@ -166,10 +148,9 @@ def digest(*parts: Any) -> str:
 
 
 def memo(kind: str, key: dict[str, Any], compute: Callable[[], Any], cache: Path = CACHE) -> Any:
-    """``compute()``, kept in ``cache/scores/`` under ``key`` and the code of ``SCORE_SOURCES``: a
-    second call with the same key (another notebook, a rebuild) loads the kept value. What is
-    returned is always the loaded copy (tuples become lists), so a first and a later call give the
-    same types. An unreadable file is computed again; ``GENMNIST_MEMO=0`` turns keeping off."""
+    """``compute()``, kept in ``cache/scores/`` under ``key`` and the code of ``SCORE_SOURCES``. Always the
+    loaded copy (tuples become lists), so a first and a later call give the same types. An unreadable entry
+    is computed again; ``GENMNIST_MEMO=0`` turns keeping off."""
     if os.environ.get("GENMNIST_MEMO", "1") == "0":
         return compute()
     path = Path(cache) / "scores" / f"{kind}-{digest(key, source_hash(files=SCORE_SOURCES))}.pt"

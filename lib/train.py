@@ -1,20 +1,15 @@
 """One training loop with load-or-train, and the step functions the model families plug into it.
 
-A run is described by a ``RunSpec``; its ``run_id`` hashes the spec, the dataset checksums and
-the code of every lib module that changes a result (``store.RESULT_SOURCES``; comments and
-docstrings left out), so a code or parameter change never reuses a stale model, and editing prose
-retrains nothing. ``fit`` writes a checkpoint atomically after every epoch; rerunning a killed run
-resumes from the last epoch and, because each epoch's randomness comes from a generator seeded
-by (seed, epoch), reaches the same numbers as an uninterrupted run.
+A ``RunSpec`` describes a run; its ``run_id`` hashes the spec, the dataset checksums and the code (not the prose) of
+the lib modules that change a result (``store.RESULT_SOURCES``), so no change ever reuses a stale model. ``fit``
+checkpoints atomically after every epoch; a killed run resumes from its last epoch and, each epoch's randomness
+coming from generators seeded by (seed, epoch), reaches the numbers of an uninterrupted run. A model family
+(``VAEFamily``, ``GANFamily``) brings its parts and its step: ``vae_step``, or ``gan_step`` (``g_step``, ``d_step``).
 
-A model family contributes only its step function: ``vae_step`` (one Adam step on the negative
-ELBO) or ``gan_step`` (``g_step`` then ``d_step``). ``make bench`` times ``vae_step`` as ``fit`` calls it.
-
-Bugs of the course report fixed here: it trained on the 10,000 *test* images (``train=False``) — we train
-on the 60,000-image training split and evaluate on the test split every epoch; its "average
-loss" divided a total that accumulated across epochs — we reset it every epoch; the GAN zeroed
-the discriminator's gradients *before* ``g_loss.backward()``, so the generator's loss leaked
-into the discriminator's update — ``d_step`` clears them first.
+Bugs of the course report fixed here: it trained on the 10,000 *test* images (``train=False``) — we train on the
+60,000-image training split and evaluate on the test split every epoch; its "average loss" divided a total that
+accumulated across epochs — we reset it every epoch; the GAN zeroed the discriminator's gradients *before*
+``g_loss.backward()``, so the generator's loss leaked into the discriminator's update — ``d_step`` clears them first.
 """
 from __future__ import annotations
 
@@ -26,7 +21,7 @@ import math
 import os
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -41,11 +36,9 @@ from .store import (CACHE, checkpoint_path, exclusive, load_checkpoint, one_line
                     source_hash)
 
 GRID = 64  # images in the per-epoch sample grid (fixed z)
-# A run has diverged when the epoch mean of a logged training term exceeds this in absolute value (per
-# image: a VAE's loss is ~1e2 nats, the GAN's BCE losses ~1, its D outputs in [0, 1]). The row is
-# marked ``"diverged": True`` and a warning names the run, epoch, term and value; nothing else changes.
+# A run has diverged when the epoch mean of a logged term exceeds this in absolute value (per image: a VAE's
+# loss is ~1e2 nats, the GAN's ~1): the row is marked ``"diverged": True`` and a warning says so.
 DIVERGED = 1e6
-MODEL_NAMES = ("ConvVAE", "BetaVAE", "GAN")
 
 
 class TrainingError(RuntimeError):
@@ -97,19 +90,16 @@ class Run:
     discriminator: torch.nn.Module | None = None
     resumed_from: int = 0
     trained_epochs: int = 0  # epochs trained in this call (0 = loaded from the cache)
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def run_id(self) -> str:
         return self.spec.run_id
 
 
-# --- speed: library switches, all in this one place ---------------------------------------
-# make bench measures each of them against the plain path (bench/README.md has the numbers).
+# --- speed: library switches, all in this one place (make bench measures each; bench/README.md) ---
 
 def autocast(precision: str, device: torch.device):
-    """bf16 autocast of the network when ``precision`` is 'bf16' (chosen by config.resolve_precision
-    where the hardware runs bf16 natively); a no-op for fp32."""
+    """bf16 autocast of the network when ``precision`` is 'bf16'; a no-op for fp32."""
     if precision == "bf16":
         # no cast cache on CUDA: a cached cast made while capturing would outlive the graph (torch.cuda.graphs)
         return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=device.type != "cuda")
@@ -117,28 +107,43 @@ def autocast(precision: str, device: torch.device):
 
 
 def memory_layout(model: torch.nn.Module) -> torch.nn.Module:
-    """The VAEs' conv weights in channels_last, so that oneDNN skips a layout reorder around each
-    convolution; the GAN gains nothing from it and stays in the default layout (make bench)."""
+    """The VAEs' conv weights in channels_last: oneDNN skips a layout reorder around each convolution."""
     return model.to(memory_format=torch.channels_last)
 
 
 def adam(params, spec: RunSpec, device: torch.device = torch.device("cpu")) -> torch.optim.Adam:
-    """Adam as the course report configured it; ``fused``: the same update in one kernel per step. On
-    CUDA, ``capturable`` with the learning rate in a device tensor: the update can be replayed in a
-    CUDA graph and the schedule changes it without a host sync."""
+    """Adam as the course report configured it, fused (one kernel per step). On CUDA ``capturable``, with
+    the learning rate in a device tensor: the step can be replayed in a CUDA graph and scheduled without a sync."""
     if device.type == "cuda":
         return torch.optim.Adam(params, lr=torch.tensor(spec.lr, device=device), betas=spec.adam_betas,
                                 fused=True, capturable=True)
     return torch.optim.Adam(params, lr=spec.lr, betas=spec.adam_betas, fused=True)
 
 
+def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
+    for group in opt.param_groups:
+        if isinstance(group["lr"], torch.Tensor):
+            group["lr"].fill_(lr)
+        else:
+            group["lr"] = lr
+
+
+def restore_optimizer(opt: torch.optim.Optimizer, state: dict, device: torch.device) -> None:
+    """Load a checkpoint's optimiser state keeping this device's switches (capturable, lr tensor): a run
+    saved on a CPU resumes on a GPU and the other way round."""
+    opt.load_state_dict(state)
+    for group in opt.param_groups:
+        for k in ("capturable", "fused"):
+            group[k] = opt.defaults[k]
+        lr = float(group["lr"])
+        group["lr"] = torch.tensor(lr, device=device) if group["capturable"] else lr
+
+
 # --- data and schedule --------------------------------------------------------------------
 
 def run_data(spec: RunSpec, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(train_x, test_x, clean_train_x, clean_test_x) as float tensors on ``device``.
-
-    With ``noise_amount > 0`` the inputs *and* targets are the salt-and-pepper images (the model
-    only ever sees noisy data, as in the course report); the noise is drawn once from the run's seed."""
+    """(train_x, test_x, clean_train_x, clean_test_x) as float tensors on ``device``. With ``noise_amount > 0``
+    inputs and targets are salt-and-pepper images (as in the course report), the noise drawn once from the seed."""
     train = data.subset(data.load_split("train").float_images(device), spec.train_subset)
     test = data.subset(data.load_split("test").float_images(device), spec.test_subset)
     if spec.noise_amount > 0:
@@ -149,9 +154,8 @@ def run_data(spec: RunSpec, device: torch.device) -> tuple[torch.Tensor, torch.T
 
 
 def lr_at(spec: RunSpec, step: int, total_steps: int) -> float:
-    """Learning rate for optimiser step ``step`` (0-based) of ``total_steps``: constant, or a
-    cosine from ``spec.lr`` at step 0 towards 0 at the end. A function of the step index only,
-    so a resumed run follows the same schedule."""
+    """Learning rate of optimiser step ``step`` (0-based) of ``total_steps``: constant, or a cosine from
+    ``spec.lr`` to 0. A function of the step index only, so a resumed run follows the same schedule."""
     if spec.lr_schedule == "constant":
         return spec.lr
     if spec.lr_schedule == "cosine":
@@ -159,17 +163,11 @@ def lr_at(spec: RunSpec, step: int, total_steps: int) -> float:
     raise ValueError(f"lr_schedule {spec.lr_schedule!r} is invalid: allowed one of {list(LR_SCHEDULES)}")
 
 
-def epoch_seeds(spec: RunSpec, epoch: int) -> tuple[int, int]:
-    """Seeds of one epoch's shuffling (a CPU generator) and model noise (on the device): a function of
-    (seed, epoch) only, so a resumed run draws what an uninterrupted one would."""
-    s = spec.seed * 1_000_003 + epoch
-    return s, s + 500_000
-
-
 def epoch_generators(spec: RunSpec, epoch: int, device: torch.device):
-    """Shuffling (CPU) and model-noise (on device) generators for one epoch: resumable exactly."""
-    shuffle_seed, noise_seed = epoch_seeds(spec, epoch)
-    return generator(shuffle_seed), generator(noise_seed, device)
+    """Shuffling (CPU) and model-noise (on ``device``) generators of one epoch, seeded by (seed, epoch) only:
+    a resumed run draws what an uninterrupted one would."""
+    s = spec.seed * 1_000_003 + epoch
+    return generator(s), generator(s + 500_000, device)
 
 
 # --- the step functions -------------------------------------------------------------------
@@ -200,7 +198,7 @@ def g_step(G, D, opt_g, z) -> tuple[torch.Tensor, torch.Tensor]:
 
 def d_step(D, opt_d, real, fake) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One discriminator update. Returns (loss, mean D(x), mean D(G(z)))."""
-    opt_d.zero_grad(set_to_none=True)  # clears the grads g_step's backward left in D (seed bug)
+    opt_d.zero_grad(set_to_none=True)  # clears the grads g_step's backward left in D (course report bug)
     real_logits = D(real)
     fake_logits = D(fake.detach())  # detach: D's loss must not update G
     loss = losses.d_loss(real_logits, fake_logits)
@@ -218,66 +216,67 @@ def gan_step(G, D, opt_g, opt_d, real, z, precision="fp32") -> tuple[torch.Tenso
     return gl, dl, d_real, d_fake
 
 
-# --- model families: what differs between a VAE run and a GAN run -------------------------
-
-@dataclass
-class Family:
-    """The parts of one run and how to step and score them; ``fit`` does the rest."""
-
-    parts: dict[str, Any]  # name -> module or optimiser: everything a checkpoint holds
-    sampler: torch.nn.Module  # the network that decodes the fixed grid z
-    step: Callable[[torch.Tensor, torch.Generator], dict[str, torch.Tensor]]  # batch, noise -> logged terms
-    inputs: Callable[[torch.Tensor], torch.Tensor]  # training images in [0, 1] -> what step() takes
-    scores: Callable[[torch.Tensor], dict[str, float]]  # test images -> per-epoch test metrics
-
+# --- model families: a run's parts (what its checkpoint holds), its step and its test scores ---
 
 def seeded_init(build: Callable[[], Any], seed: int):
-    """``build()`` with torch's global generator seeded by ``seed`` (weight init flows from the run's
-    seed) and restored afterwards, so nothing outside is disturbed."""
+    """``build()`` with torch's global generator seeded by ``seed``, restored afterwards."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return build()
 
 
-def vae_family(spec: RunSpec, device: torch.device) -> Family:
-    cls = {"ConvVAE": models.ConvVAE, "BetaVAE": models.BetaVAE}[spec.model]
-    model = memory_layout(seeded_init(lambda: cls(latent_dim=spec.latent_dim), spec.seed).to(device))
-    opt = adam(model.parameters(), spec, device)
+class VAEFamily:
+    def __init__(self, spec: RunSpec, device: torch.device):
+        cls = models.BetaVAE if spec.model == "BetaVAE" else models.ConvVAE
+        self.spec, self.device = spec, device
+        self.model = memory_layout(seeded_init(lambda: cls(latent_dim=spec.latent_dim), spec.seed).to(device))
+        self.opt = adam(self.model.parameters(), spec, device)
+        self.parts, self.sampler = {"model": self.model, "opt": self.opt}, self.model
 
-    def step(x, g_noise):
-        x, target = (x[:, :1], x[:, 1:]) if spec.denoise else (x, None)  # denoising: [noisy | clean] channels
-        t = vae_step(model, opt, x, spec.recon, spec.beta, spec.recon_weight, g_noise, spec.precision, target)
+    def inputs(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def step(self, x: torch.Tensor, g_noise: torch.Generator) -> dict[str, torch.Tensor]:
+        s = self.spec
+        x, target = (x[:, :1], x[:, 1:]) if s.denoise else (x, None)  # denoising: [noisy | clean] channels
+        t = vae_step(self.model, self.opt, x, s.recon, s.beta, s.recon_weight, g_noise, s.precision, target)
         return {"train_loss": t.loss, "train_recon": t.recon, "train_kl": t.kl}
 
-    def scores(test_x):
-        t = test_bound(model, test_x, spec.recon, beta=spec.beta, recon_weight=spec.recon_weight,
-                       generator=generator(spec.seed + 4, device))
+    def scores(self, test_x: torch.Tensor) -> dict[str, float]:
+        s = self.spec
+        t = test_bound(self.model, test_x, s.recon, beta=s.beta, recon_weight=s.recon_weight,
+                       generator=generator(s.seed + 4, self.device))
         return {f"test_{k}": v for k, v in t.items()}
 
-    return Family({"model": model, "opt": opt}, model, step, lambda x: x, scores)
 
+class GANFamily:
+    def __init__(self, spec: RunSpec, device: torch.device):
+        G, D = seeded_init(lambda: (models.Generator(spec.latent_dim), models.Discriminator()), spec.seed)
+        self.spec, self.G, self.D = spec, G.to(device), D.to(device)
+        self.opt_g, self.opt_d = adam(self.G.parameters(), spec, device), adam(self.D.parameters(), spec, device)
+        self.parts = {"G": self.G, "D": self.D, "opt_g": self.opt_g, "opt_d": self.opt_d}
+        self.sampler = self.G
 
-def gan_family(spec: RunSpec, device: torch.device) -> Family:
-    G, D = seeded_init(lambda: (models.Generator(spec.latent_dim), models.Discriminator()), spec.seed)
-    G, D = G.to(device), D.to(device)
-    opt_g, opt_d = adam(G.parameters(), spec, device), adam(D.parameters(), spec, device)
+    def inputs(self, x: torch.Tensor) -> torch.Tensor:
+        return x * 2 - 1  # [0, 1] -> [-1, 1], the course report's Normalize([0.5], [0.5]) to match G's tanh
 
-    def step(real, g_noise):
-        z = torch.randn(len(real), spec.latent_dim, generator=g_noise, device=real.device)
-        gl, dl, d_real, d_fake = gan_step(G, D, opt_g, opt_d, real, z, spec.precision)
+    def step(self, real: torch.Tensor, g_noise: torch.Generator) -> dict[str, torch.Tensor]:
+        z = torch.randn(len(real), self.spec.latent_dim, generator=g_noise, device=real.device)
+        gl, dl, d_real, d_fake = gan_step(self.G, self.D, self.opt_g, self.opt_d, real, z, self.spec.precision)
         return {"g_loss": gl, "d_loss": dl, "d_real": d_real, "d_fake": d_fake}
 
-    # [0, 1] -> [-1, 1], the course report's Normalize([0.5], [0.5]) to match the generator's tanh
-    return Family({"G": G, "D": D, "opt_g": opt_g, "opt_d": opt_d}, G, step, lambda x: x * 2 - 1, lambda _: {})
+    def scores(self, test_x: torch.Tensor) -> dict[str, float]:
+        return {}
 
 
-FAMILIES = {"ConvVAE": vae_family, "BetaVAE": vae_family, "GAN": gan_family}
+def family(spec: RunSpec, device: torch.device) -> VAEFamily | GANFamily:
+    return (GANFamily if spec.model == "GAN" else VAEFamily)(spec, device)
 
 
 def check_spec(spec: RunSpec) -> None:
     """Unknown model, loss or schedule -> a clear error before any work."""
-    if spec.model not in FAMILIES:
-        raise ValueError(f"model {spec.model!r} is invalid: allowed one of {list(MODEL_NAMES)}")
+    if spec.model not in ("ConvVAE", "BetaVAE", "GAN"):
+        raise ValueError(f"model {spec.model!r} is invalid: allowed one of ['ConvVAE', 'BetaVAE', 'GAN']")
     losses.get_recon_loss(spec.recon)
     lr_at(spec, 0, 1)
     for name in ("batch_size", "train_subset", "epochs"):
@@ -291,10 +290,9 @@ def check_spec(spec: RunSpec) -> None:
         raise ValueError(f"lr_schedule {spec.lr_schedule!r} is not supported for the GAN: allowed 'constant'")
 
 
-# --- speed on CUDA: the same step, with Python and the host out of the GPU's way ---------
-# A small model's step on a GPU is a hundred tiny kernels: launched one by one from Python the GPU
-# mostly waits. These switches change how the step is launched, never what it computes
-# (tools/cuda_check.py compares them with the plain path; bench/README.md has their measured effect).
+# --- speed on CUDA: the same step, launched with the host out of the GPU's way --------------
+# A small model's step is a hundred tiny kernels; launched one by one from Python the GPU mostly waits. These
+# change how the step is launched, never what it computes (tools/cuda_check.py compares them with the plain path).
 
 WARMUP_STEPS = 3  # eager steps before a capture (PyTorch's CUDA-graph notes: lazy inits happen outside the graph)
 # runs trained together at most: each takes two CUDA streams (its own and its graph's capture stream) from torch's
@@ -308,9 +306,8 @@ def use_cuda_graphs(device: torch.device) -> bool:
 
 
 class Tally:
-    """The epoch's sums of the logged terms (float64) and the first batch whose terms were not finite
-    (-1: none), kept on the training device: nothing is read back until the epoch ends, so a GPU
-    never waits for the host inside an epoch (a per-step finite check would stall it every step)."""
+    """The epoch's sums of the logged terms (float64) and the first batch whose terms were not finite (-1:
+    none), kept on the device: nothing is read back until the epoch ends, so a GPU never waits for the host."""
 
     def __init__(self, names, device: torch.device):
         self.names = list(names)
@@ -332,17 +329,15 @@ class Tally:
 
 
 class GraphedStep:
-    """``step(x, g_noise)`` and its tally captured once as a CUDA graph for batches of ``like``'s shape,
-    then replayed: one launch per training step. The batch is gathered into a fixed input buffer; the
-    noise generator is registered with the graph, so each replay draws the next noise, as an eager
-    step would (``torch.cuda.graphs``)."""
+    """``step(x, g_noise)`` and its tally captured once as a CUDA graph for batches of ``like``'s shape, then
+    replayed from a fixed input buffer; ``g_noise`` is registered with the graph, so each replay draws the next
+    noise as an eager step would (``torch.cuda.graphs``)."""
 
     def __init__(self, step, like: torch.Tensor, g_noise: torch.Generator, tally: Tally):
         self.x = torch.empty_like(like)
         self.graph = torch.cuda.CUDAGraph()
         self.graph.register_generator_state(g_noise)
-        # a capture stream of its own: cuBLAS keeps one workspace per stream, and graphs captured on one
-        # shared stream would share it, racing when fit_many replays them at once
+        # a capture stream of its own: graphs captured on one shared stream would share its cuBLAS workspace
         with torch.cuda.graph(self.graph, stream=torch.cuda.Stream(like.device)):
             tally.add(step(self.x, g_noise), len(self.x))
 
@@ -351,71 +346,50 @@ class GraphedStep:
         self.graph.replay()
 
 
-def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
-    """The schedule's learning rate; on CUDA it lives in a device tensor the fused step reads."""
-    for group in opt.param_groups:
-        if isinstance(group["lr"], torch.Tensor):
-            group["lr"].fill_(lr)
-        else:
-            group["lr"] = lr
-
-
-def restore_optimizer(opt: torch.optim.Optimizer, state: dict, device: torch.device) -> None:
-    """Load a checkpoint's optimiser state, keeping this device's own switches (capturable, lr tensor),
-    so that a run saved on a CPU resumes on a GPU and the other way round."""
-    opt.load_state_dict(state)
-    for group in opt.param_groups:
-        for k in ("capturable", "fused"):
-            group[k] = opt.defaults[k]
-        lr = float(group["lr"])
-        group["lr"] = torch.tensor(lr, device=device) if group["capturable"] else lr
-
-
 # --- the loop -----------------------------------------------------------------------------
 
 GRID_EPOCHS = 12  # most epochs a run keeps a sample grid of: a checkpoint's size does not grow with its epochs
 
 
 def grid_epochs(epochs: int) -> list[int]:
-    """The epochs after which a run keeps its grid of samples from the fixed z: all of them up to
-    GRID_EPOCHS, else GRID_EPOCHS spread evenly from the first to the last."""
+    """The epochs after which a run keeps a sample grid: all up to GRID_EPOCHS, else GRID_EPOCHS spread evenly."""
     k = min(epochs, GRID_EPOCHS)
     return sorted({round(1 + j * (epochs - 1) / max(k - 1, 1)) for j in range(k)})
 
 
-def fit(
-    spec: RunSpec,
-    device: torch.device | str = "cpu",
-    cache: Path = CACHE,
-    show_progress: bool = True,
-    on_epoch_end: Callable[[int, dict], None] | None = None,
-) -> Run:
-    """Train (or load, or resume) the run ``spec`` describes for ``spec.epochs`` epochs. After each
-    epoch: the per-image means of the logged terms, the family's test scores (VAEs: the test bound),
-    a sample grid from one fixed z, and an atomic checkpoint."""
+def fit(spec: RunSpec, device: torch.device | str = "cpu", cache: Path = CACHE, show_progress: bool = True,
+        on_epoch_end: Callable[[int, dict], None] | None = None) -> Run:
+    """Train (or load, or resume) the run ``spec`` describes. After each epoch: the per-image means of the
+    logged terms, the family's test scores, a sample grid from one fixed z, and an atomic checkpoint."""
     return fit_many([spec], device, cache, show_progress, on_epoch_end)[0]
 
 
-def fit_many(
-    specs: list[RunSpec],
-    device: torch.device | str = "cpu",
-    cache: Path = CACHE,
-    show_progress: bool = True,
-    on_epoch_end: Callable[[int, dict], None] | None = None,
-) -> list[Run]:
-    """``fit`` for several runs (say, the training seeds of one arm), in ``specs``' order. On a CPU
-    they train one after another. On a GPU they train together, each on its own CUDA stream, one step
-    of each in turn: one small model leaves most of an H200 idle, several fill it (bench/README.md)."""
+def fit_many(specs: list[RunSpec], device: torch.device | str = "cpu", cache: Path = CACHE, show_progress: bool = True,
+             on_epoch_end: Callable[[int, dict], None] | None = None) -> list[Run]:
+    """``fit`` for several runs, in ``specs``' order: on a CPU one after another; on a GPU together, each on
+    its own CUDA stream, one step of each in turn (one small model leaves most of an H200 idle)."""
     for spec in specs:
         check_spec(spec)
     ids = [spec.run_id for spec in specs]
     if len(set(ids)) < len(ids):
         raise ValueError(f"fit_many: a run is listed twice: {sorted(i for i in ids if ids.count(i) > 1)}")
     device = torch.device(device)
-    if device.type != "cuda":  # one after another, each run locked only while it trains
-        return [_fit_locked([spec], device, cache, show_progress, on_epoch_end)[0] for spec in specs]
-    groups = [specs[i:i + MAX_TOGETHER] for i in range(0, len(specs), MAX_TOGETHER)]
-    return [run for group in groups for run in _fit_locked(group, device, cache, show_progress, on_epoch_end)]
+    size = MAX_TOGETHER if device.type == "cuda" else 1  # on a CPU each run is locked only while it trains
+    runs = []
+    for group in (specs[i:i + size] for i in range(0, len(specs), size)):
+        with contextlib.ExitStack() as locks:
+            # another kernel training one of these runs (make report's parallel notebooks): wait, then load;
+            # the locks are taken in one order everywhere, so two kernels cannot deadlock
+            for run_id in sorted(spec.run_id for spec in group):
+                locks.enter_context(exclusive(checkpoint_path(run_id, cache)))
+            trainings = [Training(spec, device, cache) for spec in group]
+            if device.type == "cuda":
+                _together(trainings, show_progress, on_epoch_end)
+            else:
+                for _ in trainings[0].steps(show_progress, on_epoch_end):
+                    pass
+            runs += [t.result() for t in trainings]
+    return runs
 
 
 def fit_arms(arms: dict[Any, list[RunSpec]], device: torch.device | str = "cpu", **kwargs) -> dict[Any, list[Run]]:
@@ -424,22 +398,7 @@ def fit_arms(arms: dict[Any, list[RunSpec]], device: torch.device | str = "cpu",
     return {arm: [next(runs) for _ in specs] for arm, specs in arms.items()}
 
 
-def _fit_locked(specs, device, cache, show_progress, on_epoch_end) -> list[Run]:
-    with contextlib.ExitStack() as locks:
-        # another kernel training one of these runs (make report's parallel notebooks): wait for it,
-        # then load; the locks are taken in one order everywhere, so two kernels cannot deadlock
-        for run_id in sorted(spec.run_id for spec in specs):
-            locks.enter_context(exclusive(checkpoint_path(run_id, cache)))
-        trainings = [Training(spec, device, cache) for spec in specs]
-        if device.type == "cuda":
-            _together(trainings, show_progress, on_epoch_end)
-        else:
-            for _ in trainings[0].steps(show_progress, on_epoch_end):
-                pass
-        return [t.result() for t in trainings]
-
-
-def _together(trainings: list["Training"], show_progress: bool, on_epoch_end) -> None:
+def _together(trainings: list[Training], show_progress: bool, on_epoch_end) -> None:
     """One step of each unfinished training in turn, each on its own CUDA stream."""
     streams = [torch.cuda.Stream(device=t.device) for t in trainings]
     for s in streams:
@@ -473,54 +432,50 @@ class Training:
         self.spec, self.device = spec, device
         self.run_id, self.path = spec.run_id, checkpoint_path(spec.run_id, cache)
         remove_orphans(self.path)  # a save killed mid-write (we hold the run's lock: nobody is writing)
-        self.fam = FAMILIES[spec.model](spec, device)
+        self.fam, self.history, self.grids = family(spec, device), [], []
         state = load_checkpoint(self.path, owner=self.run_id, keys=(*self.fam.parts, "history", "grids"))
-        self.history, self.grids = [], []
         try:
             if state is not None:
                 self.history, self.grids = list(state["history"]), list(state["grids"])
-            for name, part in self.fam.parts.items() if state is not None else ():
-                if isinstance(part, torch.optim.Optimizer):
-                    restore_optimizer(part, state[name], device)
-                else:
-                    part.load_state_dict(state[name])
-            if state is not None and len(self.grids) != len([e for e in grid_epochs(spec.epochs)
-                                                              if e <= len(self.history)]):
-                raise ValueError(f"{len(self.grids)} sample grids for {len(self.history)} epochs")
+                for name, part in self.fam.parts.items():
+                    if isinstance(part, torch.optim.Optimizer):
+                        restore_optimizer(part, state[name], device)
+                    else:
+                        part.load_state_dict(state[name])
+                if len(self.grids) != sum(e <= len(self.history) for e in grid_epochs(spec.epochs)):
+                    raise ValueError(f"{len(self.grids)} sample grids for {len(self.history)} epochs")
+        except torch.OutOfMemoryError:  # the checkpoint is fine, the device is full
+            raise
         except Exception as e:  # noqa: BLE001 - wrong shapes, keys or dtypes: a broken checkpoint, retrain
-            if isinstance(e, torch.OutOfMemoryError):  # the checkpoint is fine, the device is full
-                raise
             set_aside(self.path, f"{type(e).__name__}: {one_line(e)}")
-            self.fam = FAMILIES[spec.model](spec, device)  # fresh parts: some may hold the bad state
-            self.history, self.grids = [], []
+            self.fam, self.history, self.grids = family(spec, device), [], []  # fresh parts: some hold the bad state
         self.start = len(self.history)
         self.n_batches = math.ceil(min(spec.train_subset or math.inf, data.SPLIT_SIZES["train"]) / spec.batch_size)
         self.steps_left = max(spec.epochs - self.start, 0) * self.n_batches
 
-    def _modules(self):
-        return [m for m in self.fam.parts.values() if isinstance(m, torch.nn.Module)]
+    def _train_mode(self, on: bool) -> None:
+        for m in self.fam.parts.values():
+            if isinstance(m, torch.nn.Module):
+                m.train(on)
 
     def steps(self, show_progress: bool = True, on_epoch_end: Callable[[int, dict], None] | None = None):
         spec, device, fam, run_id = self.spec, self.device, self.fam, self.run_id
         if self.start >= spec.epochs:
             return
         fixed_z = torch.randn(GRID, spec.latent_dim, generator=generator(spec.seed + 3)).to(device)
-        keep_grid = set(grid_epochs(spec.epochs))
         train_x, test_x, clean_train_x, _ = run_data(spec, device)
         if spec.denoise:  # each image's noisy copy and its clean original, side by side as two channels
             train_x = torch.cat([train_x, clean_train_x], dim=1)
         train_x = fam.inputs(train_x)
         n, bs, n_batches = len(train_x), spec.batch_size, self.n_batches
         optimizers = [p for p in fam.parts.values() if isinstance(p, torch.optim.Optimizer)]
-        g_shuffle, g_noise = generator(0), generator(0, device)
+        g_noise = generator(0, device)  # one, reseeded every epoch: a CUDA graph holds on to the one it registered
         tally, graphed, eager_steps = None, None, 0
         for epoch in range(self.start + 1, spec.epochs + 1):
-            shuffle_seed, noise_seed = epoch_seeds(spec, epoch)
-            g_shuffle.manual_seed(shuffle_seed)
-            g_noise.manual_seed(noise_seed)
+            g_shuffle, g_epoch = epoch_generators(spec, epoch, device)
+            g_noise.manual_seed(g_epoch.initial_seed())
             order = torch.randperm(n, generator=g_shuffle).to(device)  # one copy an epoch, none a step
-            for m in self._modules():
-                m.train()
+            self._train_mode(True)
             if tally is not None:
                 tally.reset()
             t0 = time.perf_counter()
@@ -528,31 +483,25 @@ class Training:
                 idx = order[i * bs:(i + 1) * bs]
                 for opt in optimizers:
                     set_lr(opt, lr_at(spec, (epoch - 1) * n_batches + i, spec.epochs * n_batches))
-                if graphed and len(idx) == bs:
-                    graphed(train_x, idx)
-                elif (graphed is None and eager_steps >= WARMUP_STEPS and len(idx) == bs
-                      and use_cuda_graphs(device)):
+                if graphed is None and eager_steps >= WARMUP_STEPS and len(idx) == bs and use_cuda_graphs(device):
                     try:
                         graphed = GraphedStep(fam.step, train_x[:bs], g_noise, tally)
                     except Exception as e:  # noqa: BLE001 - graphs are a speed switch: fall back to eager
                         warnings.warn(f"run {run_id}: CUDA graph capture failed ({type(e).__name__}: {e}); "
                                       "training op by op instead", stacklevel=2)
                         graphed = False
-                        tally.add(fam.step(train_x[idx], g_noise), len(idx))
-                    else:
-                        graphed(train_x, idx)
+                if graphed and len(idx) == bs:
+                    graphed(train_x, idx)
                 else:
                     terms = fam.step(train_x[idx], g_noise)
                     tally = tally or Tally(terms, device)
                     tally.add(terms, len(idx))
                     eager_steps += 1
                 yield True
-            bad = int(tally.first_bad)  # the epoch's first read-back from the device
-            if bad >= 0:
+            if (bad := int(tally.first_bad)) >= 0:  # the epoch's first read-back from the device
                 last = f"{self.path} (epoch {epoch - 1})" if self.path.exists() else "none (no epoch finished yet)"
-                raise TrainingError(
-                    f"run {run_id}: non-finite loss at epoch {epoch}, batch {bad}; training stopped. "
-                    f"Last good checkpoint: {last}. Try a smaller learning rate.")
+                raise TrainingError(f"run {run_id}: non-finite loss at epoch {epoch}, batch {bad}; training stopped. "
+                                    f"Last good checkpoint: {last}. Try a smaller learning rate.")
             sums = tally.sums.cpu()
             row = {"epoch": epoch, **{k: (sums[j] / n).item() for j, k in enumerate(tally.names)},
                    "train_seconds": time.perf_counter() - t0}
@@ -562,11 +511,10 @@ class Training:
                               + ", ".join(f"{k} = {v:.3g}" for k, v in big.items())
                               + f" per image (|value| > {DIVERGED:g}); its results are not meaningful. "
                               "Try a smaller learning rate.", stacklevel=2)
-            for m in self._modules():
-                m.eval()
+            self._train_mode(False)
             row.update(fam.scores(test_x))
             self.history.append(row)
-            if epoch in keep_grid:
+            if epoch in grid_epochs(spec.epochs):
                 self.grids.append(data.to_uint8(fam.sampler.sample(GRID, z=fixed_z)))
             save_checkpoint(self.path, {**{name: part.state_dict() for name, part in fam.parts.items()},
                                         "history": self.history, "grids": self.grids, "run_id": run_id,
@@ -579,8 +527,7 @@ class Training:
         if loaded := [row["epoch"] for row in self.history[:self.start] if row.get("diverged")]:
             warnings.warn(f"run {self.run_id} (loaded from its checkpoint) diverged at epoch(s) {loaded}; its "
                           "results are not meaningful. Try a smaller learning rate.", stacklevel=2)
-        for m in self._modules():
-            m.eval()
+        self._train_mode(False)
         return Run(spec, self.fam.sampler, self.history, torch.stack(self.grids),
                    grid_epochs=grid_epochs(spec.epochs), discriminator=self.fam.parts.get("D"),
                    resumed_from=self.start, trained_epochs=spec.epochs - self.start)
@@ -589,9 +536,8 @@ class Training:
 def spec_from(cfg: dict[str, Any], tag: str, model: str = "ConvVAE", **changes: Any) -> RunSpec:
     """The RunSpec a notebook's resolved config describes (same config -> same run id -> cache hit)."""
     base = dict(tag=tag, model=model, epochs=cfg["epochs"], batch_size=cfg["batch_size"], lr=cfg["lr"],
-                lr_schedule=cfg.get("lr_schedule", "constant"),
-                latent_dim=cfg["latent_dim"], seed=cfg["seed"], train_subset=cfg["train_subset"],
-                adam_betas=(0.9, cfg.get("adam_beta2", 0.999)),
+                lr_schedule=cfg.get("lr_schedule", "constant"), latent_dim=cfg["latent_dim"], seed=cfg["seed"],
+                train_subset=cfg["train_subset"], adam_betas=(0.9, cfg.get("adam_beta2", 0.999)),
                 test_subset=cfg["test_subset"],
                 # bf16 does not pay for the tiny BetaVAE on a CPU (make bench), so it stays fp32
                 precision="fp32" if model == "BetaVAE" else cfg.get("precision", "fp32"))

@@ -4,7 +4,7 @@ The course report trained its VAE with torch's default Adam, betas (0.9, 0.999).
 epochs, a cosine from 3e-3) may do better with a shorter memory of the squared gradients, β2 = 0.99, the value many
 short-budget recipes use. This tool trains each candidate β2 with two training seeds (0 and 1) on the first
 55,000 training images with the default profile's other settings, through fit's loop as ``make bench`` runs
-it (``Family.step``, ``epoch_generators``, ``lr_at``: ``bench.lib_trainer``), and scores the negative ELBO on
+it (``VAEFamily.step``, ``epoch_generators``, ``lr_at``: ``bench.lib_trainer``), and scores the negative ELBO on
 the held-out last 5,000 training images every ``EVAL_EVERY`` steps and at the end. The rule, written before these runs:
 
 * a candidate is *acceptable* when its final (5-epoch) validation bound, mean over the two seeds, is no worse
@@ -38,11 +38,11 @@ from lib.config import TRAIN_IMAGES, VALIDATION_IMAGES as VALIDATION, resolve, r
 from lib.data import generator
 from builder.report import environment
 from lib.store import source_hash
-from lib.train import spec_from, vae_family
+from lib.train import VAEFamily, spec_from
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
-from bench import lib_trainer  # noqa: E402  (bench/bench.py: fit's loop around Family.step, which make bench times)
+from bench import lib_trainer  # noqa: E402  (bench/bench.py: fit's loop around VAEFamily.step, which make bench times)
 CANDIDATES = [0.999, 0.99]  # the course report's (torch's default) first
 SEEDS = (0, 1)
 TOLERANCE = 0.2  # nats of the final validation bound
@@ -56,7 +56,7 @@ def train(cfg: dict, beta2: float, seed: int, train_x: torch.Tensor, val: torch.
     cpu = torch.device("cpu")
     spec = spec_from(cfg, f"adam-choice-{beta2:g}-s{seed}", seed=seed, adam_betas=(0.9, beta2),
                      train_subset=TRAIN_IMAGES - VALIDATION, precision=resolve_precision("auto", cpu))
-    fam = vae_family(spec, cpu)
+    fam = VAEFamily(spec, cpu)
     model = fam.parts["model"]
 
     def bound() -> float:
