@@ -432,26 +432,51 @@ class Training:
         self.spec, self.device = spec, device
         self.run_id, self.path = spec.run_id, checkpoint_path(spec.run_id, cache)
         remove_orphans(self.path)  # a save killed mid-write (we hold the run's lock: nobody is writing)
-        self.fam, self.history, self.grids = family(spec, device), [], []
-        state = load_checkpoint(self.path, owner=self.run_id, keys=(*self.fam.parts, "history", "grids"))
+        self.fam, self.history, self.grids, self.grid_at = family(spec, device), [], [], []
+        keys = (*self.fam.parts, "history", "grids")
+        state = load_checkpoint(self.path, owner=self.run_id, keys=keys) or self._shorter_run(cache, keys)
         try:
             if state is not None:
                 self.history, self.grids = list(state["history"]), list(state["grids"])
+                self.grid_at = list(state.get("grid_epochs") or [e for e in grid_epochs(spec.epochs)
+                                                                 if e <= len(self.history)])
                 for name, part in self.fam.parts.items():
                     if isinstance(part, torch.optim.Optimizer):
                         restore_optimizer(part, state[name], device)
                     else:
                         part.load_state_dict(state[name])
-                if len(self.grids) != sum(e <= len(self.history) for e in grid_epochs(spec.epochs)):
+                if len(self.grids) != len(self.grid_at):
                     raise ValueError(f"{len(self.grids)} sample grids for {len(self.history)} epochs")
         except torch.OutOfMemoryError:  # the checkpoint is fine, the device is full
             raise
         except Exception as e:  # noqa: BLE001 - wrong shapes, keys or dtypes: a broken checkpoint, retrain
             set_aside(self.path, f"{type(e).__name__}: {one_line(e)}")
-            self.fam, self.history, self.grids = family(spec, device), [], []  # fresh parts: some hold the bad state
+            self.fam, self.history, self.grids, self.grid_at = family(spec, device), [], [], []  # fresh parts
         self.start = len(self.history)
         self.n_batches = math.ceil(min(spec.train_subset or math.inf, data.SPLIT_SIZES["train"]) / spec.batch_size)
         self.steps_left = max(spec.epochs - self.start, 0) * self.n_batches
+
+    def _shorter_run(self, cache: Path, keys: tuple[str, ...]) -> dict | None:
+        """Under a constant learning rate a run of e epochs *is* the first e epochs of a longer one (each epoch's
+        randomness depends on (seed, epoch) only): start from the longest finished shorter run in the cache."""
+        if self.spec.lr_schedule != "constant":
+            return None
+        for e in range(self.spec.epochs - 1, 0, -1):
+            short = dataclasses.replace(self.spec, epochs=e)
+            path = checkpoint_path(short.run_id, cache)
+            if not path.exists():
+                continue
+            with exclusive(path):
+                state = load_checkpoint(path, owner=short.run_id, keys=keys)
+            if state is None or len(state["history"]) != e:
+                continue
+            done = state.get("grid_epochs") or grid_epochs(e)  # keep the grids this run's schedule also draws
+            wanted = set(grid_epochs(self.spec.epochs))
+            state["grids"] = [g for g, at in zip(state["grids"], done) if at in wanted]
+            state["grid_epochs"] = [at for at in done if at in wanted]
+            print(f"{self.run_id}: continuing {short.run_id} ({e} epochs, constant learning rate)", flush=True)
+            return state
+        return None
 
     def _train_mode(self, on: bool) -> None:
         for m in self.fam.parts.values():
@@ -516,9 +541,10 @@ class Training:
             self.history.append(row)
             if epoch in grid_epochs(spec.epochs):
                 self.grids.append(data.to_uint8(fam.sampler.sample(GRID, z=fixed_z)))
+                self.grid_at.append(epoch)
             save_checkpoint(self.path, {**{name: part.state_dict() for name, part in fam.parts.items()},
-                                        "history": self.history, "grids": self.grids, "run_id": run_id,
-                                        "spec": spec.key()})
+                                        "history": self.history, "grids": self.grids, "grid_epochs": self.grid_at,
+                                        "run_id": run_id, "spec": spec.key()})
             if on_epoch_end is not None:
                 on_epoch_end(epoch, row)
 
@@ -529,7 +555,7 @@ class Training:
                           "results are not meaningful. Try a smaller learning rate.", stacklevel=2)
         self._train_mode(False)
         return Run(spec, self.fam.sampler, self.history, torch.stack(self.grids),
-                   grid_epochs=grid_epochs(spec.epochs), discriminator=self.fam.parts.get("D"),
+                   grid_epochs=list(self.grid_at), discriminator=self.fam.parts.get("D"),
                    resumed_from=self.start, trained_epochs=spec.epochs - self.start)
 
 

@@ -156,3 +156,30 @@ def test_fit_refuses_sizes_below_one_before_any_work(tmp_path, change):
     with pytest.raises(ValueError, match=rf"{next(iter(change))} 0 is invalid: allowed an integer >= 1"):
         fit(dataclasses.replace(SPEC, **change), cache=tmp_path, show_progress=False)
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("model", ["ConvVAE", "GAN"])
+def test_a_constant_lr_run_continues_the_longest_shorter_one_and_matches_a_run_from_scratch(tmp_path, mnist_raw, model):
+    """make study's budget ladder: under a constant learning rate, 3 epochs = 1 epoch, then 2 more (continued
+    from the cache), bit for bit; a cosine run never continues (its schedule depends on its length)."""
+    spec = dataclasses.replace(SPEC, epochs=3, model=model, latent_dim=100 if model == "GAN" else 32)
+    direct = fit(spec, cache=tmp_path / "direct", show_progress=False)
+    fit(dataclasses.replace(spec, epochs=1), cache=tmp_path / "ladder", show_progress=False)
+    continued = fit(spec, cache=tmp_path / "ladder", show_progress=False)
+    assert continued.resumed_from == 1 and continued.trained_epochs == 2
+    assert _no_time(continued.history) == _no_time(direct.history)
+    assert all(torch.equal(a, b) for a, b in zip(direct.model.state_dict().values(), continued.model.state_dict().values()))
+    assert continued.grid_epochs == direct.grid_epochs == [1, 2, 3] and torch.equal(continued.grids, direct.grids)
+    if model == "GAN":  # the GAN trains at a constant rate only
+        return
+    cosine = dataclasses.replace(spec, lr_schedule="cosine")
+    fit(dataclasses.replace(cosine, epochs=1), cache=tmp_path / "ladder", show_progress=False)
+    assert fit(cosine, cache=tmp_path / "ladder", show_progress=False).resumed_from == 0
+
+
+def test_a_continued_run_keeps_only_the_grids_its_own_schedule_draws(tmp_path, mnist_raw):
+    short = dataclasses.replace(SPEC, epochs=train.GRID_EPOCHS + 1, train_subset=64)
+    fit(short, cache=tmp_path, show_progress=False)
+    long = fit(dataclasses.replace(short, epochs=2 * train.GRID_EPOCHS + 4), cache=tmp_path, show_progress=False)
+    assert set(long.grid_epochs) <= set(train.grid_epochs(long.spec.epochs)) and len(long.grids) == len(long.grid_epochs)
+    assert long.grid_epochs == sorted(long.grid_epochs) and long.grid_epochs[-1] == long.spec.epochs
