@@ -17,7 +17,7 @@ unexport PROFILE NB P JOBS  # never expanded into the environment of recipes: $(
 quoted = '$(subst ','\'',$(value $1))'
 
 .DEFAULT_GOAL := help
-.PHONY: help setup data test report check-report lab bench check-html screenshots chromium clean
+.PHONY: help setup data test report study check-report lab bench check-html screenshots chromium clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-12s %s\n", $$1, $$2}'
@@ -53,6 +53,9 @@ report: $(STAMP) ## execute the notebooks into report/ (PROFILE=default; NB=01_v
 	$(PY) -m builder.report --profile=$(call quoted,PROFILE) --nb=$(call quoted,NB) --params=$(call quoted,P) \
 	  --jobs=$(call quoted,JOBS) \
 	  && $(PY) tools/update_readme.py
+
+study: $(STAMP) ## the budget ladder: every verdict at four training budgets into report/study/ (about 2 h on 2 CPU cores; resumable)
+	$(PY) -m builder.study --jobs=$(call quoted,JOBS)
 
 check-report: $(STAMP) ## after make report: rerun report/'s notebooks (warm cache) and check their tagged cells with nbval
 	$(PY) tools/check_report.py

@@ -100,7 +100,7 @@ def ladder_doc(study: Path, name: str) -> dict:
         row["stable"] = len(labels) == len(row["labels"]) and len(set(labels)) == 1
     return {"ladder": name, "budgets": {m: list(v) for m, v in ladder.items()}, "rungs": rungs,
             "schedule": ("constant lr 1e-3, Adam (0.9, 0.999): each rung's models continue the previous rung's"
-                         if PROFILE[name] == "study" else f"the {PROFILE[name]} profile's; each rung trains afresh"),
+                         if PROFILE.get(name, "study") == "study" else f"the {PROFILE[name]} profile's; each rung trains afresh"),
             "subclaims": sorted(found.values(), key=lambda r: (r["claim"], r["id"]))}
 
 

@@ -1,0 +1,44 @@
+"""make study's bookkeeping, without training: the budget parameters per rung, the ladder's span, and
+ladder.json / index.html assembled from rung folders (a rung's verdicts as builder.report writes them)."""
+import json
+
+from builder import study
+
+
+def test_every_ladder_spans_at_least_ten_times_over_four_rungs_and_the_course_ladder_reaches_its_budgets():
+    for name in ("cpu", "course"):
+        for family, epochs in study.LADDERS[name].items():
+            assert len(epochs) == 4 and list(epochs) == sorted(set(epochs)), (name, family)
+            assert epochs[-1] / epochs[0] >= 10, (name, family)
+    assert study.LADDERS["course"]["ConvVAE"][-1] == 250 and study.LADDERS["course"]["GAN"][-1] == 200
+    assert study.LADDERS["cpu"]["BetaVAE"][-1] == 15 and study.LADDERS["cpu"]["GAN"][-1] >= 3 * 20
+
+
+def test_rung_parameters_give_each_notebook_its_family_budget():
+    p = study.rung_params(study.LADDERS["cpu"], 3)
+    assert p["01_vae_basic"] == {"epochs": 20, "ablation_epochs": 20} and p["05_noisy_data"] == {"epochs": 20}
+    assert p["04_beta_vae"] == {"epochs": 15, "latent2_epochs": 15}
+    assert p["03_gan"] == {"epochs": 60, "vae_epochs": 20}, "the GAN's VAE is the basic tier's at this rung"
+
+
+def _rung(folder, labels):
+    folder.mkdir(parents=True)
+    (folder / "manifest.json").write_text(json.dumps({"this_build_wall_seconds": 10.0, "environment": {"cpu": "X"},
+                                                      "notebooks": {"03_gan": {"wall_seconds": 9.0}}}))
+    subs = [{"claim": "c", "claim_text": "GAN clearer", "id": i, "text": "t", "metric": "fid", "notebook": "03_gan",
+             "label": l, "deciding": f"{i} at {folder.name}", "anchor": f"verdict-{i}"} for i, l in labels.items()]
+    (folder / "verdicts.json").write_text(json.dumps({"subclaims": subs}))
+
+
+def test_ladder_json_holds_each_subclaims_label_per_rung_and_whether_it_is_stable(tmp_path, monkeypatch):
+    monkeypatch.setitem(study.LADDERS, "two", {"ConvVAE": (1, 2), "BetaVAE": (1, 2), "GAN": (3, 6)})
+    _rung(tmp_path / "rung-1", {"c1": "kept", "c2": "inconclusive"})
+    _rung(tmp_path / "rung-2", {"c1": "kept", "c2": "refuted"})
+    doc = study.ladder_doc(tmp_path, "two")
+    assert doc["budgets"]["GAN"] == [3, 6] and [r["epochs"]["GAN"] for r in doc["rungs"]] == [3, 6]
+    rows = {s["id"]: s for s in doc["subclaims"]}
+    assert rows["c1"]["labels"] == ["kept", "kept"] and rows["c1"]["stable"]
+    assert rows["c2"]["labels"] == ["inconclusive", "refuted"] and not rows["c2"]["stable"]
+    assert rows["c2"]["deciding"] == ["c2 at rung-1", "c2 at rung-2"]
+    page = study.write_page(tmp_path, doc, 20.0, "X").read_text()
+    assert 'href="rung-2/03_gan.html#verdict-c2"' in page and "<b>changes</b>" in page and "stable" in page
