@@ -126,16 +126,6 @@ def table(rows: list[dict[str, Any]], columns: list[str] | None = None, digits: 
     return "\n".join(lines)
 
 
-def seed_list(cfg: dict[str, Any], key: str = "seeds") -> list[int]:
-    """The training seeds ``cfg[key]`` asks for: seed, seed + 1, ..."""
-    return [cfg["seed"] + i for i in range(cfg.get(key, 1))]
-
-
-def seed_tag(tag: str, seed: int, first: int) -> str:
-    """A run's tag for one training seed: the first seed keeps the plain tag (the run other tiers share)."""
-    return tag if seed == first else f"{tag}-s{seed}"
-
-
 def summary(arms: dict[str, list[dict[str, Any]]], columns: list[str], digits: int = 2) -> str:
     """A Markdown table with one row per arm: each column's mean ± SD over the arm's seeds (the value alone
     for one seed), and the number of seeds."""

@@ -568,3 +568,22 @@ def spec_from(cfg: dict[str, Any], tag: str, model: str = "ConvVAE", **changes: 
                 # bf16 does not pay for the tiny BetaVAE on a CPU (make bench), so it stays fp32
                 precision="fp32" if model == "BetaVAE" else cfg.get("precision", "fp32"))
     return RunSpec(**{**base, **changes})
+
+
+def arm_specs(cfg: dict[str, Any], tag: str, seeds: str = "seeds", model: str = "ConvVAE", **changes: Any) -> list[RunSpec]:
+    """One arm's RunSpecs, one per training seed: seed, seed + 1, ... (``cfg[seeds]`` of them). The first seed
+    keeps the plain tag, so that another tier asking for the same model gets the same run from the cache."""
+    first = cfg["seed"]
+    return [spec_from(cfg, tag if s == first else f"{tag}-s{s}", model, seed=s, **changes)
+            for s in range(first, first + cfg.get(seeds, 1))]
+
+
+def basic_bce_specs(cfg: dict[str, Any], epochs: int) -> list[RunSpec]:
+    """The basic tier's BCE VAE (01_vae_basic's, in ``cfg``'s profile) trained for ``epochs``, for each of its
+    training seeds: the models 02, 03 and 05 share with 01."""
+    from .config import resolve
+    shared = ("seed", "device", "precision", "train_subset", "test_subset", "classifier", "output_dir")
+    basic = resolve("01_vae_basic", cfg["profile"], epochs=epochs, **{k: str(cfg[k]) if k == "device" else cfg[k]
+                                                                      for k in shared})
+    return arm_specs(basic, "vae-bce", recon="bce")
+

@@ -25,9 +25,8 @@ from lib import data
 from lib.bounds import test_bound
 from lib.config import MATCHED_WEIGHTS, VALIDATION_IMAGES as VALIDATION, resolve, set_threads  # the rate is read there
 from lib.data import generator
-from lib.notebook import seed_list, seed_tag
 from builder.report import environment
-from lib.train import fit, spec_from
+from lib.train import arm_specs, fit, spec_from
 
 ROOT = Path(__file__).resolve().parent.parent
 TOLERANCE = 0.5  # nats: tighter than the notebook's ±1 nat check, which is made on the test images
@@ -48,8 +47,7 @@ def main() -> None:
     cfg = resolve("01_vae_basic", "default")
     dev = cfg["device"]
     val = data.load_split("train").float_images(dev)[-VALIDATION:]
-    bce = [fit(spec_from(cfg, seed_tag("vae-bce", s, cfg["seed"]), recon="bce", seed=s), device=dev)
-           for s in seed_list(cfg, "seeds")]
+    bce = [fit(spec, device=dev) for spec in arm_specs(cfg, "vae-bce", recon="bce")]
     target = sum(rate(r, val, "bce", 1.0) for r in bce) / len(bce)
     print(f"BCE rate on the last {VALIDATION:,} training images: {target:.2f} nats (mean of {len(bce)} seeds)", flush=True)
     out = {"target_rate": round(target, 3), "tolerance": TOLERANCE, "images": f"last {VALIDATION} training images",
