@@ -229,6 +229,12 @@ def batches(n: int, batch_size: int, generator: torch.Generator | None = None, s
     yield from order.split(batch_size)
 
 
+def as_float(images) -> torch.Tensor:
+    """Images as uint8 [N, 28, 28] or floats in [0, 1] (any shape holding N images) -> floats [N, 1, 28, 28]."""
+    t = torch.as_tensor(images).detach()
+    return (t.float() / 255.0 if t.dtype == torch.uint8 else t).reshape(-1, 1, IMAGE_SIDE, IMAGE_SIDE)
+
+
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
     """[N, 1, 28, 28] floats in [0, 1] -> uint8 [N, 28, 28] on the CPU (the inverse of float_images)."""
     return (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).reshape(-1, IMAGE_SIDE, IMAGE_SIDE).cpu()
