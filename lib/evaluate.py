@@ -1,7 +1,6 @@
-"""Measured quality of samples and reconstructions: an in-project MNIST classifier, the Fréchet distance on
-its features, class coverage, image statistics, PSNR/SSIM, precision/recall; ``score_vae`` gathers every
-number of a trained VAE (its likelihood bounds come from ``lib.bounds``); ``check_metrics`` and
-``restoration_checks`` check on images of known quality that each metric measures its word."""
+"""Measured quality of samples and reconstructions in an in-project MNIST classifier's features and in pixels;
+``score_vae`` gathers every number of a trained VAE (its likelihood bounds from ``lib.bounds``); each metric
+is checked on images of known quality (``check_metrics``, ``restoration_checks``) before it enters a verdict."""
 from __future__ import annotations
 
 import hashlib
@@ -49,23 +48,18 @@ CLASSIFIER_SETTINGS = {
 _classifiers: dict[tuple[str, str], tuple[Classifier, float]] = {}
 
 
-def _classifier_path(kind: str, cache: Path) -> Path:
-    """Keyed by the classifier's own code and settings (not the rest of this module) and the data."""
-    src = inspect.getsource(Classifier) + inspect.getsource(get_classifier) + repr(CLASSIFIER_SETTINGS[kind])
-    key = hashlib.sha256((src + kind + data.data_fingerprint()).encode()).hexdigest()[:10]
-    return Path(cache) / f"classifier-{kind}-{key}.pt"
-
-
 def get_classifier(kind: str = "full", device: torch.device | str = "cpu", cache: Path | None = None,
                    show_progress: bool = True) -> tuple[Classifier, float]:
-    """The project's MNIST classifier and its test accuracy: loaded from the cache or trained (seeded, about
-    a minute on 2 CPU cores for ``full``, which must reach >= 99 % test accuracy)."""
+    """The MNIST classifier and its test accuracy, loaded or trained (seeded); ``full`` must reach 99 %."""
     if kind not in CLASSIFIER_SETTINGS:
         raise ValueError(f"classifier kind {kind!r}; allowed {sorted(CLASSIFIER_SETTINGS)}")
     device = torch.device(device)
     if (kind, str(device)) in _classifiers:
         return _classifiers[kind, str(device)]
-    cfg, path = CLASSIFIER_SETTINGS[kind], _classifier_path(kind, cache or CACHE)
+    cfg = CLASSIFIER_SETTINGS[kind]
+    # keyed by the classifier's own code and settings (not the rest of this module) and the data
+    src = inspect.getsource(Classifier) + inspect.getsource(get_classifier) + repr(cfg) + kind + data.data_fingerprint()
+    path = Path(cache or CACHE) / f"classifier-{kind}-{hashlib.sha256(src.encode()).hexdigest()[:10]}.pt"
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(1234)
         clf = Classifier()
@@ -241,8 +235,7 @@ _memo: dict[tuple, object] = {}
 
 
 def _memoised(images, key: tuple, compute: Callable):
-    """``compute()`` kept per process under ``key`` and the images' size and pixel sums (which tell the clean
-    test set from a noised copy of it)."""
+    """``compute()`` kept per process under ``key`` and the images' size and pixel sums (clean or noised)."""
     x = as_float(images).cpu().double()
     key = (len(x), round(x.sum().item(), 6), round(x.pow(2).sum().item(), 6), *key)
     if key not in _memo:
@@ -279,8 +272,8 @@ def fid_floor(clf: Classifier, n: int, test_images, rounds: int = 30) -> tuple[f
 
 
 def score_samples(clf: Classifier, samples, test_images) -> dict:
-    """Classifier-FID (vs ``test_images``) with its bootstrap SE, class coverage, recognisability, image
-    stats, the sharpness gap to ``test_images`` and the superimposition measures."""
+    """Classifier-FID with its bootstrap SE, class coverage, image stats, the sharpness gaps and the
+    superimposition measures of ``samples``, against ``test_images``."""
     fid, fid_se = fid_and_se(clf, samples, reference_stats(clf, test_images))
     out = {"fid": fid, "fid_se": fid_se, **coverage(predict_proba(clf, samples)), **image_stats(samples)}
     out["sharpness_gap"] = abs(out["gradient_energy"] - _ref_energy(test_images))
@@ -299,9 +292,8 @@ def samples_of(model, n: int, seed: int) -> torch.Tensor:
 def score_vae(model, test_x: torch.Tensor, *, clf: Classifier, recon: str = "bce", beta: float = 1.0,
               recon_weight: float = 1.0, n_samples: int, iwae_k: int, iwae_images: int, seed: int,
               reference_x: torch.Tensor | None = None) -> tuple[dict, torch.Tensor]:
-    """Every number of a trained VAE, and its ``n_samples`` samples (uint8 [N, 28, 28], fixed seed).
-    ``test_x``: what the model is evaluated on (noisy for the noisy tier); ``reference_x``: the clean
-    test images the samples are compared with (default: ``test_x``)."""
+    """Every number of a trained VAE on ``test_x`` (noisy for the noisy tier), its samples compared with
+    ``reference_x`` (default ``test_x``); and those ``n_samples`` samples (uint8 [N, 28, 28], fixed seed)."""
     device = next(model.parameters()).device
     bound = test_bound(model, test_x, recon, beta, recon_weight, generator=generator(seed + 4, device),
                        show_progress=True)
@@ -324,15 +316,10 @@ def _blur(x: torch.Tensor) -> torch.Tensor:
 
 
 def known_cases(n: int, test_images, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Image sets whose quality is known in advance (uint8 [n, 28, 28] each), to check that a metric
-    separates them before it enters a verdict:
-
-    * ``real``: the last n training digits (real, but not the test set the metrics compare with);
-    * ``blurred``: them through a Gaussian blur (σ = 1 px); ``speckled``: them with 10 % salt-and-pepper
-      pixels (an artefact); ``dimmed``: them at 60 % brightness;
-    * ``one class``: n training digits of class 1 only; ``mean digit``: the test set's mean image n times;
-    * ``untrained decoder``: samples of an untrained ConvVAE (what a decoder that never learnt outputs).
-    """
+    """Image sets of known quality (uint8 [n, 28, 28] each): ``real`` = the last n training digits (not the
+    test set the metrics compare with); ``blurred`` (σ = 1 px), ``speckled`` (10 % salt-and-pepper) and
+    ``dimmed`` (60 % brightness) copies of them; ``one class`` (n training 1s); ``mean digit`` (the test set's
+    mean image n times); ``untrained decoder`` (samples of an untrained ConvVAE)."""
     train = data.load_split("train")
     real = train.float_images("cpu")[-n:]
     ones = train.float_images("cpu")[train.labels == 1]
@@ -360,7 +347,8 @@ METRIC_CHECKS: dict[str, tuple[str, str, Callable[[dict], bool]]] = {
                                       for c in ("untrained decoder", "one class"))),
     "sharpness_gap": ("sharper (lower: edge energy nearer real digits')",
                       "real digits' gap is under 1/4 of the blurred and the speckled sets'",
-                      lambda s: all(s["real"]["sharpness_gap"] * 4 < s[c]["sharpness_gap"] for c in ("blurred", "speckled"))),
+                      lambda s: all(s["real"]["sharpness_gap"] * 4 < s[c]["sharpness_gap"]
+                                    for c in ("blurred", "speckled"))),
     "stroke_brightness": ("darker (lower)", "dimmed digits score 0.2 below real digits",
                           lambda s: s["dimmed"]["stroke_brightness"] < s["real"]["stroke_brightness"] - 0.2),
     "greyness": ("crisper (lower: less grey between black and white)", "blurred digits score 0.05 above real digits",
@@ -373,21 +361,15 @@ METRIC_CHECKS: dict[str, tuple[str, str, Callable[[dict], bool]]] = {
 
 
 def check_metrics(clf: Classifier, test_images, n: int, seed: int = 0) -> tuple[dict[str, bool], dict[str, dict]]:
-    """Score every known case and run METRIC_CHECKS: ({metric: passed}, {case: scores}). Kept by
-    ``store.memo`` (the same classifier, images, n and seed give the same scores in every notebook)."""
-    def compute():
-        return {name: score_samples(clf, images, test_images) for name, images in known_cases(n, test_images, seed).items()}
-
+    """Score every known case and run METRIC_CHECKS: ({metric: passed}, {case: scores}), kept by ``store.memo``."""
     scores = memo("metric-checks", {"classifier": digest(clf), "test": digest(test_images), "n": n, "seed": seed},
-                  compute)
+                  lambda: {c: score_samples(clf, x, test_images) for c, x in known_cases(n, test_images, seed).items()})
     return {m: bool(check(scores)) for m, (_, _, check) in METRIC_CHECKS.items()}, scores
 
 
 def restoration_checks(clean, seed: int = 0) -> tuple[dict[str, bool], dict[str, dict]]:
-    """The known-case check of PSNR and SSIM (what (g) is judged on): noisy copies of ``clean`` at 10 %
-    and 80 % salt-and-pepper, a blurred copy (σ = 1 px) and a black image, each scored against ``clean``.
-    Each metric passes when it ranks 10 % noise above 80 % noise and blurred digits above black ones,
-    by at least 3 dB (PSNR) or 0.1 (SSIM)."""
+    """The known-case check of PSNR and SSIM (what (g) is judged on): each passes when it ranks 10 % salt-and-
+    pepper above 80 % and a blurred copy (σ = 1 px) above a black image, by 3 dB (PSNR) or 0.1 (SSIM)."""
     x = as_float(clean).cpu()
     cases = {"10 % noise": noise.salt_and_pepper(x, 0.1, generator=generator(seed + 7)),
              "80 % noise": noise.salt_and_pepper(x, 0.8, generator=generator(seed + 8)),
