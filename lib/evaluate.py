@@ -1,7 +1,6 @@
-"""Measured quality of samples and reconstructions: an in-project MNIST classifier, the Fréchet
-distance on its features, class coverage, image statistics, PSNR/SSIM; ``score_vae`` gathers
-every number of a trained VAE (its likelihood bounds come from ``lib.bounds``).
-"""
+"""Measured quality of samples and reconstructions in an in-project MNIST classifier's features and in pixels;
+``score_vae`` gathers every number of a trained VAE (its likelihood bounds from ``lib.bounds``); each metric
+is checked on images of known quality (``check_metrics``, ``restoration_checks``) before it enters a verdict."""
 from __future__ import annotations
 
 import hashlib
@@ -12,11 +11,12 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.ndimage import gaussian_filter, median_filter as _median_filter
 from torch import nn
 
 from . import data, models, noise, stats
-from .data import generator
 from .bounds import EVAL_BATCH, iwae_bound, test_bound
+from .data import as_float, generator
 from .progress import progress
 from .store import CACHE, digest, exclusive, load_checkpoint, memo, save_checkpoint
 
@@ -45,46 +45,33 @@ CLASSIFIER_SETTINGS = {
     "full": dict(epochs=4, train_subset=None, min_accuracy=0.99),
     "smoke": dict(epochs=1, train_subset=5_000, min_accuracy=None),
 }
-
-
-def _classifier_path(kind: str, cache: Path) -> Path:
-    """Keyed by the classifier's own code and settings (not the rest of this module) and the data."""
-    src = inspect.getsource(Classifier) + inspect.getsource(get_classifier) + repr(CLASSIFIER_SETTINGS[kind])
-    key = hashlib.sha256((src + kind + data.data_fingerprint()).encode()).hexdigest()[:10]
-    return Path(cache) / f"classifier-{kind}-{key}.pt"
-
-
 _classifiers: dict[tuple[str, str], tuple[Classifier, float]] = {}
 
 
 def get_classifier(kind: str = "full", device: torch.device | str = "cpu", cache: Path | None = None,
                    show_progress: bool = True) -> tuple[Classifier, float]:
-    """The project's MNIST classifier and its test accuracy: loaded from ``data/cache`` or trained
-    (seeded, about a minute on 2 CPU cores for ``full``). ``full`` must reach >= 99 % test accuracy."""
+    """The MNIST classifier and its test accuracy, loaded or trained (seeded); ``full`` must reach 99 %."""
     if kind not in CLASSIFIER_SETTINGS:
         raise ValueError(f"classifier kind {kind!r}; allowed {sorted(CLASSIFIER_SETTINGS)}")
     device = torch.device(device)
-    memo = (kind, str(device))
-    if memo in _classifiers:
-        return _classifiers[memo]
+    if (kind, str(device)) in _classifiers:
+        return _classifiers[kind, str(device)]
     cfg = CLASSIFIER_SETTINGS[kind]
-    path = _classifier_path(kind, cache or CACHE)
+    # keyed by the classifier's own code and settings (not the rest of this module) and the data
+    src = inspect.getsource(Classifier) + inspect.getsource(get_classifier) + repr(cfg) + kind + data.data_fingerprint()
+    path = Path(cache or CACHE) / f"classifier-{kind}-{hashlib.sha256(src.encode()).hexdigest()[:10]}.pt"
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(1234)
         clf = Classifier()
     with exclusive(path):  # a second kernel needing the classifier waits for the first to train it
-        state = load_checkpoint(path, keys=("model",))
-        test = data.load_split("test")
-        x_test = test.float_images(device)
-        acc = None
+        state = load_checkpoint(path, keys=("model", "test_accuracy"))
         if state is not None:
             clf.load_state_dict(state["model"])
-            clf.to(device)
-            acc = state.get("test_accuracy")
-        else:
-            clf.to(device)
-            x = data.subset(data.load_split("train").float_images(device), cfg["train_subset"])
-            y = data.subset(data.load_split("train").labels.to(device), cfg["train_subset"])
+        clf.to(device)
+        if state is None:
+            train, test = data.load_split("train"), data.load_split("test")
+            x = data.subset(train.float_images(device), cfg["train_subset"])
+            y = data.subset(train.labels.to(device), cfg["train_subset"])
             opt = torch.optim.Adam(clf.parameters(), lr=1e-3)
             g = generator(1234)
             for epoch in range(cfg["epochs"]):
@@ -98,41 +85,37 @@ def get_classifier(kind: str = "full", device: torch.device | str = "cpu", cache
                     loss.backward()
                     opt.step()
             clf.eval()
-            acc = (predict_proba(clf, x_test).argmax(1).cpu() == test.labels).float().mean().item()
-            save_checkpoint(path, {"model": clf.state_dict(), "test_accuracy": acc})
+            acc = (predict_proba(clf, test.float_images(device)).argmax(1).cpu() == test.labels).float().mean().item()
+            state = {"model": clf.state_dict(), "test_accuracy": acc}
+            save_checkpoint(path, state)
     clf.eval()
-    if acc is None:  # a checkpoint from before the accuracy was stored
-        acc = (predict_proba(clf, x_test).argmax(1).cpu() == test.labels).float().mean().item()
+    acc = state["test_accuracy"]
     if cfg["min_accuracy"] is not None and acc < cfg["min_accuracy"]:
         raise RuntimeError(f"classifier test accuracy {acc:.4f} < required {cfg['min_accuracy']}; delete {path} "
                            "and retrain")
-    _classifiers[memo] = (clf, acc)
+    _classifiers[kind, str(device)] = (clf, acc)
     return clf, acc
 
 
-def _as_float_images(images, device) -> torch.Tensor:
-    t = torch.as_tensor(images)
-    if t.dtype == torch.uint8:
-        t = t.float() / 255.0
-    return t.reshape(-1, 1, 28, 28).to(device)
-
-
 @torch.inference_mode()
+def _batched(fn, clf: Classifier, images, batch_size: int) -> torch.Tensor:
+    x = as_float(images).to(next(clf.parameters()).device)
+    return torch.cat([fn(b) for b in x.split(batch_size)])
+
+
 def features(clf: Classifier, images, batch_size: int = 2000) -> torch.Tensor:
-    device = next(clf.parameters()).device
-    x = _as_float_images(images, device)
-    return torch.cat([clf.features(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]).double().cpu()
+    """The classifier's penultimate features [N, 128], float64 on the CPU."""
+    return _batched(clf.features, clf, images, batch_size).double().cpu()
 
 
-@torch.inference_mode()
 def predict_proba(clf: Classifier, images, batch_size: int = 2000) -> torch.Tensor:
-    device = next(clf.parameters()).device
-    x = _as_float_images(images, device)
-    return torch.cat([F.softmax(clf(x[i : i + batch_size]), 1) for i in range(0, len(x), batch_size)]).cpu()
+    return _batched(lambda b: F.softmax(clf(b), 1), clf, images, batch_size).cpu()
 
 
-def gaussian_stats(feats: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    f = feats.double().numpy()
+# --- metrics --------------------------------------------------------------------------------
+
+def gaussian_stats(feats) -> tuple[np.ndarray, np.ndarray]:
+    f = np.asarray(feats, dtype=np.float64)
     return f.mean(0), np.cov(f, rowvar=False)
 
 
@@ -155,15 +138,11 @@ def classifier_fid(clf: Classifier, images_a, images_b) -> float:
 def coverage(probs: torch.Tensor) -> dict[str, float]:
     """Predicted-class histogram of samples: smallest class share, entropy (nats; log 10 = uniform),
     and recognisability = mean max-probability."""
-    pred = probs.argmax(1)
-    share = torch.bincount(pred, minlength=10).double() / len(pred)
+    share = torch.bincount(probs.argmax(1), minlength=10).double() / len(probs)
     nz = share[share > 0]
-    return {
-        "min_class_share": share.min().item(),
-        "class_entropy": float(-(nz * nz.log()).sum()),
-        "recognisability": probs.max(1).values.double().mean().item(),
-        "class_shares": [round(s, 4) for s in share.tolist()],
-    }
+    return {"min_class_share": share.min().item(), "class_entropy": float(-(nz * nz.log()).sum()),
+            "recognisability": probs.max(1).values.double().mean().item(),
+            "class_shares": [round(s, 4) for s in share.tolist()]}
 
 
 def image_stats(images) -> dict[str, float]:
@@ -171,14 +150,12 @@ def image_stats(images) -> dict[str, float]:
     (mean of each image's 50 brightest pixels: faint strokes score low), ``gradient_energy`` (mean squared
     finite difference: blur lowers it, so it measures "sharp"), ``greyness`` (mean 4x(1-x): 0 for
     crisp black/white, 1 for all-grey)."""
-    x = _as_float_images(images, "cpu").double()[:, 0]
+    x = as_float(images).cpu().double()[:, 0]
     dx, dy = x[:, :, 1:] - x[:, :, :-1], x[:, 1:, :] - x[:, :-1, :]
-    return {
-        "mean_intensity": x.mean().item(),
-        "stroke_brightness": x.flatten(1).topk(50, dim=1).values.mean().item(),
-        "gradient_energy": (dx.pow(2).mean((1, 2)) + dy.pow(2).mean((1, 2))).mean().item(),
-        "greyness": (4 * x * (1 - x)).mean().item(),
-    }
+    return {"mean_intensity": x.mean().item(),
+            "stroke_brightness": x.flatten(1).topk(50, dim=1).values.mean().item(),
+            "gradient_energy": (dx.pow(2).mean((1, 2)) + dy.pow(2).mean((1, 2))).mean().item(),
+            "greyness": (4 * x * (1 - x)).mean().item()}
 
 
 def psnr_ssim(images, clean) -> dict[str, float | None]:
@@ -187,8 +164,7 @@ def psnr_ssim(images, clean) -> dict[str, float | None]:
     None when the images equal the clean ones (MSE 0: no finite PSNR), never ``inf``."""
     from skimage.metrics import structural_similarity
 
-    a = _as_float_images(images, "cpu")[:, 0].double().numpy()
-    b = _as_float_images(clean, "cpu")[:, 0].double().numpy()
+    a, b = (as_float(x).cpu()[:, 0].double().numpy() for x in (images, clean))
     per_image = ((a - b) ** 2).mean((1, 2))
     mse = float(per_image.mean())
     ssim = np.array([structural_similarity(bi, ai, data_range=1.0) for ai, bi in zip(a, b)])
@@ -208,10 +184,10 @@ def precision_recall(clf: Classifier, samples, real, k: int = 3, n: int = 5000) 
     fs, fr = features(clf, samples[:n]).float().cpu(), features(clf, real[:n]).float().cpu()
 
     def radii(f):
-        return torch.cat([torch.cdist(f[i : i + 1000], f).kthvalue(k + 1, dim=1).values for i in range(0, len(f), 1000)])
+        return torch.cat([torch.cdist(c, f).kthvalue(k + 1, dim=1).values for c in f.split(1000)])
 
     def inside(a, b, rb):
-        return torch.cat([(torch.cdist(a[i : i + 1000], b) <= rb[None]).any(1) for i in range(0, len(a), 1000)])
+        return torch.cat([(torch.cdist(c, b) <= rb[None]).any(1) for c in a.split(1000)])
 
     return {"precision": inside(fs, fr, radii(fr)).float().mean().item(),
             "recall": inside(fr, fs, radii(fs)).float().mean().item()}
@@ -221,55 +197,61 @@ def precision_recall(clf: Classifier, samples, real, k: int = 3, n: int = 5000) 
 def nearest_training_distance(images, train, n: int = 1000) -> float:
     """Median pixel-space (L2) distance from each of ``n`` images to its nearest training image: a model that
     copies its training set scores far below real test digits."""
-    x = _as_float_images(images[:n], "cpu").flatten(1)
-    t = _as_float_images(train, "cpu").flatten(1)
-    return float(torch.cat([torch.cdist(x, t[i : i + 10_000]).min(1, keepdim=True).values
-                            for i in range(0, len(t), 10_000)], 1).min(1).values.median())
+    x, t = as_float(images[:n]).cpu().flatten(1), as_float(train).cpu().flatten(1)
+    return float(torch.cat([torch.cdist(x, c).min(1, keepdim=True).values for c in t.split(10_000)], 1)
+                 .min(1).values.median())
 
 
 def median_filter(images, size: int = 3) -> torch.Tensor:
     """A size x size median filter on each image (scipy.ndimage): the standard salt-and-pepper baseline."""
-    from scipy.ndimage import median_filter as _median
-
-    x = _as_float_images(images, "cpu")[:, 0].numpy()
-    return torch.from_numpy(_median(x, size=(1, size, size), mode="nearest")).unsqueeze(1)
+    x = as_float(images).cpu()[:, 0].numpy()
+    return torch.from_numpy(_median_filter(x, size=(1, size, size), mode="nearest")).unsqueeze(1)
 
 
 def superimposed(images, real) -> dict[str, float]:
     """How close samples are to one average image: cosine similarity of each sample to the real digits'
     mean image (mean over samples), and the pixel spread across samples (mean over pixels of the SD over
     samples) relative to the real digits' spread. Superimposed digits: similarity high, spread small."""
-    x = _as_float_images(images, "cpu")[:, 0].double().flatten(1)
-    r = _as_float_images(real, "cpu")[:, 0].double().flatten(1)
+    x, r = (as_float(i).cpu()[:, 0].double().flatten(1) for i in (images, real))
     cos = F.cosine_similarity(x, r.mean(0, keepdim=True), dim=1).mean().item()
     return {"mean_digit_similarity": cos, "pixel_spread": (x.std(0).mean() / r.std(0).mean()).item()}
+
+
+def is_superimposed(scores: dict) -> bool:
+    """The declared rule for "superimposed digits": every sample is close to the mean digit and they barely differ."""
+    return scores["mean_digit_similarity"] > 0.9 and scores["pixel_spread"] < 0.1
 
 
 @torch.inference_mode()
 def reconstruct(model, x: torch.Tensor, batch_size: int = EVAL_BATCH) -> torch.Tensor:
     """Decoder mean at z = mu (no sampling): deterministic reconstructions in [0, 1]."""
     model.eval()
-    out = [model.decode(model.encode(x[i : i + batch_size])[0]) for i in range(0, len(x), batch_size)]
-    return torch.cat(out)
+    return torch.cat([model.decode(model.encode(b)[0]) for b in x.split(batch_size)])
 
 
 # --- scoring a trained run ------------------------------------------------------------------
 
-_ref_stats: dict[tuple, tuple] = {}
+_memo: dict[tuple, object] = {}
 
 
-def _fingerprint(images) -> tuple:
-    """Size and pixel sums: tells the clean test set from a noised copy of it (memo keys below)."""
-    x = _as_float_images(images, "cpu").double()
-    return len(x), round(x.sum().item(), 6), round(x.pow(2).sum().item(), 6)
+def _memoised(images, key: tuple, compute: Callable):
+    """``compute()`` kept per process under ``key`` and the images' size and pixel sums (clean or noised)."""
+    x = as_float(images).cpu().double()
+    key = (len(x), round(x.sum().item(), 6), round(x.pow(2).sum().item(), 6), *key)
+    if key not in _memo:
+        _memo[key] = compute()
+    return _memo[key]
 
 
 def reference_stats(clf: Classifier, test_images) -> tuple:
     """Feature Gaussian of the reference images (the test set, or a noised copy), memoised by content."""
-    key = (*_fingerprint(test_images), str(next(clf.parameters()).device), id(clf))
-    if key not in _ref_stats:
-        _ref_stats[key] = gaussian_stats(features(clf, test_images))
-    return _ref_stats[key]
+    return _memoised(test_images, (str(next(clf.parameters()).device), id(clf)),
+                     lambda: gaussian_stats(features(clf, test_images)))
+
+
+def _ref_energy(test_images, binarise: bool = False) -> float:
+    return _memoised(test_images, (binarise,), lambda: image_stats(
+        (as_float(test_images).cpu() >= 0.5).float() if binarise else test_images)["gradient_energy"])
 
 
 def fid_and_se(clf: Classifier, samples, ref_stats: tuple, rounds: int = 30, seed: int = 0) -> tuple[float, float]:
@@ -277,7 +259,7 @@ def fid_and_se(clf: Classifier, samples, ref_stats: tuple, rounds: int = 30, see
     f = features(clf, samples).numpy()
 
     def fid_of(idx):
-        return frechet_distance((f[idx].mean(0), np.cov(f[idx], rowvar=False)), ref_stats)
+        return frechet_distance(gaussian_stats(f[idx]), ref_stats)
 
     return fid_of(np.arange(len(f))), stats.bootstrap_se(fid_of, len(f), rounds, seed)
 
@@ -290,29 +272,15 @@ def fid_floor(clf: Classifier, n: int, test_images, rounds: int = 30) -> tuple[f
 
 
 def score_samples(clf: Classifier, samples, test_images) -> dict:
-    """Classifier-FID (vs ``test_images``) with its bootstrap SE, class coverage, recognisability, image
-    stats, the sharpness gap to ``test_images`` and the superimposition measures."""
+    """Classifier-FID with its bootstrap SE, class coverage, image stats, the sharpness gaps and the
+    superimposition measures of ``samples``, against ``test_images``."""
     fid, fid_se = fid_and_se(clf, samples, reference_stats(clf, test_images))
-    out = {"fid": fid, "fid_se": fid_se}
-    out.update(coverage(predict_proba(clf, samples)))
-    out.update(image_stats(samples))
+    out = {"fid": fid, "fid_se": fid_se, **coverage(predict_proba(clf, samples)), **image_stats(samples)}
     out["sharpness_gap"] = abs(out["gradient_energy"] - _ref_energy(test_images))
     # the control: both sides thresholded at 0.5, so a grey point summary (a mean or median) cannot help
-    binary = (_as_float_images(samples, "cpu") >= 0.5).float()
+    binary = (as_float(samples).cpu() >= 0.5).float()
     out["sharpness_gap_binarised"] = abs(image_stats(binary)["gradient_energy"] - _ref_energy(test_images, True))
-    out.update(superimposed(samples, test_images))
-    return out
-
-
-_ref_energies: dict[tuple, float] = {}
-
-
-def _ref_energy(test_images, binarise: bool = False) -> float:
-    key = (*_fingerprint(test_images), binarise)
-    if key not in _ref_energies:
-        x = _as_float_images(test_images, "cpu")
-        _ref_energies[key] = image_stats((x >= 0.5).float() if binarise else x)["gradient_energy"]
-    return _ref_energies[key]
+    return out | superimposed(samples, test_images)
 
 
 def samples_of(model, n: int, seed: int) -> torch.Tensor:
@@ -324,17 +292,14 @@ def samples_of(model, n: int, seed: int) -> torch.Tensor:
 def score_vae(model, test_x: torch.Tensor, *, clf: Classifier, recon: str = "bce", beta: float = 1.0,
               recon_weight: float = 1.0, n_samples: int, iwae_k: int, iwae_images: int, seed: int,
               reference_x: torch.Tensor | None = None) -> tuple[dict, torch.Tensor]:
-    """Every number of a trained VAE, and its ``n_samples`` samples (uint8 [N, 28, 28], fixed seed).
-
-    ``test_x``: what the model is evaluated on (noisy for the noisy tier); ``reference_x``: the clean
-    test images the samples are compared with (default: ``test_x``)."""
+    """Every number of a trained VAE on ``test_x`` (noisy for the noisy tier), its samples compared with
+    ``reference_x`` (default ``test_x``); and those ``n_samples`` samples (uint8 [N, 28, 28], fixed seed)."""
     device = next(model.parameters()).device
     bound = test_bound(model, test_x, recon, beta, recon_weight, generator=generator(seed + 4, device),
                        show_progress=True)
     m = {f"test_{k}": v for k, v in bound.items()}
     if recon == "bce":
-        m["iwae_k"] = iwae_k
-        m["iwae_images"] = min(iwae_images, len(test_x))
+        m["iwae_k"], m["iwae_images"] = iwae_k, min(iwae_images, len(test_x))
         m["test_iwae"] = iwae_bound(model, test_x[:iwae_images], iwae_k, generator(seed + 5, device))
         # the ELBO on the same images as the IWAE bound, so that their gap is a like-for-like number
         m["iwae_images_bound"] = test_bound(model, test_x[:iwae_images], recon, generator=generator(seed + 4, device))["bound"]
@@ -345,44 +310,37 @@ def score_vae(model, test_x: torch.Tensor, *, clf: Classifier, recon: str = "bce
 
 # --- checking that a metric measures its word ----------------------------------------------------
 
+def _blur(x: torch.Tensor) -> torch.Tensor:
+    """A Gaussian blur (σ = 1 px) of each image [N, 1, 28, 28]."""
+    return torch.from_numpy(gaussian_filter(x.numpy(), sigma=(0, 0, 1, 1)))
+
+
 def known_cases(n: int, test_images, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Image sets whose quality is known in advance (uint8 [n, 28, 28] each), to check that a metric
-    separates them before it enters a verdict:
-
-    * ``real``: the last n training digits (real, but not the test set the metrics compare with);
-    * ``blurred``: them through a Gaussian blur (σ = 1 px); ``speckled``: them with 10 % salt-and-pepper
-      pixels (an artefact); ``dimmed``: them at 60 % brightness;
-    * ``one class``: n training digits of class 1 only; ``mean digit``: the test set's mean image n times;
-    * ``untrained decoder``: samples of an untrained ConvVAE (what a decoder that never learnt outputs).
-    """
-    from scipy.ndimage import gaussian_filter
-
+    """Image sets of known quality (uint8 [n, 28, 28] each): ``real`` = the last n training digits (not the
+    test set the metrics compare with); ``blurred`` (σ = 1 px), ``speckled`` (10 % salt-and-pepper) and
+    ``dimmed`` (60 % brightness) copies of them; ``one class`` (n training 1s); ``mean digit`` (the test set's
+    mean image n times); ``untrained decoder`` (samples of an untrained ConvVAE)."""
     train = data.load_split("train")
     real = train.float_images("cpu")[-n:]
     ones = train.float_images("cpu")[train.labels == 1]
-    test = _as_float_images(test_images, "cpu")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        untrained = models.ConvVAE().eval()
-        fresh = untrained.sample(n, generator=generator(seed + 1))
-    return {
-        "real": data.to_uint8(real),
-        "blurred": data.to_uint8(torch.from_numpy(gaussian_filter(real.numpy(), sigma=(0, 0, 1, 1)))),
-        "speckled": data.to_uint8(noise.salt_and_pepper(real, 0.1, generator=generator(seed + 2))),
-        "dimmed": data.to_uint8(0.6 * real),
-        "one class": data.to_uint8(ones[torch.arange(n) % len(ones)]),
-        "mean digit": data.to_uint8(test.mean(0, keepdim=True).expand(n, -1, -1, -1)),
-        "untrained decoder": data.to_uint8(fresh),
-    }
+        fresh = models.ConvVAE().eval().sample(n, generator=generator(seed + 1))
+    cases = {"real": real, "blurred": _blur(real),
+             "speckled": noise.salt_and_pepper(real, 0.1, generator=generator(seed + 2)), "dimmed": 0.6 * real,
+             "one class": ones[torch.arange(n) % len(ones)],
+             "mean digit": as_float(test_images).cpu().mean(0, keepdim=True).expand(n, -1, -1, -1),
+             "untrained decoder": fresh}
+    return {name: data.to_uint8(x) for name, x in cases.items()}
 
 
 # Each metric a verdict may use, the word it stands for, and the check it must pass on the known cases
-# (fixed before any model is scored). ``scores`` maps case name -> score_samples(...) of that case.
+# (fixed before any model is scored). ``s`` maps case name -> score_samples(...) of that case.
 METRIC_CHECKS: dict[str, tuple[str, str, Callable[[dict], bool]]] = {
     "fid": ("clearer / closer to real digits (lower)",
             "real digits score under 1/5 of blurred, one-class, mean-digit and untrained-decoder sets",
-            lambda s: all(s["real"]["fid"] * 5 < s[c]["fid"] for c in ("blurred", "one class", "mean digit",
-                                                                       "untrained decoder"))),
+            lambda s: all(s["real"]["fid"] * 5 < s[c]["fid"]
+                          for c in ("blurred", "one class", "mean digit", "untrained decoder"))),
     "recognisability": ("recognisable (higher)",
                         "real digits score 0.1 above the untrained decoder and the one-class set",
                         lambda s: all(s["real"]["recognisability"] > s[c]["recognisability"] + 0.1
@@ -393,8 +351,7 @@ METRIC_CHECKS: dict[str, tuple[str, str, Callable[[dict], bool]]] = {
                                     for c in ("blurred", "speckled"))),
     "stroke_brightness": ("darker (lower)", "dimmed digits score 0.2 below real digits",
                           lambda s: s["dimmed"]["stroke_brightness"] < s["real"]["stroke_brightness"] - 0.2),
-    "greyness": ("crisper (lower: less grey between black and white)",
-                 "blurred digits score 0.05 above real digits",
+    "greyness": ("crisper (lower: less grey between black and white)", "blurred digits score 0.05 above real digits",
                  lambda s: s["blurred"]["greyness"] > s["real"]["greyness"] + 0.05),
     "superimposed": ("superimposed digits (mean-digit similarity > 0.9 and pixel spread < 0.1)",
                      "the mean-digit set is superimposed; real and one-class digits are not",
@@ -403,36 +360,21 @@ METRIC_CHECKS: dict[str, tuple[str, str, Callable[[dict], bool]]] = {
 }
 
 
-def restoration_checks(clean, seed: int = 0) -> tuple[dict[str, bool], dict[str, dict]]:
-    """The known-case check of PSNR and SSIM (what (g) is judged on): noisy copies of ``clean`` at 10 %
-    and 80 % salt-and-pepper, a blurred copy (σ = 1 px) and a black image, each scored against ``clean``.
-    Each metric passes when it ranks 10 % noise above 80 % noise and blurred digits above black ones,
-    by at least 3 dB (PSNR) or 0.1 (SSIM)."""
-    from scipy.ndimage import gaussian_filter
+def check_metrics(clf: Classifier, test_images, n: int, seed: int = 0) -> tuple[dict[str, bool], dict[str, dict]]:
+    """Score every known case and run METRIC_CHECKS: ({metric: passed}, {case: scores}), kept by ``store.memo``."""
+    scores = memo("metric-checks", {"classifier": digest(clf), "test": digest(test_images), "n": n, "seed": seed},
+                  lambda: {c: score_samples(clf, x, test_images) for c, x in known_cases(n, test_images, seed).items()})
+    return {m: bool(check(scores)) for m, (_, _, check) in METRIC_CHECKS.items()}, scores
 
-    x = _as_float_images(clean, "cpu")
+
+def restoration_checks(clean, seed: int = 0) -> tuple[dict[str, bool], dict[str, dict]]:
+    """The known-case check of PSNR and SSIM (what (g) is judged on): each passes when it ranks 10 % salt-and-
+    pepper above 80 % and a blurred copy (σ = 1 px) above a black image, by 3 dB (PSNR) or 0.1 (SSIM)."""
+    x = as_float(clean).cpu()
     cases = {"10 % noise": noise.salt_and_pepper(x, 0.1, generator=generator(seed + 7)),
              "80 % noise": noise.salt_and_pepper(x, 0.8, generator=generator(seed + 8)),
-             "blurred digits": torch.from_numpy(gaussian_filter(x.numpy(), sigma=(0, 0, 1, 1))),
-             "black image": torch.zeros_like(x)}
-    scores = {name: psnr_ssim(images, x) for name, images in cases.items()}
-    ok = {m: scores["10 % noise"][m] > scores["80 % noise"][m] + d and scores["blurred digits"][m] > scores["black image"][m] + d
+             "blurred digits": _blur(x), "black image": torch.zeros_like(x)}
+    s = {name: psnr_ssim(images, x) for name, images in cases.items()}
+    ok = {m: s["10 % noise"][m] > s["80 % noise"][m] + d and s["blurred digits"][m] > s["black image"][m] + d
           for m, d in (("psnr", 3.0), ("ssim", 0.1))}
-    return ok, scores
-
-
-def is_superimposed(scores: dict) -> bool:
-    """The declared rule for "superimposed digits": every sample is close to the mean digit and they barely differ."""
-    return scores["mean_digit_similarity"] > 0.9 and scores["pixel_spread"] < 0.1
-
-
-def check_metrics(clf: Classifier, test_images, n: int, seed: int = 0) -> tuple[dict[str, bool], dict[str, dict]]:
-    """Score every known case and run METRIC_CHECKS: ({metric: passed}, {case: scores}). Kept by
-    ``store.memo`` (the same classifier, images, n and seed give the same scores in every notebook)."""
-    def compute():
-        cases = known_cases(n, test_images, seed)
-        return {name: score_samples(clf, images, test_images) for name, images in cases.items()}
-
-    scores = memo("metric-checks", {"classifier": digest(clf), "test": digest(test_images), "n": n, "seed": seed},
-                  compute)
-    return {m: bool(check(scores)) for m, (_, _, check) in METRIC_CHECKS.items()}, scores
+    return ok, s

@@ -1,5 +1,6 @@
-"""Figures: image grids, training curves, side-by-side panels, traversals, interpolations, and a 2-D
-latent space (codes by class, decoded manifold). Each returns a Figure."""
+"""Figures for the notebooks: image grids, training curves, bars, traversals, interpolations, a 2-D latent
+space (codes by class, decoded manifold), rate-distortion, per-dimension KL. Each returns a Figure, except
+``latent_explorer`` (a JupyterLab widget)."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -8,54 +9,51 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-
-def _np_images(images) -> np.ndarray:
-    t = torch.as_tensor(images).detach().cpu()
-    if t.dtype == torch.uint8:
-        t = t.float() / 255.0
-    return t.reshape(-1, 28, 28).numpy()
+from .data import IMAGE_SIDE as S, as_float
 
 
 def tile(images, nrow: int = 8, pad: int = 1) -> np.ndarray:
-    """Images [N, 28, 28] -> one [H, W] mosaic with ``nrow`` images per row."""
-    x = _np_images(images)
-    n = len(x)
-    rows = int(np.ceil(n / nrow))
-    out = np.ones((rows * (28 + pad) + pad, nrow * (28 + pad) + pad)) * 0.5
+    """Images [N, 28, 28] -> one [H, W] mosaic with ``nrow`` images per row, on a grey (0.5) background."""
+    x = as_float(images).cpu()[:, 0].numpy()
+    out = np.ones((int(np.ceil(len(x) / nrow)) * (S + pad) + pad, nrow * (S + pad) + pad)) * 0.5
     for i, img in enumerate(x):
         r, c = divmod(i, nrow)
-        out[pad + r * (28 + pad) : pad + r * (28 + pad) + 28, pad + c * (28 + pad) : pad + c * (28 + pad) + 28] = img
+        out[pad + r * (S + pad) : pad + r * (S + pad) + S, pad + c * (S + pad) : pad + c * (S + pad) + S] = img
     return out
 
 
-def grid(images, nrow: int = 8, title: str | None = None, ax=None, size: float = 4.0):
-    """One image grid."""
-    fig = None
-    if ax is None:
-        fig, ax = plt.subplots(figsize=(size, size * np.ceil(len(images) / nrow) / nrow + (0.3 if title else 0)))
-    ax.imshow(tile(images, nrow), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-    ax.set_axis_off()
+def _show(ax, images, nrow: int, pad: int = 1):
+    ax.imshow(tile(images, nrow, pad), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+
+
+def _finish(fig, ax=None, title: str | None = None, fontsize=None, frameless: bool = False):
+    """Title ``ax`` (if given a title), hide its frame (``frameless``) and lay the figure out."""
+    if frameless:
+        for s in ax.spines.values():
+            s.set_visible(False)
     if title:
-        ax.set_title(title, fontsize=10)
-    return fig or ax.figure
+        ax.set_title(title, **({"fontsize": fontsize} if fontsize else {}))
+    fig.tight_layout()
+    return fig
 
 
 def panels(image_sets: Sequence, titles: Sequence[str], nrow: int = 8, size: float = 3.2, suptitle: str | None = None):
-    """Several grids side by side (e.g. the three losses' final samples)."""
+    """Image grids side by side (e.g. the three losses' final samples)."""
     fig, axes = plt.subplots(1, len(image_sets), figsize=(size * len(image_sets), size + 0.4), squeeze=False)
     for ax, imgs, t in zip(axes[0], image_sets, titles):
-        grid(imgs, nrow, t, ax=ax)
+        _show(ax, imgs, nrow)
+        ax.set_axis_off()
+        if t:
+            ax.set_title(t, fontsize=10)
     if suptitle:
         fig.suptitle(suptitle)
-    fig.tight_layout()
-    return fig
+    return _finish(fig)
 
 
 def progression(grids, epochs: Sequence[int] | None = None, max_cols: int = 6, n: int = 16, title: str | None = None):
     """Samples from one fixed z after selected epochs: the training progression."""
     grids = torch.as_tensor(grids)
-    total = len(grids)
-    pick = sorted(set(np.linspace(0, total - 1, min(max_cols, total)).round().astype(int).tolist()))
+    pick = sorted(set(np.linspace(0, len(grids) - 1, min(max_cols, len(grids))).round().astype(int).tolist()))
     labels = [f"epoch {(epochs[i] if epochs else i + 1)}" for i in pick]
     return panels([grids[i][:n] for i in pick], labels, nrow=4, size=2.0, suptitle=title)
 
@@ -66,38 +64,29 @@ def curves(histories: dict[str, list[dict]], keys: Sequence[str], ylabel: str, t
     a marker per training seed, dashed for training and solid for test numbers."""
     fig, ax = plt.subplots(figsize=(6, 3.6))
     groups = list(dict.fromkeys(name.split(", seed")[0] for name in histories))
-    markers = "os^Dvx"
     seen: dict[str, int] = {}
     for name, hist in histories.items():
         group = name.split(", seed")[0]
         i = seen[group] = seen.get(group, -1) + 1
-        ep = [h["epoch"] for h in hist]
         for k in keys:
             style = "--" if k.startswith("train") else "-"
-            what = k.replace("_", " ")
             colour = groups.index(group) if len(groups) > 1 else list(keys).index(k) if style == "-" else 0
-            ax.plot(ep, [h[k] for h in hist], style, color=f"C{colour % 10}", marker=markers[i % 6],
-                    ms=3, label=f"{name}: {what}" if len(keys) > 1 else name)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel(ylabel)
-    if logy:
-        ax.set_yscale("log")
-    if title:
-        ax.set_title(title)
+            ax.plot([h["epoch"] for h in hist], [h[k] for h in hist], style, color=f"C{colour % 10}",
+                    marker="os^Dvx"[i % 6], ms=3, label=f"{name}: {k.replace('_', ' ')}" if len(keys) > 1 else name)
+    ax.set(xlabel="epoch", ylabel=ylabel, yscale="log" if logy else "linear")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2 if len(histories) * len(keys) > 8 else 1)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, ax, title)
 
 
 def bars(values: dict[str, float | Sequence[float]], ylabel: str, title: str | None = None, ref: float | None = None,
          ref_label: str = "test set"):
     """One bar per model: a number, or one value per training seed (bar = mean, error bar = SD, dots = seeds)."""
     per = {k: [float(x) for x in (v if isinstance(v, (list, tuple)) else [v])] for k, v in values.items()}
-    means = [float(np.mean(v)) for v in per.values()]
     sds = [float(np.std(v, ddof=1)) if len(v) > 1 else 0.0 for v in per.values()]
     fig, ax = plt.subplots(figsize=(5, 3.2))
-    ax.bar(list(per), means, yerr=sds, capsize=4, color=[f"C{i}" for i in range(len(per))], alpha=0.8)
+    ax.bar(list(per), [float(np.mean(v)) for v in per.values()], yerr=sds, capsize=4,
+           color=[f"C{i}" for i in range(len(per))], alpha=0.8)
     for i, v in enumerate(per.values()):
         if len(v) > 1:
             ax.plot([i] * len(v), v, "k.", ms=4)
@@ -105,54 +94,32 @@ def bars(values: dict[str, float | Sequence[float]], ylabel: str, title: str | N
         ax.axhline(ref, color="k", ls="--", lw=1, label=ref_label)
         ax.legend(fontsize=8)
     ax.set_ylabel(ylabel)
-    if title:
-        ax.set_title(title)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, ax, title)
 
 
 def compare_rows(rows: Sequence, labels: Sequence[str], n: int = 10):
     """Rows of images (e.g. clean / noisy / reconstruction), one labelled row each."""
     fig, axes = plt.subplots(len(rows), 1, figsize=(n * 0.6, len(rows) * 0.75 + 0.2), squeeze=False)
     for ax, imgs, lab in zip(axes[:, 0], rows, labels):
-        ax.imshow(tile(torch.as_tensor(imgs)[:n], nrow=n), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        _show(ax, as_float(imgs)[:n], n)
         ax.set_axis_off()
         ax.set_title(lab, fontsize=8, loc="left")
-    fig.tight_layout()
-    return fig
+    return _finish(fig)
 
 
 @torch.no_grad()
 def traversal(model, base_z: torch.Tensor, values=np.linspace(-3, 3, 9), title: str | None = None):
     """Each row sweeps one latent dimension from -3 to 3 (others fixed at base_z)."""
     d = base_z.numel()
-    device = next(model.parameters()).device
     z = base_z.reshape(1, 1, d).repeat(d, len(values), 1).clone()
     for j in range(d):
         z[j, :, j] = torch.as_tensor(values, dtype=z.dtype)
-    imgs = model.decode(z.reshape(-1, d).to(device)).cpu()
+    imgs = model.decode(z.reshape(-1, d).to(next(model.parameters()).device)).cpu()
     fig, ax = plt.subplots(figsize=(len(values) * 0.45, d * 0.45 + 0.4))
-    ax.imshow(tile(imgs, nrow=len(values)), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-    ax.set_yticks([(28 + 1) * j + 15 for j in range(d)], [f"z{j}" for j in range(d)], fontsize=7)
-    ax.set_xticks([(28 + 1) * i + 15 for i in range(len(values))], [f"{v:+.1f}" for v in values], fontsize=6)
-    return _frameless(fig, ax, title)
-
-
-def _frameless(fig, ax, title: str | None):
-    """An image axis without its frame, titled; the figure laid out."""
-    for s in ax.spines.values():
-        s.set_visible(False)
-    if title:
-        ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    return fig
-
-
-def _float_image(x) -> torch.Tensor:
-    t = torch.as_tensor(x).detach()
-    if t.dtype == torch.uint8:
-        t = t.float() / 255.0
-    return t.reshape(1, 28, 28)
+    _show(ax, imgs, len(values))
+    ax.set_yticks([(S + 1) * j + 15 for j in range(d)], [f"z{j}" for j in range(d)], fontsize=7)
+    ax.set_xticks([(S + 1) * i + 15 for i in range(len(values))], [f"{v:+.1f}" for v in values], fontsize=6)
+    return _finish(fig, ax, title, 9, frameless=True)
 
 
 @torch.no_grad()
@@ -166,14 +133,14 @@ def interpolation(model, x_pairs, steps: int = 9, title: str | None = None,
     t = torch.linspace(0, 1, steps)
     rows = []
     for a, b in x_pairs:
-        x = torch.stack([_float_image(a), _float_image(b)]).to(device)  # [2, 1, 28, 28]
+        x = torch.cat([as_float(a), as_float(b)]).to(device)  # [2, 1, 28, 28]
         mu = model.encode(x)[0]
         w = t.to(device, mu.dtype)[:, None]
         rows += [x[:1].cpu(), model.decode((1 - w) * mu[0] + w * mu[1]).cpu(), x[1:].cpu()]
     model.train(was_training)
-    n, cell = steps + 2, 28 + 1
+    n, cell = steps + 2, S + 1
     fig, ax = plt.subplots(figsize=(n * 0.5, len(x_pairs) * 0.5 + 0.5))
-    ax.imshow(tile(torch.cat(rows), nrow=n), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    _show(ax, torch.cat(rows), n)
     for col in (1, n - 1):  # set the real digits apart from the decoded path
         ax.axvline(col * cell + 0.5, color="tab:orange", lw=1.5)
     ax.set_xticks([cell * i + 15 for i in range(n)], ["source"] + [f"{v:.2f}" for v in t.tolist()] + ["target"],
@@ -183,60 +150,51 @@ def interpolation(model, x_pairs, steps: int = 9, title: str | None = None,
         ax.set_yticks([cell * j + 15 for j in range(len(x_pairs))], list(row_labels), fontsize=7)
     else:
         ax.set_yticks([])
-    return _frameless(fig, ax, title)
+    return _finish(fig, ax, title, 9, frameless=True)
 
 
 def latent_scatter(mu, labels, title: str | None = None, box: float | None = None):
     """2-D codes mu [N, 2] as points coloured by digit class (tab10); ``box`` draws the square
     [-box, box]^2 (e.g. the extent of ``manifold``)."""
     mu = torch.as_tensor(mu).detach().cpu().float().numpy()
-    labels = torch.as_tensor(labels).cpu().numpy()
     fig, ax = plt.subplots(figsize=(5.6, 4.6))
-    pts = ax.scatter(mu[:, 0], mu[:, 1], c=labels, cmap="tab10", vmin=-0.5, vmax=9.5, s=3, alpha=0.6,
-                     linewidths=0, rasterized=True)
+    pts = ax.scatter(mu[:, 0], mu[:, 1], c=torch.as_tensor(labels).cpu().numpy(), cmap="tab10", vmin=-0.5,
+                     vmax=9.5, s=3, alpha=0.6, linewidths=0, rasterized=True)
     cbar = fig.colorbar(pts, ax=ax, ticks=range(10))
     cbar.set_label("digit class")
     if cbar.solids is not None:
         cbar.solids.set_alpha(1)
     if box is not None:
         ax.add_patch(plt.Rectangle((-box, -box), 2 * box, 2 * box, fill=False, ec="k", ls="--", lw=1))
-    ax.set_xlabel("$\\mu_1$")
-    ax.set_ylabel("$\\mu_2$")
+    ax.set(xlabel="$\\mu_1$", ylabel="$\\mu_2$")
     ax.set_aspect("equal", adjustable="datalim")
     ax.grid(alpha=0.3)
-    if title:
-        ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, ax, title, 10)
 
 
 @torch.no_grad()
 def manifold(model, n: int = 15, p: tuple[float, float] = (0.05, 0.95), title: str | None = None):
     """The decoded 2-D manifold: z_i = Phi^-1(q) for n quantiles q evenly spaced in ``p`` (Kingma &
-    Welling 2014, Fig. 4); z_1 grows to the right, z_2 upwards. Returns the Figure."""
-    device = next(model.parameters()).device
+    Welling 2014, Fig. 4); z_1 grows to the right, z_2 upwards."""
     was_training = model.training
     model.eval()
     z = torch.distributions.Normal(0.0, 1.0).icdf(torch.linspace(p[0], p[1], n))
     z1, z2 = torch.meshgrid(z, z.flip(0), indexing="xy")  # rows: z_2 from high (top) to low
-    imgs = model.decode(torch.stack([z1.reshape(-1), z2.reshape(-1)], 1).to(device)).cpu()
+    imgs = model.decode(torch.stack([z1.reshape(-1), z2.reshape(-1)], 1).to(next(model.parameters()).device)).cpu()
     model.train(was_training)
     fig, ax = plt.subplots(figsize=(6.2, 6.2))
-    ax.imshow(tile(imgs, nrow=n, pad=0), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-    ticks = [28 * i + 13.5 for i in range(n)]
+    _show(ax, imgs, n, pad=0)
+    ticks = [S * i + 13.5 for i in range(n)]
     ax.set_xticks(ticks, [f"{v:.2f}" for v in z.tolist()], fontsize=6, rotation=90)
     ax.set_yticks(ticks, [f"{v:.2f}" for v in z.flip(0).tolist()], fontsize=6)
-    ax.set_xlabel("$z_1$")
-    ax.set_ylabel("$z_2$")
-    if title:
-        ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    return fig
+    ax.set(xlabel="$z_1$", ylabel="$z_2$")
+    return _finish(fig, ax, title, 10)
 
 
 def latent_explorer(model, kl: torch.Tensor, codes: dict[int, torch.Tensor], start: int | None = None):
-    """A JupyterLab widget: one slider per latent dimension (most informative first, labelled with its KL),
-    a menu of starting codes (z = 0 or the code μ of a test digit) and the decoded image, redrawn live."""
+    """A JupyterLab widget (the notebook tags its cell lab-only): one slider per latent dimension (most
+    informative first, labelled with its KL), a menu of starting codes (z = 0 or the code μ of a test digit)
+    and the decoded image, redrawn live."""
     import io
 
     import ipywidgets as widgets
@@ -285,12 +243,9 @@ def rate_distortion(points: dict[str, list[tuple[float, float]]], title: str | N
         means[name] = tuple(np.mean(pts, axis=0))
         ax.annotate(name, means[name], textcoords="offset points", xytext=(5, 5))
     ax.plot(*zip(*means.values()), "k-", lw=1)
-    ax.set_xlabel("rate: KL(q(z|x) || p(z)) [nats]")
-    ax.set_ylabel("distortion: -E log p(x|z) [nats]")
-    ax.set_title(title or "rate-distortion on the test set (one point per seed)")
+    ax.set(xlabel="rate: KL(q(z|x) || p(z)) [nats]", ylabel="distortion: -E log p(x|z) [nats]")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, ax, title or "rate-distortion on the test set (one point per seed)")
 
 
 def kl_per_dimension(per_dim: dict[str, torch.Tensor]):
@@ -299,8 +254,6 @@ def kl_per_dimension(per_dim: dict[str, torch.Tensor]):
     w = 0.8 / len(per_dim)
     for i, (name, kl) in enumerate(per_dim.items()):
         ax.bar(torch.arange(len(kl)) + i * w, kl.sort(descending=True).values, w, label=name)
-    ax.set_xlabel("latent dimension (sorted by KL)")
-    ax.set_ylabel("KL [nats]")
+    ax.set(xlabel="latent dimension (sorted by KL)", ylabel="KL [nats]")
     ax.legend()
-    fig.tight_layout()
-    return fig
+    return _finish(fig)

@@ -221,7 +221,7 @@ def test_binarised_sharpness_gap_ignores_grey_point_summaries():
     grey = x * 0.7 + 0.1  # the same shapes as a grey point summary
     assert evaluate.image_stats(grey)["gradient_energy"] != pytest.approx(evaluate.image_stats(x)["gradient_energy"])
     ref = evaluate._ref_energy(x, True)
-    binary = (evaluate._as_float_images(grey, "cpu") >= 0.5).float()
+    binary = (evaluate.as_float(grey) >= 0.5).float()
     assert evaluate.image_stats(binary)["gradient_energy"] == pytest.approx(ref)
 
 def test_superimposed_rule_on_known_images():
