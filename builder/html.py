@@ -515,6 +515,19 @@ def _findings_table(report: Path) -> str:
             f'<tbody>{"".join(rows)}</tbody></table></div>')
 
 
+def _study_link(report: Path) -> str:
+    """A pointer to the budget ladder (make study) when report/study/ holds one."""
+    path = report / "study" / "ladder.json"
+    if not path.exists():
+        return ""
+    doc = json.loads(path.read_text())
+    tops = ", ".join(f"{m} {v[-1]}" for m, v in doc.get("budgets", {}).items())
+    changed = sum(not s.get("stable") for s in doc.get("subclaims", []))
+    return (f'<p class="note"><b>Do the labels survive longer training?</b> The <a href="study/index.html">budget '
+            f'ladder</a> judges every sub-claim again at four budgets up to {_e(tops)} epochs: '
+            f'{changed} of {len(doc.get("subclaims", []))} sub-claims change label along it.</p>')
+
+
 def write_index(report: Path) -> None:
     """report/index.html: the tiers with a key figure each, one summary table of every run's metrics,
     the manifest in brief, links to every page, notebook and figure. Also installs report/assets/."""
@@ -545,6 +558,7 @@ def write_index(report: Path) -> None:
 <main class="wrap">
 <h2 id="findings">Findings: the course report's claims, measured</h2>
 {_findings_table(report)}
+{_study_link(report)}
 <h2 id="tiers">Tiers</h2>
 {_tier_cards(report, manifest)}
 <h2 id="summary">Summary of every trained model</h2>

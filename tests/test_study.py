@@ -42,3 +42,18 @@ def test_ladder_json_holds_each_subclaims_label_per_rung_and_whether_it_is_stabl
     assert rows["c2"]["deciding"] == ["c2 at rung-1", "c2 at rung-2"]
     page = study.write_page(tmp_path, doc, 20.0, "X").read_text()
     assert 'href="rung-2/03_gan.html#verdict-c2"' in page and "<b>changes</b>" in page and "stable" in page
+
+
+def test_the_report_index_points_to_the_ladder_when_there_is_one(tmp_path):
+    from builder import html
+
+    report = tmp_path / "report"
+    report.mkdir()
+    html.write_index(report)
+    assert "study/index.html" not in (report / "index.html").read_text()
+    (report / "study").mkdir()
+    (report / "study" / "ladder.json").write_text(json.dumps({"budgets": {"ConvVAE": [2, 20], "GAN": [6, 60]},
+                                                             "subclaims": [{"stable": True}, {"stable": False}]}))
+    html.write_index(report)
+    index = (report / "index.html").read_text()
+    assert 'href="study/index.html"' in index and "ConvVAE 20, GAN 60" in index and "1 of 2 sub-claims" in index
