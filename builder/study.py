@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import html as _html
 import json
+import re
 import sys
 import tempfile
 import time
@@ -104,6 +105,67 @@ def ladder_doc(study: Path, name: str) -> dict:
             "subclaims": sorted(found.values(), key=lambda r: (r["claim"], r["id"]))}
 
 
+_GAIN = re.compile(r"gain ([+-]?[\d.]+(?:e[+-]?\d+)?)(?: \[([+-]?[\d.]+(?:e[+-]?\d+)?), ([+-]?[\d.]+(?:e[+-]?\d+)?)\])?")
+_FLOOR = re.compile(r"floor ([\d.]+(?:e[+-]?\d+)?)")
+
+
+def numbers(deciding: str | None) -> tuple[float, float | None, float | None, float] | None:
+    """(gain, lo, hi, floor) read back from a tested sub-claim's deciding text (lib.claims writes it), or None."""
+    g, f = _GAIN.search(deciding or ""), _FLOOR.search(deciding or "")
+    if not g or not f or float(f.group(1)) == 0:
+        return None
+    lo, hi = (float(g.group(2)), float(g.group(3))) if g.group(2) else (None, None)
+    return float(g.group(1)), lo, hi, float(f.group(1))
+
+
+FAMILY = {"01_vae_basic": "ConvVAE", "05_noisy_data": "ConvVAE", "04_beta_vae": "BetaVAE", "03_gan": "GAN"}
+COLOURS = {"kept": "#2a7", "refuted": "#c33", "inconclusive": "#888"}
+
+
+def figure(study: Path, doc: dict) -> Path | None:
+    """ladder.png: one panel per tested sub-claim, its gain in units of its effect floor (with the interval) against
+    the training budget; a label is kept above both lines (0 and the floor), refuted below 0 or wholly below 1."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [s for s in doc["subclaims"] if any(numbers(d) for d in s["deciding"])]
+    if not rows:
+        return None
+    cols = 6
+    fig, axes = plt.subplots(-(-len(rows) // cols), cols, figsize=(2.3 * cols, 1.9 * -(-len(rows) // cols)),
+                             squeeze=False)
+    for ax in axes.flat[len(rows):]:
+        ax.axis("off")
+    for ax, s in zip(axes.flat, rows):
+        epochs = doc["budgets"][FAMILY.get(s["notebook"], "ConvVAE")]
+        for x, d, label in zip(epochs, s["deciding"], s["labels"]):
+            n = numbers(d)
+            if n is None:
+                continue
+            gain, lo, hi, floor = n
+            colour = COLOURS.get(label, "#888")
+            if lo is not None:
+                ax.plot([x, x], [lo / floor, hi / floor], color=colour, lw=1.5)
+            ax.plot(x, gain / floor, "o", color=colour, ms=4)
+        ax.axhline(0, color="k", lw=0.6)
+        ax.axhline(1, color="k", lw=0.6, ls=":")
+        ax.set_xscale("log")
+        ax.set_xticks(epochs, [str(e) for e in epochs], fontsize=7)
+        ax.minorticks_off()
+        ax.tick_params(axis="y", labelsize=7)
+        ax.set_title(f"{s['id']}: {s['text'][:34]}{'…' if len(s['text']) > 34 else ''}", fontsize=7)
+    fig.supxlabel("training epochs (log scale)", fontsize=9)
+    fig.supylabel("gain / effect floor (claim's direction > 0)", fontsize=9)
+    fig.suptitle("Every tested sub-claim across the ladder: green kept, red refuted, grey inconclusive; "
+                 "dotted: the floor", fontsize=10)
+    fig.tight_layout()
+    out = study / "ladder.png"
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
 def write_page(study: Path, doc: dict, wall: float | None, cpu: str) -> Path:
     """report/study/index.html: one row per sub-claim, one column per rung, the default report's label beside."""
     e = _html.escape
@@ -135,6 +197,7 @@ the four budgets in the column heads (epochs per model family), and every sub-cl
 (<code>lib/claims.py</code>) at each. A label that is the same at every rung is <i>stable</i>. Hover a label for its
 deciding number; click it for the notebook cell. Built in {took} on {e(cpu)}; the numbers are in
 <code>ladder.json</code>.</p>
+{'<p><img src="ladder.png" alt="gain over effect floor per sub-claim and budget" style="max-width:100%"></p>' if (study / "ladder.png").exists() else ""}
 <table><tr><th>claim</th><th>sub-claim</th><th>default report</th>{head}<th>across budgets</th></tr>
 {"".join(rows)}</table></body></html>
 """
@@ -152,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", default="auto", help="notebooks executed at a time (as make report)")
     ap.add_argument("--study-dir", default=str(STUDY), help=argparse.SUPPRESS)  # tests build elsewhere
     ap.add_argument("--nb", nargs="*", default=list(ORDER), help=argparse.SUPPRESS)  # tests: fewer notebooks
+    ap.add_argument("--assemble", action="store_true",
+                    help="only write ladder.json, ladder.png and index.html from the rungs already built")
     args = ap.parse_args(argv)
     import torch
 
@@ -159,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     ladder, study = LADDERS[name], Path(args.study_dir).absolute()
     n = len(ladder["ConvVAE"])
     t0 = time.perf_counter()
-    for i in range(n):
+    for i in range(0 if args.assemble else n):
         budgets = rung_params(ladder, i)
         print(f"##### rung {i + 1} of {n}: " + ", ".join(f"{m} {ladder[m][i]} epochs" for m in ladder), flush=True)
         try:
@@ -171,14 +236,16 @@ def main(argv: list[str] | None = None) -> int:
         if code:
             return code
     doc = ladder_doc(study, name)
-    env = build.environment()
-    doc["wall_seconds_this_run"] = round(time.perf_counter() - t0, 1)
     doc["wall_seconds"] = round(sum(float(r["wall_seconds"] or 0) for r in doc["rungs"]), 1)  # the rungs' builds
-    doc["machine"] = {k: env.get(k) for k in ("cpu", "cores", "device", "platform", "torch")}
+    doc["machine"] = doc["rungs"][0]["machine"]  # the machine that built the rungs (their manifests)
+    if not args.assemble:
+        doc["wall_seconds_this_run"] = round(time.perf_counter() - t0, 1)  # less than the above when resumed
     (study / "ladder.json").write_text(json.dumps(doc, indent=1, ensure_ascii=False) + "\n")
-    write_page(study, doc, doc["wall_seconds"], f"{env.get('cpu')} ({env.get('cores')} cores, {env.get('device')})")
+    figure(study, doc)
+    m = doc["machine"]
+    write_page(study, doc, doc["wall_seconds"], f"{m.get('cpu')} ({m.get('cores')} cores, {m.get('device')})")
     print(f"ladder written to {study}: {len(doc['subclaims'])} sub-claims; the rungs' builds took "
-          f"{doc['wall_seconds']:.0f} s, this command {doc['wall_seconds_this_run']:.0f} s")
+          f"{doc['wall_seconds']:.0f} s")
     return 0
 
 

@@ -57,3 +57,12 @@ def test_the_report_index_points_to_the_ladder_when_there_is_one(tmp_path):
     html.write_index(report)
     index = (report / "index.html").read_text()
     assert 'href="study/index.html"' in index and "ConvVAE 20, GAN 60" in index and "1 of 2 sub-claims" in index
+
+
+def test_numbers_reads_gain_interval_and_floor_back_from_a_deciding_text():
+    text = ("L1 0.0180 ± 0.0003 (2 seeds) vs MSE 0.0445 ± 0.0000 (2 seeds); gain +0.0265 [+0.0141, +0.0389] "
+            "(paired t, df 1.0, 98.8%); floor 0.0055")
+    assert study.numbers(text) == (0.0265, 0.0141, 0.0389, 0.0055)
+    assert study.numbers("GAN 30.0 (1 seed) vs VAE 180.0 (1 seed); gain +150.00 (no seed spread); floor 32.40") == (
+        150.0, None, None, 32.4)
+    assert study.numbers("rate 12 vs 30. holds by construction") is None
