@@ -1,30 +1,31 @@
 """The course report's claims as one declared table, and the one rule that labels every sub-claim.
 
-Each claim (a)-(g) is split into sub-claims. A sub-claim names its metric (one that passed its
-known-case check, ``lib.evaluate``), the two arms it compares, the direction the claim predicts, and
-its kind: ``test`` (judged), ``construction`` (holds by the objective, whatever was trained: shown,
-never counted as support) or ``untestable`` (the words describe a situation that cannot arise as stated).
+Each claim (a)-(g) is split into sub-claims, each naming its metric (one that passed its known-case check,
+``lib.evaluate``), the two arms it compares, the direction the claim predicts, and its kind: ``test`` (judged),
+``construction`` (holds by the objective whatever was trained: shown, never counted as support) or ``untestable``
+(the words describe a situation that cannot arise as stated). A tested sub-claim with gain g of arm a over arm b
+(g > 0: as the claim says) is
 
-The rule, for a tested sub-claim with gain g of arm a over arm b (g > 0: as the claim says):
+* **kept** when lo > 0 and g >= the floor; **refuted** when hi < 0 (the other way) or hi < the floor (any difference
+  is smaller than the floor); **inconclusive** otherwise, or when the metric failed its known-case check, where
+* the **effect floor** is ``FLOOR`` x the metric's known-case separation (e.g. real vs blurred digits), or a fixed
+  size for metrics in nats: a smaller difference is not one a reader would see;
+* [lo, hi] is g's two-sided t-interval (``lib.stats.difference``: paired when the arms share training seeds, else
+  Welch) at confidence 1 - 0.05 / m for a claim with m tested sub-claims (Bonferroni); an arm with one training
+  seed has none of its own: [lo, hi] = g -/+ ``CLEAR`` x the largest seed SD of that metric among the notebook's
+  arms with several seeds ("gap larger than any plausible seed SD"); with no seed SD at all, nothing is decided.
 
-* the **effect floor** is ``FLOOR`` x the metric's known-case separation (e.g. real vs blurred digits),
-  or a fixed size for metrics in nats: a difference smaller than that is not one a reader would see;
-* g gets a two-sided t-interval [lo, hi] (``lib.stats.difference``: paired when the arms share training
-  seeds, else Welch), at confidence 1 - 0.05 / m for a claim with m tested sub-claims (Bonferroni);
-* an arm with one training seed has no interval of its own: [lo, hi] = g -/+ ``CLEAR`` x the largest
-  seed SD of that metric among the notebook's arms with several seeds ("gap larger than any plausible
-  seed SD"); with no seed SD at all, nothing is decided;
-* **kept** when lo > 0 and g >= floor; **refuted** when hi < 0 (the other way) or hi < floor (any
-  difference is smaller than the floor); **inconclusive** otherwise, or when the metric failed its check.
-
-Written in December 2026, after the numbers of earlier builds had been seen: it replaces a 2-SE rule with
-pooled seed SDs and flat "partly kept" labels (see each sub-claim's ``note`` for what else changed).
+Written in December 2026, after the numbers of earlier builds had been seen: it replaces a 2-SE rule with pooled
+seed SDs and flat "partly kept" labels (each sub-claim's ``note`` says what else changed).
 """
 from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from . import evaluate
+from .notebook import table
 from .stats import Arm, arm, difference
 
 FLOOR = 0.1   # fraction of a metric's known-case separation below which a difference does not count
@@ -65,8 +66,8 @@ class Claim:
     subs: tuple[Sub, ...]
 
 
-def _g(level: str, n: int, b: str, text: str, metric: str = "psnr") -> Sub:
-    return Sub(f"g{n}", text, metric, f"noise {level}", f"{b} {level}", "higher", limit=True)
+def _g(level: str, n: int, b: str, text: str) -> Sub:
+    return Sub(f"g{n}", text, "psnr", f"noise {level}", f"{b} {level}", "higher", limit=True)
 
 
 CLAIMS: dict[str, Claim] = {
@@ -97,10 +98,8 @@ CLAIMS: dict[str, Claim] = {
         Sub("e1", "1 %: FID (noise channel undone) below 1.5 x the clean model's", "fid_inverted", "noise 1%",
             "noise 0%", factor=1.5, note="the metric changed after a published verdict (da9ef78 → d7917a7)"),
         Sub("e2", "10 %: below 1.5 x the clean model's", "fid_inverted", "noise 10%", "noise 0%", factor=1.5),
-        Sub("e3", "20 %: above 1.5 x the clean model's", "fid_inverted", "noise 20%", "noise 0%", "higher",
-            factor=1.5),
-        Sub("e4", "80 %: above 3 x the clean model's", "fid_inverted", "noise 80%", "noise 0%", "higher",
-            factor=3.0))),
+        Sub("e3", "20 %: above 1.5 x the clean model's", "fid_inverted", "noise 20%", "noise 0%", "higher", factor=1.5),
+        Sub("e4", "80 %: above 3 x the clean model's", "fid_inverted", "noise 80%", "noise 0%", "higher", factor=3.0))),
     "f": Claim("without KL the samples are faint outlines; without reconstruction they are superimposed digits",
                "01_vae_basic", (
         Sub("f1", "no-KL samples fainter (lower stroke brightness) than BCE+KLD's", "stroke_brightness",
@@ -116,8 +115,8 @@ CLAIMS: dict[str, Claim] = {
         _g("80%", 4, "input", "80 %: reconstruction nearer the clean digit than the noisy input"),
         _g("80%", 5, "median", "80 %: ... than a 3 x 3 median filter"),
         _g("80%", 6, "blank", "80 %: ... than the best blank image"),
-        Sub("g7", "10 %: a denoising VAE (noisy input, clean target) nearer the clean digit than the 3 x 3 median filter",
-            "psnr", "denoise 10%", "median 10%", "higher", limit=True),
+        Sub("g7", "10 %: a denoising VAE (noisy input, clean target) nearer the clean digit than the 3 x 3 median "
+                  "filter", "psnr", "denoise 10%", "median 10%", "higher", limit=True),
         Sub("g8", "80 %: a denoising VAE nearer the clean digit than the 3 x 3 median filter", "psnr", "denoise 80%",
             "median 80%", "higher", limit=True),
         Sub("g9", "80 %: a denoising VAE nearer the clean digit than the best blank image", "psnr", "denoise 80%",
@@ -161,11 +160,9 @@ def judge(letters: str, scores: dict[str, list[dict]], checks: dict[str, bool], 
         claim = CLAIMS[letter]
         tested = [s for s in claim.subs if s.kind == "test" and _has(scores, s)]
         confidence = 1 - ALPHA / max(len(tested), 1)
-        for s in claim.subs:
-            if s.kind == "test" and s in tested:
+        for s in (s for s in claim.subs if s in tested or s.kind != "test"):
+            if s.kind == "test":
                 label, deciding = _decide(s, scores, checks, fl, confidence)
-            elif s.kind == "test":
-                continue
             else:
                 label = "holds by construction" if s.kind == "construction" else "untestable as stated"
                 deciding = (numbers or {}).get(s.id, "")
@@ -182,8 +179,7 @@ def _has(scores: dict[str, list[dict]], s: Sub) -> bool:
 
 
 def _decide(s: Sub, scores, checks, fl, confidence) -> tuple[str, str]:
-    a = arm(s.a, scores[s.a], s.metric)
-    b0 = arm(s.b, scores[s.b], s.metric)
+    a, b0 = arm(s.a, scores[s.a], s.metric), arm(s.b, scores[s.b], s.metric)
     b = Arm(f"{s.factor:g} x {s.b}" if s.factor != 1 else s.b, tuple(v * s.factor for v in b0.values), b0.seeds)
     d = difference(a, b, s.better, confidence, limit=s.limit)
     floor = fl.get(s.metric)
@@ -231,3 +227,10 @@ def save(findings: list[Finding], out: Path, notebook: str, profile: str) -> Pat
     return path
 
 
+def gate_markdown(checks: dict[str, bool], known: dict[str, dict], metrics: list[str]) -> str:
+    """The known-case gate as Markdown: each known case's scores on ``metrics``, then every check of
+    ``evaluate.METRIC_CHECKS`` and whether it passed (a metric that failed enters no verdict)."""
+    rows = [{"known case": name, **{m: s[m] for m in metrics}} for name, s in known.items()]
+    return table(rows, ["known case", *metrics], digits=4) + "\n\n" + "\n".join(
+        f"- **{m}** ({word}): {rule} — {'passes ✓' if checks[m] else '**fails** ✗ (enters no verdict)'}"
+        for m, (word, rule, _) in evaluate.METRIC_CHECKS.items())

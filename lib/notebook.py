@@ -1,5 +1,5 @@
 """What a tier notebook calls: ``cfg, ctx = setup("01_vae_basic", globals())`` (parameters -> validated
-config, and a context that scores and writes figures and runs), ``table``, ``summary`` and seed helpers."""
+config, and a context that scores and writes figures and runs), ``table``, ``summary`` and ``budget_check``."""
 from __future__ import annotations
 
 import json
@@ -39,11 +39,10 @@ class Context:
         return self._clf
 
     def score(self, run, test_x: torch.Tensor | None = None, reference_x: torch.Tensor | None = None,
-              label: str | None = None, extra: dict[str, Any] | None = None,
-              name: str | None = None) -> tuple[dict, torch.Tensor]:
-        """``evaluate.score_vae`` of a trained VAE run with this notebook's sample and IWAE sizes, plus
-        any ``extra`` metrics; recorded under runs/ when ``label`` is given. ``test_x`` defaults to
-        the clean test images. A GAN run gets only the sample scores (``score_samples``)."""
+              label: str | None = None) -> tuple[dict, torch.Tensor]:
+        """``evaluate.score_vae`` of a trained VAE run with this notebook's sample and IWAE sizes, recorded under
+        runs/ when ``label`` is given. ``test_x`` defaults to the clean test images. A GAN run gets only the sample
+        scores (``score_samples``)."""
         s, cfg, clf = run.spec, self.cfg, self.classifier()[0]
         test_x = self.test_images() if test_x is None else test_x
 
@@ -61,9 +60,9 @@ class Context:
                "test": store.digest(test_x), "reference": None if reference_x is None else store.digest(reference_x),
                **{k: cfg[k] for k in ("n_samples", "iwae_k", "iwae_images")}}
         metrics, samples = store.memo("score", key, compute)
-        metrics.update(extra or {}, seed=s.seed)  # the training seed: lib.claims pairs arms by it
+        metrics["seed"] = s.seed  # the training seed: lib.claims pairs arms by it
         if label is not None:
-            self.record(run, metrics, samples, label, name)
+            self.record(run, metrics, samples, label)
         return metrics, samples
 
     def figure(self, fig, name: str):
@@ -114,12 +113,10 @@ def table(rows: list[dict[str, Any]], columns: list[str] | None = None, digits: 
     """A Markdown table (display it with IPython.display.Markdown)."""
     columns = columns or list(rows[0])
 
-    def fmt(v):
-        if v is None:
-            return "—"
+    def fmt(v):  # a small float in scientific notation, None as a dash
         if isinstance(v, float):
             return f"{v:.{digits}f}" if abs(v) >= 0.01 or v == 0 else f"{v:.2e}"
-        return str(v)
+        return "—" if v is None else str(v)
 
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in columns) + " |" for r in rows]
@@ -129,7 +126,7 @@ def table(rows: list[dict[str, Any]], columns: list[str] | None = None, digits: 
 def summary(arms: dict[str, list[dict[str, Any]]], columns: list[str], digits: int = 2) -> str:
     """A Markdown table with one row per arm: each column's mean ± SD over the arm's seeds (the value alone
     for one seed), and the number of seeds."""
-    rows = []
+    rows = []  # SMALL metrics get two more digits
     for name, per_seed in arms.items():
         row = {"model": name, "seeds": str(len(per_seed))}
         for c in columns:
@@ -139,7 +136,7 @@ def summary(arms: dict[str, list[dict[str, Any]]], columns: list[str], digits: i
     return table(rows, ["model", "seeds", *columns])
 
 
-SMALL = {"gradient_energy", "sharpness_gap", "sharpness_gap_binarised", "fid_se"}  # metrics shown with two more digits
+SMALL = {"gradient_energy", "sharpness_gap", "sharpness_gap_binarised", "fid_se"}
 
 
 def budget_check(runs: list, epochs: int) -> str:

@@ -112,3 +112,14 @@ def test_markdown_and_save(tmp_path):
     assert doc["notebook"] == "01_vae_basic" and doc["profile"] == "smoke"
     assert [s["id"] for s in doc["subclaims"]] == ["f1", "f2", "f3"]
     assert {"claim", "claim_text", "text", "metric", "label", "deciding", "anchor"} <= set(doc["subclaims"][0])
+
+
+def test_gate_markdown_shows_the_known_cases_and_every_check():
+    from lib import evaluate
+
+    checks = {m: m != "greyness" for m in evaluate.METRIC_CHECKS}
+    text = claims.gate_markdown(checks, {c: KNOWN[c] for c in ("real", "blurred")}, ["fid", "greyness"])
+    table, bullets = text.split("\n\n")
+    assert table.splitlines()[:3] == ["| known case | fid | greyness |", "|---|---|---|", "| real | 2.0000 | 0.1000 |"]
+    assert len(bullets.splitlines()) == len(evaluate.METRIC_CHECKS)
+    assert "- **greyness** (crisper" in bullets and bullets.count("**fails** ✗ (enters no verdict)") == 1

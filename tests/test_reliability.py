@@ -80,7 +80,7 @@ def test_the_matched_weights_are_the_ones_tools_match_rate_chose():
 
 
 def test_unknown_profile():
-    with pytest.raises(ParameterError, match=r"'profile' = 'fast' .*\['smoke', 'quick', 'default', 'full'\]"):
+    with pytest.raises(ParameterError, match=r"'profile' = 'fast' .*\['smoke', 'quick', 'default', 'full', 'study'\]"):
         resolve("03_gan", "fast")
 
 
