@@ -345,8 +345,8 @@ def known_cases(n: int, test_images, seed: int = 0) -> dict[str, torch.Tensor]:
     ``dimmed`` (60 % brightness) copies of them; ``one class`` (n training 1s); ``mean digit`` (the test set's
     mean image n times); ``untrained decoder`` (samples of an untrained ConvVAE)."""
     train = data.load_split("train")
-    real = train.float_images("cpu")[-n:]
-    ones = train.float_images("cpu")[train.labels == 1]
+    x = train.float_images("cpu")
+    real, ones = x[-n:], x[train.labels == 1]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         fresh = models.ConvVAE().eval().sample(n, generator=generator(seed + 1))

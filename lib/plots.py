@@ -14,18 +14,14 @@ from .data import IMAGE_SIDE as S, as_float
 from .progress import PROGRESS_FILE
 
 
-def tile(images, nrow: int = 8, pad: int = 1) -> np.ndarray:
-    """Images [N, 28, 28] -> one [H, W] mosaic with ``nrow`` images per row, on a grey (0.5) background."""
+def _show(ax, images, nrow: int, pad: int = 1):
+    """Draw images [N, 28, 28] on ``ax`` as one mosaic, ``nrow`` images per row, on a grey (0.5) background."""
     x = as_float(images).cpu()[:, 0].numpy()
-    out = np.ones((int(np.ceil(len(x) / nrow)) * (S + pad) + pad, nrow * (S + pad) + pad)) * 0.5
+    out = np.full((int(np.ceil(len(x) / nrow)) * (S + pad) + pad, nrow * (S + pad) + pad), 0.5)
     for i, img in enumerate(x):
         r, c = divmod(i, nrow)
         out[pad + r * (S + pad) : pad + r * (S + pad) + S, pad + c * (S + pad) : pad + c * (S + pad) + S] = img
-    return out
-
-
-def _show(ax, images, nrow: int, pad: int = 1):
-    ax.imshow(tile(images, nrow, pad), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    ax.imshow(out, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
 
 
 def _finish(fig, ax=None, title: str | None = None, fontsize=None):
@@ -109,7 +105,7 @@ def compare_rows(rows: Sequence, labels: Sequence[str], n: int = 10):
 def traversal(model, base_z: torch.Tensor, title: str | None = None):
     """Each row sweeps one latent dimension from -3 to 3 (others fixed at base_z)."""
     d, values = base_z.numel(), np.linspace(-3, 3, 9)
-    z = base_z.reshape(1, 1, d).repeat(d, len(values), 1).clone()
+    z = base_z.reshape(1, 1, d).repeat(d, len(values), 1)
     for j in range(d):
         z[j, :, j] = torch.as_tensor(values, dtype=z.dtype)
     imgs = model.decode(z.reshape(-1, d).to(next(model.parameters()).device)).cpu()
