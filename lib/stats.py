@@ -1,15 +1,8 @@
-"""The uncertainty behind a verdict: per-training-seed values and a t-interval for a difference.
-
-An ``Arm`` is one setting of a comparison (say the L1 model) with one value per training seed.
-``difference(a, b, better)`` is the gain of ``a`` over ``b`` (positive: ``a`` is better in the
-metric's direction) with a two-sided t-interval:
-
-* **paired** when both arms have the same training seeds (the models of one seed share their initial
-  weights and batches): the per-seed differences, df = n - 1;
-* otherwise **Welch's** interval from each arm's own SD, df by Welch-Satterthwaite;
-* an arm with one seed has no SD of its own: no interval (``lib.claims`` then needs a gap far larger
-  than any seed SD measured for that metric, and says so).
-"""
+"""The uncertainty behind a verdict: an ``Arm`` (one setting of a comparison, one value per training seed) and
+``difference(a, b, better)``, the gain of ``a`` over ``b`` (> 0: ``a`` better) with a two-sided t-interval:
+**paired** (df = n - 1) when both arms have the same seeds (the models of one seed share initial weights and
+batches), else **Welch's** (Welch-Satterthwaite df); an arm with one seed has no SD, hence no interval
+(``lib.claims`` then needs a gap far larger than any seed SD measured for that metric)."""
 from __future__ import annotations
 
 import math
@@ -29,8 +22,8 @@ class Arm:
     seeds: tuple[int, ...] = ()
 
     def __post_init__(self):
-        object.__setattr__(self, "values", tuple(float(v) for v in self.values))
-        object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
+        object.__setattr__(self, "values", tuple(map(float, self.values)))
+        object.__setattr__(self, "seeds", tuple(map(int, self.seeds)))
         if not self.values:
             raise ValueError(f"arm {self.name!r} has no values")
 
@@ -103,7 +96,5 @@ def arm(name: str, scores: Sequence[dict], key: str) -> Arm:
 
 def mean_sd(values: Sequence[float], digits: int = 2) -> str:
     """'m ± sd' for several seeds, the value alone for one."""
-    v = [float(x) for x in values]
-    if len(v) == 1:
-        return f"{v[0]:.{digits}f}"
-    return f"{np.mean(v):.{digits}f} ± {np.std(v, ddof=1):.{digits}f}"
+    a = Arm("", values)
+    return f"{a.mean:.{digits}f}" if a.n == 1 else f"{a.mean:.{digits}f} ± {a.sd:.{digits}f}"

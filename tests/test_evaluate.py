@@ -267,3 +267,24 @@ def test_fid_and_se_of_a_set_against_itself_is_near_zero():
     x = torch.rand(400, 1, 28, 28)
     fid, se = evaluate.fid_and_se(clf, x, evaluate.gaussian_stats(evaluate.features(clf, x)), rounds=10)
     assert abs(fid) < 1e-6 and se > 0
+
+
+def test_decoder_gets_no_gradient_without_the_reconstruction_term():
+    torch.manual_seed(0)
+    vae = ConvVAE(latent_dim=4)
+    decoder_grad, n, mu_grad = evaluate.decoder_gradient_without_recon(vae, torch.rand(8, 1, 28, 28))
+    assert decoder_grad == 0.0 and mu_grad > 0
+    assert n == sum(p.numel() for p in [*vae.get_temp.parameters(), *vae.decoder.parameters()])
+
+
+def test_restoration_baselines_score_the_input_the_median_filter_and_the_best_blank():
+    from lib import noise
+
+    clean = torch.zeros(6, 1, 28, 28)
+    clean[:, :, 8:20, 12:16] = 1.0
+    noisy = noise.salt_and_pepper(clean, 0.1, generator=generator(0))
+    out, best = evaluate.restoration_baselines(noisy, clean, 0.9 * clean.repeat(3, 1, 1, 1))
+    assert list(out) == ["noisy input", "3 × 3 median filter", f"best blank image ({best})"]
+    assert out["noisy input"] == evaluate.psnr_ssim(noisy, clean)
+    assert out["3 × 3 median filter"] == evaluate.psnr_ssim(evaluate.median_filter(noisy), clean)
+    assert best == "mean digit" and out["best blank image (mean digit)"]["psnr"] > out["noisy input"]["psnr"]
