@@ -4,6 +4,7 @@ space (codes by class, decoded manifold), rate-distortion, per-dimension KL. Eac
 from __future__ import annotations
 
 import os
+import sys
 from typing import Sequence
 
 import matplotlib.pyplot as plt
@@ -205,8 +206,8 @@ def manifold(model, n: int = 15, p: tuple[float, float] = (0.05, 0.95), title: s
 
 
 def in_jupyterlab() -> bool:
-    """Whether this runs in a live JupyterLab kernel: JupyterLab's execute requests name their cell (``cellId``),
-    papermill's and nbval's do not; ``make report`` (which sets GENMNIST_PROGRESS_FILE) never counts."""
+    """Whether a person runs this kernel: JupyterLab's execute requests name their cell (``cellId``) and Colab's
+    kernel is google.colab's; papermill's and nbval's are neither, and ``make report`` sets GENMNIST_PROGRESS_FILE."""
     try:
         from IPython import get_ipython
         from ipykernel.zmqshell import ZMQInteractiveShell
@@ -214,7 +215,7 @@ def in_jupyterlab() -> bool:
         return False
     shell = get_ipython()
     return (isinstance(shell, ZMQInteractiveShell) and PROGRESS_FILE not in os.environ
-            and "cellId" in shell.kernel.get_parent().get("metadata", {}))
+            and ("cellId" in shell.kernel.get_parent().get("metadata", {}) or "google.colab" in sys.modules))
 
 
 def latent_explorer(model, kl: torch.Tensor, codes: dict[int, torch.Tensor], start: int | None = None):
