@@ -13,7 +13,8 @@ def salt_and_pepper(x: torch.Tensor, amount: float, generator: torch.Generator |
     gen_device = generator.device if generator is not None else x.device
     u = torch.rand(x.shape, generator=generator, device=gen_device).to(x.device)
     v = torch.rand(x.shape, generator=generator, device=gen_device).to(x.device)
-    replaced, salt = u < amount, v < 0.5
+    replaced = u < amount
+    salt = v < 0.5
     out = x.clone()
     out[replaced & salt] = 1.0
     out[replaced & ~salt] = 0.0
