@@ -1,9 +1,7 @@
-"""Likelihood bounds of a trained VAE, in nats per image (summed over the 784 pixels, averaged
-over every image given): the negative ELBO on a test set and the importance-weighted bound.
-
-Training logs ``test_bound`` after every epoch, so this module is part of what a run id hashes;
-the sample-quality metrics live in ``evaluate`` and do not retrain anything when they change.
-"""
+"""Likelihood bounds of a trained VAE in nats per image (summed over the 784 pixels, averaged over every
+image given): the negative ELBO on a test set and the importance-weighted bound. Training logs ``test_bound``
+after every epoch, so this module is part of what a run id hashes; the sample-quality metrics live in
+``evaluate`` and do not retrain anything when they change."""
 from __future__ import annotations
 
 import math
@@ -28,12 +26,9 @@ def _per_image_terms(model, x, recon, generator):
 def test_bound(model, x: torch.Tensor, recon: str = "bce", beta: float = 1.0, recon_weight: float = 1.0,
                generator: torch.Generator | None = None, batch_size: int = EVAL_BATCH,
                show_progress: bool = False) -> dict[str, float]:
-    """Averages over **all** images of x (not a mean of batch means):
-
-    * ``recon`` — E_q[-log p(x|z)] (one z per image), ``kl`` — KL(q(z|x) || p(z));
-    * ``bound`` = recon + kl — the negative ELBO (β = 1), comparable across β;
-    * ``loss`` = recon_weight * recon + beta * kl — the training objective.
-    """
+    """Averages over **all** images of x (not a mean of batch means): ``recon`` = E_q[-log p(x|z)] (one z per
+    image), ``kl`` = KL(q(z|x) || p(z)), ``bound`` = recon + kl (the negative ELBO, β = 1, comparable across β)
+    and ``loss`` = recon_weight * recon + beta * kl (the training objective)."""
     was_training = model.training
     model.eval()
     tot_r = tot_k = 0.0
@@ -67,11 +62,9 @@ def log_weights(model, x: torch.Tensor, k: int, generator: torch.Generator | Non
 @torch.inference_mode()
 def iwae_bound(model, x: torch.Tensor, k: int, generator: torch.Generator | None = None,
                chunk_decodes: int = 20_000, per_image: bool = False, show_progress: bool = True):
-    """Negative importance-weighted bound -log (1/k) sum_j w_j (Burda et al. 2016), one k-sample
-    estimate per image: their mean in nats per image, or with ``per_image=True`` the [N] tensor of
-    per-image values (double, on the CPU), so that Monte-Carlo error can be measured.
-
-    k = 1 is the single-sample ELBO estimate; the bound tightens (decreases) as k grows."""
+    """Negative importance-weighted bound -log (1/k) sum_j w_j (Burda et al. 2016), one k-sample estimate per
+    image: their mean in nats per image, or with ``per_image=True`` the [N] tensor (double, on the CPU) for
+    measuring Monte-Carlo error. k = 1 is the single-sample ELBO estimate; the bound tightens as k grows."""
     was_training = model.training
     model.eval()
     per_batch = max(1, chunk_decodes // k)

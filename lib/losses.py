@@ -17,9 +17,8 @@ def _reduce(per_image: torch.Tensor, per_image_out: bool) -> torch.Tensor:
 
 
 def bce(x_logits: torch.Tensor, x: torch.Tensor, per_image: bool = False) -> torch.Tensor:
-    """Bernoulli negative log-likelihood -sum_i [x_i log p_i + (1-x_i) log(1-p_i)], p = sigmoid(logits).
-
-    Summed over pixels, averaged over the batch (nats per image); ``per_image=True`` gives shape [B]."""
+    """Bernoulli negative log-likelihood -sum_i [x_i log p_i + (1-x_i) log(1-p_i)], p = sigmoid(logits);
+    summed over pixels, averaged over the batch (nats per image); ``per_image=True`` gives shape [B]."""
     return _reduce(F.binary_cross_entropy_with_logits(x_logits, x, reduction="none").flatten(1).sum(1), per_image)
 
 
@@ -33,11 +32,7 @@ def l1(x_logits: torch.Tensor, x: torch.Tensor, per_image: bool = False) -> torc
     return _reduce((torch.sigmoid(x_logits) - x).abs().flatten(1).sum(1), per_image)
 
 
-RECON_LOSSES: dict[str, Callable[..., torch.Tensor]] = {
-    "bce": bce,
-    "mse": mse,
-    "l1": l1,
-}
+RECON_LOSSES: dict[str, Callable[..., torch.Tensor]] = {"bce": bce, "mse": mse, "l1": l1}
 
 
 def get_recon_loss(name: str) -> Callable[..., torch.Tensor]:
@@ -49,10 +44,8 @@ def get_recon_loss(name: str) -> Callable[..., torch.Tensor]:
 
 
 def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor, reduce: bool = True) -> torch.Tensor:
-    """KL( N(mu, diag(exp(logvar))) || N(0, I) ) = 1/2 sum_j (mu_j^2 + sigma_j^2 - log sigma_j^2 - 1).
-
-    ``reduce=True``: summed over latent dimensions, averaged over the batch (nats per image).
-    ``reduce=False``: per image and dimension, shape [B, d]."""
+    """KL( N(mu, diag(exp(logvar))) || N(0, I) ) = 1/2 sum_j (mu_j^2 + sigma_j^2 - log sigma_j^2 - 1):
+    summed over latent dimensions and averaged over the batch, or with ``reduce=False`` shape [B, d]."""
     kl = 0.5 * (mu.pow(2) + logvar.exp() - logvar - 1.0)
     return kl.sum(1).mean() if reduce else kl
 
@@ -66,22 +59,18 @@ class ELBOTerms(NamedTuple):
 
 
 def elbo(x_logits, x, mu, logvar, recon: str = "bce", beta: float = 1.0, recon_weight: float = 1.0) -> ELBOTerms:
-    """Negative (β-)ELBO: recon_weight * E_q[-log p(x|z)] + beta * KL(q(z|x) || p(z)).
-
-    beta=1, recon_weight=1 is the plain VAE; beta is the β-VAE weight; beta=0 or recon_weight=0
-    are the course report's ablations. Each part is summed per image and averaged over the batch."""
+    """Negative (β-)ELBO: recon_weight * E_q[-log p(x|z)] + beta * KL(q(z|x) || p(z)), each per image and
+    averaged over the batch. beta=1, recon_weight=1 is the plain VAE; beta is the β-VAE weight; beta=0 or
+    recon_weight=0 are the course report's ablations."""
     r = get_recon_loss(recon)(x_logits, x)
     kl = gaussian_kl(mu, logvar)
     return ELBOTerms(recon_weight * r + beta * kl, r, kl)
 
 
-# --- GAN -----------------------------------------------------------------------------------
-# The course report's discriminator ends in Sigmoid and uses BCELoss; with logits the maths is the same.
+# --- GAN: the course report's discriminator ends in Sigmoid and uses BCELoss; on logits the maths is the same ---
 
 def d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
-    """Discriminator loss: (BCE(D(x), 1) + BCE(D(G(z)), 0)) / 2, each averaged over the batch.
-
-    At zero logits (D = 1/2 everywhere) it equals log 2."""
+    """Discriminator loss (BCE(D(x), 1) + BCE(D(G(z)), 0)) / 2, each averaged over the batch; log 2 at zero logits."""
     real = F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits))
     fake = F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
     return (real + fake) / 2
@@ -90,4 +79,3 @@ def d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor
 def g_loss(fake_logits: torch.Tensor) -> torch.Tensor:
     """Non-saturating generator loss BCE(D(G(z)), 1) = -mean log D(G(z)); log 2 at zero logits."""
     return F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits))
-

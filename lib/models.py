@@ -1,8 +1,8 @@
-"""The course report's networks, layer for layer, with its bugs fixed.
+"""The course report's networks, layer for layer (shape comments as in the course report), with its bugs fixed.
 
-Shape comments follow the course report's. Every VAE decoder returns *logits*; ``torch.sigmoid`` gives the
-image. Keeping logits lets the BCE term use ``binary_cross_entropy_with_logits``: the same value
-as the course report's ``binary_cross_entropy(sigmoid(.))`` without its log(0) clamp at -100.
+Every VAE decoder returns *logits* (``torch.sigmoid`` gives the image), so the BCE term can use
+``binary_cross_entropy_with_logits``: the course report's ``binary_cross_entropy(sigmoid(.))`` without its
+log(0) clamp at -100.
 
 The course report's bugs fixed here:
 * ``ConvVAE.forward`` ran the encoder twice (once for mu, once for logvar); it runs once.
@@ -33,18 +33,20 @@ def standard_normal(shape, like: torch.Tensor, generator: torch.Generator | None
     return eps.to(like.device)
 
 
+def _prior_z(net: nn.Module, n: int, generator: torch.Generator | None, z: torch.Tensor | None) -> torch.Tensor:
+    """``z`` (or n draws z ~ N(0, I) of the network's latent size) on the network's device."""
+    weight = next(net.parameters())
+    if z is None:
+        z = standard_normal((n, net.latent_dim), weight, generator)
+    return z.to(weight.device)
+
+
 class VAE(nn.Module):
-    """The maths both VAEs share: q(z|x) = N(mu, diag exp(logvar)), z = mu + sigma * eps, p(x|z)."""
+    """The maths both VAEs share: q(z|x) = N(mu, diag exp(logvar)), z = mu + sigma * eps, p(x|z). A subclass
+    defines ``encode`` (x [B, 1, 28, 28] -> mu, logvar [B, latent_dim]) and ``decode_logits`` (z -> logits
+    [B, 1, 28, 28])."""
 
     latent_dim: int
-
-    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # pragma: no cover
-        """x [B, 1, 28, 28] -> (mu, logvar), each [B, latent_dim]."""
-        raise NotImplementedError
-
-    def decode_logits(self, z: torch.Tensor) -> torch.Tensor:  # pragma: no cover
-        """z [B, latent_dim] -> pixel logits [B, 1, 28, 28]."""
-        raise NotImplementedError
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """x_hat = sigmoid(logits), the Bernoulli means in [0, 1], shape [B, 1, 28, 28]."""
@@ -65,10 +67,7 @@ class VAE(nn.Module):
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None, z: torch.Tensor | None = None):
         """n images x_hat = decode(z), z ~ N(0, I) (or the given z), in [0, 1], shape [n, 1, 28, 28]."""
-        weight = next(self.parameters())
-        if z is None:
-            z = standard_normal((n, self.latent_dim), weight, generator)
-        return self.decode(z.to(weight.device))
+        return self.decode(_prior_z(self, n, generator, z))
 
 
 class ConvVAE(VAE):
@@ -109,10 +108,10 @@ class ConvVAE(VAE):
 class BetaVAE(VAE):
     """The β-VAE tier's small conv VAE (z = 10); the encoder gives sigma through a softplus."""
 
-    def __init__(self, latent_dim: int = 10, nc: int = 1):
+    def __init__(self, latent_dim: int = 10):
         super().__init__()
-        self.latent_dim, self.nc = latent_dim, nc
-        self.enc_conv1 = nn.Conv2d(nc, 8, 3, 2, 1)  # B, 8, 14, 14
+        self.latent_dim = latent_dim
+        self.enc_conv1 = nn.Conv2d(1, 8, 3, 2, 1)  # B, 8, 14, 14
         self.enc_conv2 = nn.Conv2d(8, 16, 3, 2, 1)  # B, 16, 7, 7
         self.enc_conv3 = nn.Conv2d(16, 32, 3, 2)  # B, 32, 3, 3
         self.enc_fc1 = nn.Linear(32 * 3 * 3, 128)  # B, 128
@@ -122,13 +121,13 @@ class BetaVAE(VAE):
         self.dec_fc2 = nn.Linear(128, 32 * 3 * 3)  # B, 32*3*3
         self.dec_convt1 = nn.ConvTranspose2d(32, 16, 3, 2)  # B, 16, 7, 7
         self.dec_convt2 = nn.ConvTranspose2d(16, 8, 3, 2, 1, 1)  # B, 8, 14, 14
-        self.dec_convt3 = nn.ConvTranspose2d(8, nc, 3, 2, 1, 1)  # B, 1, 28, 28
+        self.dec_convt3 = nn.ConvTranspose2d(8, 1, 3, 2, 1, 1)  # B, 1, 28, 28
         # The course report used one BatchNorm2d(16) on both sides; see the module docstring.
         self.enc_bn = nn.BatchNorm2d(16)
         self.dec_bn = nn.BatchNorm2d(16)
 
     def encode(self, x):
-        h = F.relu(self.enc_conv1(x.view(-1, self.nc, IMAGE_SIDE, IMAGE_SIDE)))
+        h = F.relu(self.enc_conv1(x.view(-1, 1, IMAGE_SIDE, IMAGE_SIDE)))
         h = self.enc_bn(F.relu(self.enc_conv2(h)))
         h = F.relu(self.enc_conv3(h))
         h = F.relu(self.enc_fc1(h.flatten(1)))
@@ -146,11 +145,7 @@ class BetaVAE(VAE):
 
 def _block(n_in: int, n_out: int, normalize: bool = True) -> list[nn.Module]:
     """Linear -> (BatchNorm1d) -> LeakyReLU(0.2), the course report's generator block."""
-    layers: list[nn.Module] = [nn.Linear(n_in, n_out)]
-    if normalize:
-        layers.append(nn.BatchNorm1d(n_out))
-    layers.append(nn.LeakyReLU(0.2, inplace=True))
-    return layers
+    return [nn.Linear(n_in, n_out), *([nn.BatchNorm1d(n_out)] if normalize else []), nn.LeakyReLU(0.2, inplace=True)]
 
 
 class Generator(nn.Module):
@@ -174,10 +169,7 @@ class Generator(nn.Module):
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None, z: torch.Tensor | None = None):
         """n images in [0, 1] (tanh's [-1, 1] rescaled), shape [n, 1, 28, 28]."""
-        weight = next(self.parameters())
-        if z is None:
-            z = standard_normal((n, self.latent_dim), weight, generator)
-        return (self(z.to(weight.device)) + 1) / 2
+        return (self(_prior_z(self, n, generator, z)) + 1) / 2
 
 
 class Discriminator(nn.Module):

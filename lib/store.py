@@ -1,6 +1,5 @@
-"""The one disk cache: where checkpoints live, what a run id hashes, atomic save and checked load, and
-``memo``, which keeps an evaluation's result so that another notebook (or a rebuild) reads it instead of
-computing it again. Below ``train``, ``evaluate`` and ``notebook``, which all store through it."""
+"""The one disk cache, below ``train``, ``evaluate`` and ``notebook``: where checkpoints live, what a run id
+hashes, atomic save and checked load, and ``memo``, which keeps an evaluation's result for the next notebook."""
 from __future__ import annotations
 
 import ast
@@ -30,10 +29,9 @@ def code_only(source: str) -> str:
     """A module's code without its comments and docstrings (the AST, dumped without line numbers)."""
     tree = ast.parse(source)
     for node in ast.walk(tree):
-        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
-            first = node.body[0] if node.body else None
-            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
-                node.body = node.body[1:] or [ast.Pass()]
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) \
+                and ast.get_docstring(node, clean=False) is not None:
+            node.body = node.body[1:] or [ast.Pass()]
     return ast.dump(tree)
 
 
@@ -51,8 +49,8 @@ def checkpoint_path(run_id: str, cache: Path = CACHE) -> Path:
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """torch.save to a temporary file, then an atomic rename; a failed save removes its temporary file, and
-    a full disk is an OSError naming the path and the free space."""
+    """torch.save to a temporary file, then an atomic rename; a failed save removes its temporary file; a full
+    disk is an OSError naming the path and the free space."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
     try:
@@ -82,10 +80,10 @@ def remove_orphans(path: Path) -> None:
         orphan.unlink(missing_ok=True)
 
 
-def one_line(e: BaseException, limit: int = 200) -> str:
-    """An exception's message on one line, without terminal colour codes, cut at ``limit``."""
+def one_line(e: BaseException) -> str:
+    """An exception's message on one line, without terminal colour codes, cut at 200 characters."""
     text = " ".join(re.sub(r"\x1b\[[0-9;]*m", "", str(e)).split())
-    return text if len(text) <= limit else text[:limit - 1] + "…"
+    return text if len(text) <= 200 else text[:199] + "…"
 
 
 def set_aside(path: Path, reason: str) -> None:
@@ -98,8 +96,8 @@ def set_aside(path: Path, reason: str) -> None:
 
 
 def load_checkpoint(path: Path, owner: str | None = None, keys: tuple[str, ...] = ()) -> dict[str, Any] | None:
-    """The checkpoint's state, or None when absent or unusable (unreadable, saved for another run than
-    ``owner``, or missing one of ``keys``: reported, set aside, and the caller retrains)."""
+    """The checkpoint's state; None when absent, or unusable (unreadable, saved for another run than ``owner``,
+    missing one of ``keys``): then reported and set aside, and the caller retrains."""
     if not path.exists():
         return None
     try:
@@ -148,9 +146,9 @@ def digest(*parts: Any) -> str:
 
 
 def memo(kind: str, key: dict[str, Any], compute: Callable[[], Any], cache: Path = CACHE) -> Any:
-    """``compute()``, kept in ``cache/scores/`` under ``key`` and the code of ``SCORE_SOURCES``. Always the
-    loaded copy (tuples become lists), so a first and a later call give the same types. An unreadable entry
-    is computed again; ``GENMNIST_MEMO=0`` turns keeping off."""
+    """``compute()``, kept in ``cache/scores/`` under ``key`` and the code of ``SCORE_SOURCES``; always the loaded
+    copy (tuples become lists), so a first and a later call give the same types. An unreadable entry is computed
+    again; ``GENMNIST_MEMO=0`` turns keeping off."""
     if os.environ.get("GENMNIST_MEMO", "1") == "0":
         return compute()
     path = Path(cache) / "scores" / f"{kind}-{digest(key, source_hash(files=SCORE_SOURCES))}.pt"

@@ -1,10 +1,10 @@
 """One training loop with load-or-train, and the step functions the model families plug into it.
 
-A ``RunSpec`` describes a run; its ``run_id`` hashes the spec, the dataset checksums and the code (not the prose) of
-the lib modules that change a result (``store.RESULT_SOURCES``), so no change ever reuses a stale model. ``fit``
-checkpoints atomically after every epoch; a killed run resumes from its last epoch and, each epoch's randomness
-coming from generators seeded by (seed, epoch), reaches the numbers of an uninterrupted run. A model family
-(``VAEFamily``, ``GANFamily``) brings its parts and its step: ``vae_step``, or ``gan_step`` (``g_step``, ``d_step``).
+A ``RunSpec``'s ``run_id`` hashes the spec, the dataset checksums and the code (not the prose) of the lib modules
+that change a result (``store.RESULT_SOURCES``), so no change ever reuses a stale model. ``fit`` checkpoints
+atomically after every epoch; each epoch's randomness comes from generators seeded by (seed, epoch), so a killed run
+resumes to the numbers of an uninterrupted one. A model family (``VAEFamily``, ``GANFamily``) brings its parts and
+its step: ``vae_step``, or ``g_step`` then ``d_step``.
 
 Bugs of the course report fixed here: it trained on the 10,000 *test* images (``train=False``) — we train on the
 60,000-image training split and evaluate on the test split every epoch; its "average loss" divided a total that
@@ -29,11 +29,11 @@ import torch
 
 from . import data, losses, models, noise
 from .bounds import test_bound
-from .config import LR_SCHEDULES
+from .config import LR_SCHEDULES, resolve
 from .data import generator
 from .progress import progress
-from .store import (CACHE, checkpoint_path, exclusive, load_checkpoint, one_line, remove_orphans, save_checkpoint, set_aside,
-                    source_hash)
+from .store import (CACHE, checkpoint_path, exclusive, load_checkpoint, one_line, remove_orphans, save_checkpoint,
+                    set_aside, source_hash)
 
 GRID = 64  # images in the per-epoch sample grid (fixed z)
 # A run has diverged when the epoch mean of a logged term exceeds this in absolute value (per image: a VAE's
@@ -207,15 +207,6 @@ def d_step(D, opt_d, real, fake) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
     return loss.detach(), torch.sigmoid(real_logits).mean().detach(), torch.sigmoid(fake_logits).mean().detach()
 
 
-def gan_step(G, D, opt_g, opt_d, real, z, precision="fp32") -> tuple[torch.Tensor, ...]:
-    """One generator step then one discriminator step on the batch ``real`` (images in [-1, 1]).
-    Returns (g_loss, d_loss, mean D(x), mean D(G(z))); autocast keeps the BCE losses in fp32."""
-    with autocast(precision, real.device):
-        gl, fake = g_step(G, D, opt_g, z)
-        dl, d_real, d_fake = d_step(D, opt_d, real, fake)
-    return gl, dl, d_real, d_fake
-
-
 # --- model families: a run's parts (what its checkpoint holds), its step and its test scores ---
 
 def seeded_init(build: Callable[[], Any], seed: int):
@@ -261,22 +252,29 @@ class GANFamily:
         return x * 2 - 1  # [0, 1] -> [-1, 1], the course report's Normalize([0.5], [0.5]) to match G's tanh
 
     def step(self, real: torch.Tensor, g_noise: torch.Generator) -> dict[str, torch.Tensor]:
+        """One generator step then one discriminator step on ``real`` (images in [-1, 1]); autocast keeps the
+        BCE losses in fp32."""
         z = torch.randn(len(real), self.spec.latent_dim, generator=g_noise, device=real.device)
-        gl, dl, d_real, d_fake = gan_step(self.G, self.D, self.opt_g, self.opt_d, real, z, self.spec.precision)
+        with autocast(self.spec.precision, real.device):
+            gl, fake = g_step(self.G, self.D, self.opt_g, z)
+            dl, d_real, d_fake = d_step(self.D, self.opt_d, real, fake)
         return {"g_loss": gl, "d_loss": dl, "d_real": d_real, "d_fake": d_fake}
 
     def scores(self, test_x: torch.Tensor) -> dict[str, float]:
         return {}
 
 
+FAMILIES = {"ConvVAE": VAEFamily, "BetaVAE": VAEFamily, "GAN": GANFamily}
+
+
 def family(spec: RunSpec, device: torch.device) -> VAEFamily | GANFamily:
-    return (GANFamily if spec.model == "GAN" else VAEFamily)(spec, device)
+    return FAMILIES[spec.model](spec, device)
 
 
 def check_spec(spec: RunSpec) -> None:
     """Unknown model, loss or schedule -> a clear error before any work."""
-    if spec.model not in ("ConvVAE", "BetaVAE", "GAN"):
-        raise ValueError(f"model {spec.model!r} is invalid: allowed one of ['ConvVAE', 'BetaVAE', 'GAN']")
+    if spec.model not in FAMILIES:
+        raise ValueError(f"model {spec.model!r} is invalid: allowed one of {list(FAMILIES)}")
     losses.get_recon_loss(spec.recon)
     lr_at(spec, 0, 1)
     for name in ("batch_size", "train_subset", "epochs"):
@@ -433,13 +431,11 @@ class Training:
         self.run_id, self.path = spec.run_id, checkpoint_path(spec.run_id, cache)
         remove_orphans(self.path)  # a save killed mid-write (we hold the run's lock: nobody is writing)
         self.fam, self.history, self.grids, self.grid_at = family(spec, device), [], [], []
-        keys = (*self.fam.parts, "history", "grids")
+        keys = (*self.fam.parts, "history", "grids", "grid_epochs")
         state = load_checkpoint(self.path, owner=self.run_id, keys=keys) or self._shorter_run(cache, keys)
         try:
             if state is not None:
-                self.history, self.grids = list(state["history"]), list(state["grids"])
-                self.grid_at = list(state.get("grid_epochs") or [e for e in grid_epochs(spec.epochs)
-                                                                 if e <= len(self.history)])
+                self.history, self.grids, self.grid_at = (list(state[k]) for k in ("history", "grids", "grid_epochs"))
                 for name, part in self.fam.parts.items():
                     if isinstance(part, torch.optim.Optimizer):
                         restore_optimizer(part, state[name], device)
@@ -470,8 +466,7 @@ class Training:
                 state = load_checkpoint(path, owner=short.run_id, keys=keys)
             if state is None or len(state["history"]) != e:
                 continue
-            done = state.get("grid_epochs") or grid_epochs(e)  # keep the grids this run's schedule also draws
-            wanted = set(grid_epochs(self.spec.epochs))
+            done, wanted = state["grid_epochs"], set(grid_epochs(self.spec.epochs))  # keep the grids we also draw
             state["grids"] = [g for g, at in zip(state["grids"], done) if at in wanted]
             state["grid_epochs"] = [at for at in done if at in wanted]
             print(f"{self.run_id}: continuing {short.run_id} ({e} epochs, constant learning rate)", flush=True)
@@ -533,9 +528,8 @@ class Training:
             if big := {k: row[k] for k in tally.names if abs(row[k]) > DIVERGED}:
                 row["diverged"] = True
                 warnings.warn(f"run {run_id} diverged at epoch {epoch}: "
-                              + ", ".join(f"{k} = {v:.3g}" for k, v in big.items())
-                              + f" per image (|value| > {DIVERGED:g}); its results are not meaningful. "
-                              "Try a smaller learning rate.", stacklevel=2)
+                              f"{', '.join(f'{k} = {v:.3g}' for k, v in big.items())} per image (|value| > "
+                              f"{DIVERGED:g}); its results are not meaningful. Try a smaller learning rate.", stacklevel=2)
             self._train_mode(False)
             row.update(fam.scores(test_x))
             self.history.append(row)
@@ -581,7 +575,6 @@ def arm_specs(cfg: dict[str, Any], tag: str, seeds: str = "seeds", model: str = 
 def basic_bce_specs(cfg: dict[str, Any], epochs: int) -> list[RunSpec]:
     """The basic tier's BCE VAE (01_vae_basic's, in ``cfg``'s profile) trained for ``epochs``, for each of its
     training seeds: the models 02, 03 and 05 share with 01."""
-    from .config import resolve
     shared = ("seed", "device", "precision", "train_subset", "test_subset", "classifier", "output_dir")
     basic = resolve("01_vae_basic", cfg["profile"], epochs=epochs, **{k: str(cfg[k]) if k == "device" else cfg[k]
                                                                       for k in shared})
