@@ -1,193 +1,26 @@
-"""Bad input, data faults, training faults, resumability and reproducibility (issue: reliability)."""
+"""A training run's integrity: data and training faults (clear errors, NaN, divergence), atomic and
+weights-only checkpoints, broken checkpoints retrained, killed runs resumed, run ids covering parameters, data
+and code, and repeatable numbers."""
 import dataclasses
 import json
 import os
 import re
 import shutil
-import subprocess
-import sys
+import time
 import warnings
 from pathlib import Path
 
-import nbformat
 import pytest
 import torch
 
-from lib import config, store, train
-from lib.config import ParameterError, resolve
+from lib import data, store, train
 from lib.data import DataError, ensure_mnist
 from lib.train import RunSpec, TrainingError, fit
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
 UNWRITABLE = "/proc/genmnist-cannot-write-here"  # even root cannot create folders in /proc
-
-
-# --- bad parameters: a clear error naming the parameter and the allowed values -------------
-
-@pytest.mark.parametrize("nb, kwargs, pattern", [
-    ("01_vae_basic", {"losses": ["bce", "huber"]}, r"'losses'.*'huber'.*\['bce', 'l1', 'mse'\]"),
-    ("01_vae_basic", {"epochs": 0}, r"'epochs' = 0 .*integer in \[1, \d+\]"),
-    ("01_vae_basic", {"batch_size": -5}, r"'batch_size' = -5 .*integer in \[1, \d+\]"),
-    ("01_vae_basic", {"latent_dim": 0}, r"'latent_dim' = 0 .*integer in \[1, \d+\]"),
-    ("01_vae_basic", {"epochs": 2.5}, r"'epochs' = 2.5 .*integer in \[1, \d+\]"),
-    ("03_gan", {"lr": 0}, r"'lr' = 0 .*> 0"),
-    ("03_gan", {"lr": -1e-3}, r"'lr' = -0.001 .*> 0"),
-    ("04_beta_vae", {"betas": [1, -2]}, r"'betas' = -2 .*>= 0"),
-    ("05_noisy_data", {"noise_amounts": [0.1, 1.5]}, r"'noise_amounts' = 1.5 .*\[0, 1\]"),
-    ("05_noisy_data", {"noise_amounts": []}, r"'noise_amounts' = \[\] .*non-empty list"),
-    ("03_gan", {"device": "tpu"}, r"'device' = 'tpu' .*'auto', 'cpu'"),
-    ("03_gan", {"betas": [1.0]}, r"unknown parameter\(s\) \['betas'\] for 03_gan"),
-    ("01_vae_basic", {"lr_schedule": "step"}, r"'lr_schedule' = 'step' .*\['constant', 'cosine'\]"),
-    ("01_vae_basic", {"adam_beta2": 1.0}, r"'adam_beta2' = 1.0 .*a number in \(0, 1\)"),
-    ("05_noisy_data", {"adam_beta2": "fast"}, r"'adam_beta2' = 'fast' .*a number in \(0, 1\)"),
-    ("04_beta_vae", {"adam_beta2": 0.99}, r"unknown parameter\(s\) \['adam_beta2'\] for 04_beta_vae"),
-    ("03_gan", {"lr_schedule": "cosine"}, r"unknown parameter\(s\) \['lr_schedule'\] for 03_gan"),
-    ("01_vae_basic", {"matched_weights": {"bce": 2.0}}, r"'matched_weights' = .*\['l1', 'mse'\]"),
-    ("01_vae_basic", {"matched_weights": {"mse": -1}}, r"'matched_weights' = \{'mse': -1\} .*weights > 0 \('mse' has -1\)"),
-    ("01_vae_basic", {"matched_weights": [10, 3]}, r"'matched_weights' = \[10, 3\] .*a dict"),
-])
-def test_bad_parameters_name_parameter_and_allowed_values(nb, kwargs, pattern, tmp_path):
-    with pytest.raises(ParameterError, match=pattern):
-        resolve(nb, "smoke", output_dir=str(tmp_path), **kwargs)
-
-
-def test_matched_weights_written_as_text_become_numbers(tmp_path):
-    cfg = resolve("01_vae_basic", "smoke", output_dir=str(tmp_path), matched_weights={"mse": "1e1"})
-    assert cfg["matched_weights"] == {"mse": 10.0}
-    assert resolve("01_vae_basic", "smoke", output_dir=str(tmp_path), matched_weights={})["matched_weights"] == {}
-
-
-def test_adam_beta2_is_the_one_tools_choose_adam_chose_and_reaches_the_run(tmp_path):
-    from lib.train import spec_from
-
-    record = json.loads((Path(__file__).resolve().parent.parent / "bench" / "adam_choice.json").read_text())
-    for nb in ("01_vae_basic", "02_vae_derivation", "05_noisy_data"):
-        cfg = resolve(nb, "default", output_dir=str(tmp_path))
-        assert cfg["adam_beta2"] == record["chosen_beta2"], nb
-        assert spec_from(cfg, "x").adam_betas == (0.9, record["chosen_beta2"])
-    cfg = resolve("01_vae_basic", "smoke", output_dir=str(tmp_path), adam_beta2="0.999")  # -p text becomes a number
-    assert spec_from(cfg, "x").adam_betas == (0.9, 0.999)
-    # the β-VAE tier keeps the course report's Adam, the GAN its own betas (given by the notebook)
-    assert spec_from(resolve("04_beta_vae", "default", output_dir=str(tmp_path)), "x").adam_betas == (0.9, 0.999)
-
-
-def test_the_matched_weights_are_the_ones_tools_match_rate_chose():
-    from lib.config import MATCHED_WEIGHTS
-
-    record = json.loads((Path(__file__).resolve().parent.parent / "bench" / "rate_match.json").read_text())
-    assert MATCHED_WEIGHTS == {loss: r["chosen"] for loss, r in record["losses"].items()}
-    assert all(r["within_tolerance"] for r in record["losses"].values())
-
-
-def test_unknown_profile():
-    with pytest.raises(ParameterError, match=r"'profile' = 'fast' .*\['smoke', 'quick', 'default', 'full', 'study'\]"):
-        resolve("03_gan", "fast")
-
-
-@pytest.fixture
-def restore_determinism_flags():
-    saved = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,
-             torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
-    yield
-    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved[:2]
-    torch.use_deterministic_algorithms(saved[2], warn_only=saved[3])
-
-
-@pytest.mark.parametrize("env, on", [(None, True), ("0", False)])
-def test_deterministic_cuda_sets_the_flags_unless_switched_off(monkeypatch, restore_determinism_flags, env, on):
-    """The settings that made two CUDA smoke runs bit-identical on an H200 (report/cuda_check.json);
-    checked here without a GPU since they are plain torch flags."""
-    if env is None:
-        monkeypatch.delenv("GENMNIST_DETERMINISTIC", raising=False)
-    else:
-        monkeypatch.setenv("GENMNIST_DETERMINISTIC", env)
-    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", "")  # recorded, so the test leaves the environment as it was
-    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG")
-    torch.use_deterministic_algorithms(False)
-    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = False, True
-    config.deterministic_cuda()
-    assert torch.backends.cudnn.deterministic is on
-    assert torch.backends.cudnn.benchmark is (not on)
-    assert torch.are_deterministic_algorithms_enabled() is on
-    assert (os.environ.get("CUBLAS_WORKSPACE_CONFIG") == ":4096:8") is on
-
-
-def test_cpu_device_leaves_torch_determinism_alone(restore_determinism_flags):
-    torch.use_deterministic_algorithms(False)
-    assert config.resolve_device("cpu").type == "cpu"
-    assert not torch.are_deterministic_algorithms_enabled()
-
-
-@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
-def test_cuda_requested_without_gpu(tmp_path):
-    with pytest.raises(ParameterError, match=r"'device' = 'cuda' .*no CUDA GPU"):
-        resolve("03_gan", "smoke", device="cuda", output_dir=str(tmp_path))
-
-
-def test_unwritable_output_dir():
-    with pytest.raises(ParameterError, match=r"'output_dir' .*cannot be written"):
-        resolve("03_gan", "smoke", output_dir=UNWRITABLE)
-
-
-def test_explicit_parameters_override_the_profile(tmp_path):
-    cfg = resolve("04_beta_vae", "default", epochs=3, betas=[2], output_dir=str(tmp_path))
-    assert cfg["epochs"] == 3 and cfg["betas"] == [2] and cfg["batch_size"] == 64
-
-
-def test_numbers_written_as_text_are_read_as_numbers(tmp_path):
-    """YAML 1.1 (papermill's and make report's -p) reads 1e-3 as the string '1e-3'."""
-    cfg = resolve("04_beta_vae", "smoke", lr="1e-3", epochs="2", betas=["1", "2.5"], output_dir=str(tmp_path))
-    assert cfg["lr"] == 1e-3 and cfg["epochs"] == 2 and isinstance(cfg["epochs"], int) and cfg["betas"] == [1.0, 2.5]
-    with pytest.raises(ParameterError, match=r"'epochs' = 'two' .*integer in \[1, \d+\]"):
-        resolve("04_beta_vae", "smoke", epochs="two", output_dir=str(tmp_path))
-    with pytest.raises(ParameterError, match=r"'epochs' = 2.5 .*integer in \[1, \d+\]"):
-        resolve("04_beta_vae", "smoke", epochs="2.5", output_dir=str(tmp_path))
-
-
-def _report(*args, cwd=ROOT):
-    return subprocess.run([sys.executable, "-m", "builder.report", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=120)
-
-
-def test_report_rejects_a_bad_p_value_before_running(tmp_path):
-    r = _report("--nb", "03_gan", "-p", "epochs", "0", "--report-dir", str(tmp_path / "report"))
-    assert r.returncode == 2
-    assert "parameter 'epochs' = 0 is invalid" in r.stderr
-    assert not (tmp_path / "report").exists() and not list(tmp_path.glob("report.tmp-*"))
-
-
-def test_report_rejects_unknown_notebook_and_parameter(tmp_path):
-    r = _report("--nb", "09_nope", "--report-dir", str(tmp_path / "report"))
-    assert r.returncode == 2 and "09_nope" in r.stderr and "03_gan" in r.stderr
-    r = _report("--nb", "03_gan", "-p", "colour", "red", "--report-dir", str(tmp_path / "report"))
-    assert r.returncode == 2 and "colour" in r.stderr
-
-
-def test_make_report_exits_nonzero_on_bad_parameter():
-    r = subprocess.run(["make", "report", "NB=03_gan", "P=-p lr -1"], cwd=ROOT, capture_output=True, text=True,
-                       timeout=120)
-    assert r.returncode != 0
-    assert "parameter 'lr' = -1 is invalid" in r.stderr
-
-
-def test_failed_notebook_leaves_the_previous_report_untouched(tmp_path, mnist_raw):
-    nb_dir = tmp_path / "notebooks"
-    nb_dir.mkdir()
-    nb = nbformat.read(str(ROOT / "notebooks" / "03_gan.ipynb"), as_version=4)
-    nb.cells.insert(3, nbformat.v4.new_code_cell("raise RuntimeError('injected failure')"))
-    nbformat.write(nb, str(nb_dir / "03_gan.ipynb"))
-    report = tmp_path / "report"
-    (report / "figures").mkdir(parents=True)
-    (report / "03_gan.html").write_text("previous good page")
-    (report / "figures" / "03_gan_progression.png").write_bytes(b"previous figure")
-    r = _report("--nb", "03_gan", "--profile", "smoke", "--report-dir", str(report), "--notebook-dir", str(nb_dir))
-    assert r.returncode == 1
-    assert "injected failure" in r.stderr + r.stdout
-    assert (report / "03_gan.html").read_text() == "previous good page"
-    assert (report / "figures" / "03_gan_progression.png").read_bytes() == b"previous figure"
-    failed = list(tmp_path.glob("report.failed-*"))
-    assert len(failed) == 1 and "03_gan failed" in (failed[0] / "FAILED.txt").read_text()
-    assert not list(tmp_path.glob("report.tmp-*"))
 
 
 # --- data faults ----------------------------------------------------------------------------
@@ -469,3 +302,46 @@ def test_fit_is_repeatable_whatever_torchs_global_generator_does(tmp_path, mnist
     differ = [k for k in wa if wa[k].is_floating_point() and not torch.equal(wa[k], wc[k])]
     assert len(differ) == sum(v.is_floating_point() for v in wa.values()), "another seed, another model"
     assert not torch.equal(c.grids, a.grids) and _no_time(c.history) != _no_time(a.history)
+
+
+# --- 7. divergence without a NaN; the in-process data memo ---------------------------------
+
+def test_a_diverging_run_is_marked_and_warned_about(tmp_path, mnist_raw):
+    spec = RunSpec(tag="diverge", model="GAN", epochs=2, lr=1000.0, latent_dim=8, train_subset=256, test_subset=64,
+                   batch_size=64)
+    with pytest.warns(UserWarning, match=rf"run {spec.run_id} diverged at epoch \d: .* per image \(\|value\| > 1e\+06\)"):
+        run = fit(spec, cache=tmp_path, show_progress=False)
+    flagged = [row for row in run.history if row.get("diverged")]
+    assert flagged and all(row["diverged"] is True for row in flagged)
+    assert all(max(abs(row[k]) for k in ("g_loss", "d_loss")) > train.DIVERGED for row in flagged)
+    with pytest.warns(UserWarning, match=r"\(loaded from its checkpoint\) diverged at epoch\(s\)"):
+        again = fit(spec, cache=tmp_path, show_progress=False)
+    assert again.trained_epochs == 0
+
+
+def test_a_healthy_run_is_not_marked(tmp_path, mnist_raw):
+    spec = RunSpec(tag="healthy", epochs=1, train_subset=128, test_subset=64, batch_size=32, latent_dim=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        run = fit(spec, cache=tmp_path, show_progress=False)
+    assert "diverged" not in run.history[0]
+
+
+@pytest.mark.parametrize("edit", ["same-size-mtime-kept", "replaced-same-size-mtime"])
+def test_the_data_memo_notices_an_edit_that_keeps_size_and_mtime(tmp_path, edit):
+    p = tmp_path / "file.idx"
+    p.write_bytes(b"\x00" * 64)
+    st = p.stat()
+    data._mark_verified(p)
+    assert data._verified_ok(p)
+    time.sleep(0.05)  # file times tick coarsely (a few ms)
+    if edit == "same-size-mtime-kept":
+        with open(p, "r+b") as f:
+            f.write(b"\x01")
+    else:
+        other = tmp_path / "other.idx"
+        other.write_bytes(b"\x02" * 64)
+        os.replace(other, p)
+    os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert p.stat().st_size == st.st_size and p.stat().st_mtime_ns == st.st_mtime_ns
+    assert not data._verified_ok(p), "an edited file must be hashed again"
