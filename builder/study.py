@@ -77,6 +77,13 @@ def build_rung(report: Path, budgets: dict[str, dict[str, int]], jobs: str, prof
         return build._run(args, report, notebooks, profile, params, tmp, build.resolve_jobs(jobs, len(notebooks)))
 
 
+def prune(rung: Path) -> None:
+    """Keep a rung's pages, figures, verdicts, manifest and runs/*/metrics.json; drop its executed notebooks and
+    saved samples (the pages show the same, and a rerun of make study writes them again from the cache)."""
+    for path in [*rung.glob("*.ipynb"), *rung.glob("runs/*/samples.npz")]:
+        path.unlink()
+
+
 def ladder_doc(study: Path, name: str) -> dict:
     """ladder.json: the budgets, and each sub-claim's label and deciding number per rung and in the default report."""
     ladder = LADDERS[name]
@@ -235,6 +242,10 @@ def main(argv: list[str] | None = None) -> int:
             return err.code
         if code:
             return code
+        prune(study / f"rung-{i + 1}")
+    for rung in sorted(study.glob("rung-*")):
+        if rung.is_dir():
+            prune(rung)
     doc = ladder_doc(study, name)
     doc["wall_seconds"] = round(sum(float(r["wall_seconds"] or 0) for r in doc["rungs"]), 1)  # the rungs' builds
     doc["machine"] = doc["rungs"][0]["machine"]  # the machine that built the rungs (their manifests)
