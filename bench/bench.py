@@ -1,4 +1,4 @@
-"""``make bench``: the seed report's training pipeline vs lib's, on this machine's CPU.
+"""``make bench``: the course report's training pipeline vs lib's, on the CPU it runs on.
 
 Measure 1, step throughput (information): ``torch.utils.benchmark`` times one training step, in
 alternating rounds: lib's ConvVAE step as ``lib.train.fit`` runs it (``VAEFamily.step``), one-change
@@ -44,7 +44,7 @@ from lib import config as lconfig, data as ldata, losses as llosses, train as lt
 from lib.bounds import test_bound as lib_test_bound  # noqa: E402
 
 TARGET_NATS = 106.0  # BCE test bound, nats/image, over all 10,000 test images
-TARGET_SEED_OVER_LIB = 4.0  # seed time to quality / lib time to quality, at least
+TARGET_SEED_OVER_LIB = 4.0  # course-report pipeline ("seed" in bench.json) time to quality / lib's, at least
 TARGET_MLP_OVER_LIB = 1.0  # pytorch/examples MLP time / lib time, more than
 EVAL_EVERY = 100  # training steps between evaluations
 TEST_SEED = 12345  # evaluation noise: the same generator seed for every trainer and evaluation
@@ -52,10 +52,10 @@ INIT_SEED = 0
 CPU = torch.device("cpu")
 
 
-# --- the seed report's pipelines, faithfully (CPU instead of .cuda(), the train split) --------
+# --- the course report's pipelines, faithfully (CPU instead of .cuda(), the train split) --------
 
 class SeedConvVAE(nn.Module):
-    """The seed's basic-tier VAE, layer for layer; ``forward`` runs the encoder twice."""
+    """The course report's basic-tier VAE, layer for layer; ``forward`` runs the encoder twice."""
 
     def __init__(self):
         super().__init__()
@@ -70,7 +70,7 @@ class SeedConvVAE(nn.Module):
                                      nn.ConvTranspose2d(64, 1, 4, 2, 1), nn.Sigmoid())
 
     def get_z(self, mu, logvar):
-        eps = torch.randn(mu.size(0), mu.size(1))  # torch's global generator; the seed then called .cuda()
+        eps = torch.randn(mu.size(0), mu.size(1))  # torch's global generator; the course report then called .cuda()
         return mu + eps * torch.exp(logvar / 2)
 
     def forward(self, x):
@@ -274,7 +274,7 @@ def bce_bound(model, x):
 
 
 def torchvision_trainer(model, step, it, seed, every, info):
-    """The seed's / pytorch/examples' loop: Adam 1e-3 constant over the DataLoader's epochs (``it``).
+    """The course report's / pytorch/examples' loop: Adam 1e-3 constant over the DataLoader's epochs (``it``).
     Torch's global generator (their eps) holds this trainer's own state while it trains."""
     opt, tally = torch.optim.Adam(model.parameters(), lr=1e-3), [0.0]
     rng = torch.Generator().manual_seed(seed).get_state()

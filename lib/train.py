@@ -143,7 +143,8 @@ def restore_optimizer(opt: torch.optim.Optimizer, state: dict, device: torch.dev
 
 def run_data(spec: RunSpec, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(train_x, test_x, clean_train_x, clean_test_x) as float tensors on ``device``. With ``noise_amount > 0``
-    inputs and targets are salt-and-pepper images (as in the course report), the noise drawn once from the seed."""
+    inputs and targets are salt-and-pepper images (as in the course report), the noise drawn once from the
+    training seed."""
     train = data.subset(data.load_split("train").float_images(device), spec.train_subset)
     test = data.subset(data.load_split("test").float_images(device), spec.test_subset)
     if spec.noise_amount > 0:
