@@ -213,11 +213,16 @@ def validate(cfg: dict[str, Any], notebook: str | None = None) -> None:
 
 
 def resolve_device(device: str) -> torch.device:
-    """'auto' -> CUDA when present, else CPU. 'cuda' without a GPU is an error."""
+    """'auto' -> CUDA when present, else CPU. 'cuda' without a GPU is an error. 'mps' (an Apple GPU) only when
+    asked for by name: it runs the notebooks, but not bit-for-bit as the CPU or CUDA do."""
     if device == "cpu" or device == "auto" and not torch.cuda.is_available():
         return torch.device("cpu")
+    if device == "mps":
+        if not torch.backends.mps.is_available():
+            _fail("device", device, "'auto', 'cpu' or 'cuda' / 'cuda:N' (no Apple MPS GPU is available here)")
+        return torch.device("mps")
     if device != "auto" and not (isinstance(device, str) and device.startswith("cuda")):
-        _fail("device", device, "'auto', 'cpu' or 'cuda' / 'cuda:N'")
+        _fail("device", device, "'auto', 'cpu', 'cuda' / 'cuda:N' or 'mps'")
     if not torch.cuda.is_available():
         _fail("device", device, "'auto' or 'cpu' (no CUDA GPU is available here)")
     deterministic_cuda()

@@ -305,3 +305,14 @@ def test_p_profile_is_the_profile_and_p_output_dir_is_refused_with_the_reason(tm
     assert R.overrides_from([], None) == ("default", {})
     with pytest.raises(ParameterError, match=r"'profile' = 'smoke' is invalid: it disagrees with .*'full'"):
         R.overrides_from(R.parse_params("-p profile smoke"), "full")
+
+
+def test_mps_is_taken_where_it_exists_and_refused_where_not(monkeypatch):
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert config.resolve_device("mps").type == "mps"
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    with pytest.raises(ParameterError, match=r"'device' = 'mps' .*no Apple MPS GPU"):
+        config.resolve_device("mps")
+    with pytest.raises(ParameterError, match=r"'device' = 'tpu' is invalid: allowed 'auto', 'cpu', 'cuda' / "
+                                             r"'cuda:N' or 'mps'"):
+        config.resolve_device("tpu")
