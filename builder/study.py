@@ -235,12 +235,19 @@ def main(argv: list[str] | None = None) -> int:
         budgets = rung_params(ladder, i)
         print(f"##### rung {i + 1} of {n}: " + ", ".join(f"{m} {ladder[m][i]} epochs" for m in ladder), flush=True)
         try:
-            code = build_rung(study / f"rung-{i + 1}", {nb: budgets[nb] for nb in ORDER if nb in args.nb}, args.jobs,
-                              PROFILE[name])
+            with build._sigterm_as_interrupt():  # SIGTERM stops the rung's kernels as Ctrl-C does
+                code = build_rung(study / f"rung-{i + 1}", {nb: budgets[nb] for nb in ORDER if nb in args.nb},
+                                  args.jobs, PROFILE[name])
         except build.ReportError as err:
             print(f"error: {err}", file=sys.stderr)
             return err.code
+        except KeyboardInterrupt as e:  # before the rung's notebooks ran (afterwards builder.report handles it)
+            print(f"\n{build._interrupted_reason(e)}: rung {i + 1} stopped before it ran", file=sys.stderr)
+            return 130
         if code:
+            if code == 130:
+                print(f"rung {i + 1} stopped; the rungs built and the models trained stay: `make study` resumes",
+                      file=sys.stderr)
             return code
         prune(study / f"rung-{i + 1}")
     for rung in sorted(study.glob("rung-*")):
@@ -255,6 +262,8 @@ def main(argv: list[str] | None = None) -> int:
     figure(study, doc)
     m = doc["machine"]
     write_page(study, doc, doc["wall_seconds"], f"{m.get('cpu')} ({m.get('cores')} cores, {m.get('device')})")
+    if study == STUDY.absolute() and (build.REPORT / "manifest.json").exists():
+        build.html.write_index(build.REPORT)  # the default report's index links the ladder once there is one
     print(f"ladder written to {study}: {len(doc['subclaims'])} sub-claims; the rungs' builds took "
           f"{doc['wall_seconds']:.0f} s")
     return 0

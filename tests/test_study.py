@@ -1,8 +1,19 @@
 """make study's bookkeeping, without training: the budget parameters per rung, the ladder's span, and
-ladder.json / index.html assembled from rung folders (a rung's verdicts as builder.report writes them)."""
+ladder.json / index.html assembled from rung folders (a rung's verdicts as builder.report writes them); and, with
+a real ``python -m builder.study`` on the smoke ladder, that SIGTERM stops a rung's kernels."""
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
 
 from builder import study
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_every_ladder_spans_at_least_ten_times_over_four_rungs_and_the_course_ladder_reaches_its_budgets():
@@ -66,3 +77,66 @@ def test_numbers_reads_gain_interval_and_floor_back_from_a_deciding_text():
     assert study.numbers("GAN 30.0 (1 seed) vs VAE 180.0 (1 seed); gain +150.00 (no seed spread); floor 32.40") == (
         150.0, None, None, 32.4)
     assert study.numbers("rate 12 vs 30. holds by construction") is None
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every process below ``pid`` (read from /proc)."""
+    parent = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parent[int(stat.parent.name)] = int(fields[1])
+    found, todo = set(), [pid]
+    while todo:
+        p = todo.pop()
+        kids = {c for c, pp in parent.items() if pp == p}
+        found |= kids
+        todo += kids
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.mark.notebooks
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads the process tree from /proc")
+def test_a_terminated_study_stops_its_kernels_and_says_how_to_resume(tmp_path, mnist_raw):
+    proc = subprocess.Popen([sys.executable, "-m", "builder.study", "--ladder", "smoke", "--nb", "03_gan",
+                             "--study-dir", str(tmp_path / "study")], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    below: set[int] = set()
+    try:
+        deadline = time.monotonic() + 120
+        while not any("ipykernel" in _cmdline(p) for p in below):  # the rung's kernel has started
+            assert proc.poll() is None, proc.stdout.read()
+            assert time.monotonic() < deadline, "no kernel started"
+            time.sleep(0.2)
+            below = _descendants(proc.pid)
+        os.kill(proc.pid, signal.SIGTERM)
+        out, _ = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, out
+    assert "interrupted (SIGTERM)" in out and "`make study` resumes" in out, out
+    deadline = time.monotonic() + 30
+    while (left := [p for p in below if _alive(p)]) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    for p in left:
+        os.kill(p, signal.SIGKILL)
+    assert not left, f"processes {left} outlived the terminated study"
+    assert not (tmp_path / "study" / "rung-1").exists(), "a stopped rung must not look built"
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
