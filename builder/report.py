@@ -182,18 +182,26 @@ def git_dirty() -> bool | str:
     return "unknown" if status == "unknown" else bool(status)
 
 
+def _cpu_name() -> str:
+    """The CPU's model name, with its family and model numbers where /proc/cpuinfo has them: a virtual machine
+    may call two CPU generations by one name ("AMD EPYC": family 23 has no bf16 instructions, family 26 has)."""
+    try:
+        info = dict(line.split(":", 1) for line in Path("/proc/cpuinfo").read_text().split("\n\n")[0].splitlines()
+                    if ":" in line)
+    except OSError:
+        return platform.processor() or platform.machine()
+    info = {k.strip(): v.strip() for k, v in info.items()}
+    name = info.get("model name") or platform.processor() or platform.machine()
+    if "cpu family" in info and "model" in info:
+        name += f" (family {info['cpu family']}, model {info['model']})"
+    return name
+
+
 def environment() -> dict[str, Any]:
     import matplotlib
     import torchvision
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = _cpu_name()
     return {
         "python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
         "numpy": np.__version__, "matplotlib": matplotlib.__version__, "platform": platform.platform(),
@@ -493,9 +501,12 @@ def _echo(path: Path, prefix: str, every: float = 1.0):
 
 # --- the runner: notebooks in parallel -------------------------------------------------------
 
-# Which notebook a free kernel takes next: the longest first, and those that reuse 01's BCE models after it
-# (a kernel that needs a model another is training waits for it: store.exclusive).
-ORDER = ("01_vae_basic", "04_beta_vae", "03_gan", "05_noisy_data", "02_vae_derivation")
+# Which notebook a free kernel takes next: the longest first, and those that reuse 01's BCE models after 01 has
+# trained them (a kernel that needs a model another is training waits for it: store.exclusive). With the
+# per-notebook times of the cold default build on the 2-core Intel Xeon (aa2529d: 01 2,737 s, 05 1,843, 04 1,430,
+# 03 808, 02 377) two kernels end at 3,545 and 3,650 s in this order (lanes 01 -> 03 | 04 -> 05 -> 02), where the
+# earlier order 01, 04, 03, 05, 02 ended at 3,114 and 4,081 s (tests/test_parallel.py replays both).
+ORDER = ("01_vae_basic", "04_beta_vae", "05_noisy_data", "03_gan", "02_vae_derivation")
 # SIGTERM (how the runner stops a lane) and SIGINT become KeyboardInterrupt, so papermill shuts its kernel down on
 # the way out instead of leaving it orphaned (holding the terminal's pipes)
 # The kernels' own log lines stay out of the build's terminal: ipykernel warns on every start that its local TCP
@@ -687,41 +698,93 @@ def _build(args: argparse.Namespace, report: Path) -> int:
         return _run(args, report, notebooks, profile, params, tmp, jobs)
 
 
-def model_epochs(profile: str) -> dict[str, int]:
-    """Training work of a whole ``make report`` in ``profile``: model-epochs per model family, counted as the
-    notebooks train them (runs shared between notebooks, such as 01's BCE model in 02, 03 and 05, counted once).
-    What the build's time estimate multiplies by a measured rate (tools/cuda_check.py, make bench)."""
-    b, g, n = PROFILES["01_vae_basic"][profile], PROFILES["03_gan"][profile], PROFILES["05_noisy_data"][profile]
-    beta = PROFILES["04_beta_vae"][profile]
-    conv = (b["seeds"] + (len(b["losses"]) - 1) * b["other_seeds"]) * b["epochs"]  # the three losses
-    conv += b["ablation_epochs"] + len(b["matched_weights"]) * b["epochs"]  # one training seed each
-    conv += (sum(1 for a in n["noise_amounts"] if a > 0) * n["other_seeds"] + len(n["denoise_amounts"])) * n["epochs"]
-    betavae = (len(beta["betas"]) * beta["seeds"] + len(beta["collapse_betas"])) * beta["epochs"]
-    return {"ConvVAE": conv, "GAN": g["seeds"] * g["epochs"], "BetaVAE": betavae + beta["latent2_epochs"]}
+def model_epochs(profile: str, params: dict[str, dict] | None = None) -> dict[str, int]:
+    """Training work of a build in ``profile``: model-epochs per model family, counted as the notebooks train
+    them (runs shared between notebooks, such as 01's BCE model in 02, 03 and 05, counted once, in 01). With
+    ``params`` (notebook -> its parameters, as ``plan`` makes them) only those notebooks, with those values;
+    without, all five at the profile's values. What the build's time estimate multiplies by a measured rate."""
+    nbs = set(params) if params is not None else set(PROFILES)
+
+    def p(nb: str) -> dict:
+        return {**PROFILES[nb][profile], **(params or {}).get(nb, {})}
+
+    conv = gan = betavae = 0
+    if "01_vae_basic" in nbs:
+        b = p("01_vae_basic")
+        conv += (b["seeds"] + (len(b["losses"]) - 1) * b["other_seeds"]) * b["epochs"]  # the three losses
+        conv += b["ablation_epochs"] + len(b["matched_weights"]) * b["epochs"]  # one training seed each
+    if "05_noisy_data" in nbs:
+        n = p("05_noisy_data")
+        conv += (sum(1 for a in n["noise_amounts"] if a > 0) * n["other_seeds"] + len(n["denoise_amounts"])) * n["epochs"]
+    if "03_gan" in nbs:
+        g = p("03_gan")
+        gan = g["seeds"] * g["epochs"]
+    if "04_beta_vae" in nbs:
+        beta = p("04_beta_vae")
+        betavae = (len(beta["betas"]) * beta["seeds"] + len(beta["collapse_betas"])) * beta["epochs"]
+        betavae += beta["latent2_epochs"]
+    return {"ConvVAE": conv, "GAN": gan, "BetaVAE": betavae}
 
 
-def training_estimate(profile: str, device: str = "auto") -> str:
-    """One line printed before a build trains: the training work of all five notebooks in ``profile``
-    (model_epochs) at measured rates: report/cuda_check.json's runs trained together (fit_many)
-    on a GPU, report/bench.json's step rate (two notebooks at a time) on a CPU. Scoring is not included."""
-    work = model_epochs(profile)
+def cpu_seconds_per_epoch(threads: int, steps: int = 6) -> dict[str, float]:
+    """Seconds one training epoch (60,000 images, batch 64) takes on this CPU, per model family: ``steps``
+    optimiser steps of each timed here and now (after one warm-up step), at ``threads`` torch threads and the
+    precision a notebook would choose ('auto'). One kernel alone: two at a time each run somewhat slower."""
+    import math
+
+    from lib.config import resolve_precision
+    from lib.train import RunSpec, family
+
+    cpu, before = torch.device("cpu"), torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        out = {}
+        for model, latent in (("ConvVAE", 32), ("BetaVAE", 10), ("GAN", 100)):
+            precision = "fp32" if model == "BetaVAE" else resolve_precision("auto", cpu)
+            fam = family(RunSpec(tag="estimate", model=model, latent_dim=latent, precision=precision), cpu)
+            g = torch.Generator().manual_seed(0)
+            x = fam.inputs(torch.rand(64, 1, 28, 28, generator=g))
+            fam.step(x, g)  # oneDNN builds its kernels on the first call
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                fam.step(x, g)
+            out[model] = (time.perf_counter() - t0) / steps * math.ceil(60_000 / 64)
+        return out
+    finally:
+        torch.set_num_threads(before)
+
+
+def training_estimate(profile: str, device: str = "auto", params: dict[str, dict] | None = None,
+                      jobs: int = 1) -> str:
+    """One line printed before a build trains: the training work of the build (model_epochs) at measured rates:
+    report/cuda_check.json's runs trained together (fit_many) on a GPU; on a CPU, a few steps of each model
+    timed on this very CPU (``cpu_seconds_per_epoch``; the smoke profile, whose work is seconds, skips it), with
+    the work shared by ``jobs`` kernels. Scoring is not included. Over an hour, it names the quicker profile."""
+    work = model_epochs(profile, params)
     share = min(_COMMON[profile]["train_subset"] or 60_000, 60_000) / 60_000  # smoke trains on a subset
+    lanes = max(1, min(jobs, len(params or PROFILES)))
     try:
         if torch.cuda.is_available() and device != "cpu":
             record = json.loads((REPORT / "cuda_check.json").read_text())
             rate = {m: min(r["seconds_per_model_epoch"] for r in record["together"] if r["model"] == m) for m in work}
-            where = f"an {record['machine']['gpu']} (report/cuda_check.json, runs trained together)"
+            where, lanes = f"an {record['machine']['gpu']} (report/cuda_check.json, runs trained together)", 1
+        elif profile == "smoke":
+            return f"estimate: {sum(work.values()):,} model-epochs on {share:.0%} of the training images (seconds)"
         else:
-            two = json.loads((REPORT / "bench.json").read_text())["two_kernels"]
-            rate = {m: 60_000 / two[m]["one_kernel_images_per_s"] / two[m]["ratio"] for m in work}
-            where = "the CPU make bench last measured (report/bench.json, two notebooks at a time)"
+            rate = cpu_seconds_per_epoch(kernel_threads(lanes))
+            where = (f"this CPU ({_cpu_name()}; a few steps of each model timed just now, {lanes} kernel(s) of "
+                     f"{kernel_threads(lanes)} thread(s))")
     except Exception as e:  # noqa: BLE001 - an estimate must never stop a build
         return f"estimate: {sum(work.values()):,} model-epochs to train; no measured rate to time them ({e!r})"
-    minutes = share * sum(work[m] * rate[m] for m in work) / 60
+    minutes = share * sum(work[m] * rate[m] for m in work) / 60 / lanes
     parts = ", ".join(f"{work[m]:,} {m}" for m in work)
     took = f"{minutes:.0f} min" if minutes >= 1 else f"{minutes * 60:.0f} s"
-    return (f"estimate: training all five notebooks' {parts} model-epochs (profile {profile}, before any -p "
-            f"change) takes about {took} on {where}; scoring adds to it, and a cached run costs nothing")
+    line = (f"estimate: training {parts} model-epochs (profile {profile}, these parameters) takes about {took} on "
+            f"{where}; scoring adds to it, and a cached run costs nothing")
+    if minutes > 60 and profile == "default":
+        line += ("\n  That is over an hour here. `make report PROFILE=quick` gives a first look in minutes "
+                 "(one training seed, a third of the images); Ctrl-C stops this build and keeps every finished model.")
+    return line
 
 
 def _run(args: argparse.Namespace, report: Path, notebooks: list[str], profile: str, params: dict[str, dict],
@@ -737,7 +800,7 @@ def _run(args: argparse.Namespace, report: Path, notebooks: list[str], profile: 
     saved_progress = os.environ.get(PROGRESS_FILE)
     staging: Path | None = None
     devices = {str(p.get("device", "auto")) for p in params.values()}
-    print(training_estimate(profile, "cpu" if devices == {"cpu"} else "auto"), flush=True)
+    print(training_estimate(profile, "cpu" if devices == {"cpu"} else "auto", params, jobs), flush=True)
     try:
         progress_log.touch()
         os.environ[PROGRESS_FILE] = str(progress_log)  # the kernels inherit it (lib.progress)

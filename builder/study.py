@@ -10,9 +10,11 @@ again). Each rung of the ladder, shortest first, is built by ``builder.report`` 
 ``report/study/ladder.json`` holds each sub-claim's label and deciding number at every rung, next to the
 default report's, and ``report/study/index.html`` shows them with a "stable" column.
 
-Resumable: a rung whose manifest lists every notebook built from the same sources with the same
-parameters is skipped; a stopped rung reruns, loading the models already trained (the cache) and the
-scores already computed (``lib.store.memo``).
+Resumable: a rung whose manifest lists every notebook built with the same parameters from code that gives the
+same numbers (``lib/``, ``notebooks/``, ``pyproject.toml`` and ``constraints.txt`` as at the commit that built it)
+is skipped; a stopped rung reruns, loading the models already trained (the cache) and the scores already
+computed (``lib.store.memo``). It is not resumed on a machine where precision 'auto' would train the ConvVAEs and
+GANs in another precision than the rungs already built (bf16 on a CPU with AMX or AVX-512 BF16, fp32 without).
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import argparse
 import html as _html
 import json
 import re
+import subprocess
 import sys
 import tempfile
 import time
@@ -48,13 +51,37 @@ def rung_params(ladder: dict[str, tuple[int, ...]], i: int) -> dict[str, dict[st
             "04_beta_vae": {"epochs": b, "latent2_epochs": b}, "03_gan": {"epochs": g, "vae_epochs": c}}
 
 
+# what can change a rung's numbers: everything in the build's sources but the build itself (builder/ renders and
+# schedules; a change there leaves the rungs built)
+RESULT_PATHS = ("lib", "notebooks", "pyproject.toml", "constraints.txt")
+
+
+def _same_results_code(manifest: dict) -> bool:
+    """Are the sources that can change a result as they were when the rung was built? The same sources hash; or
+    a clean build at a commit from which ``RESULT_PATHS`` have not changed (git: committed, staged, untracked)."""
+    if manifest.get("sources_sha256") == build.sources_hash():
+        return True
+    commit = manifest.get("git_commit")
+    if manifest.get("git_dirty") is not False or not isinstance(commit, str) or not re.fullmatch(r"[0-9a-f]{40}", commit):
+        return False
+    try:
+        changed = subprocess.run(["git", "diff", "--quiet", commit, "--", *RESULT_PATHS], cwd=build.ROOT,
+                                 capture_output=True, timeout=60).returncode
+        untracked = subprocess.run(["git", "ls-files", "--others", "--exclude-standard", "--", *RESULT_PATHS],
+                                   cwd=build.ROOT, capture_output=True, text=True, timeout=60, check=True).stdout
+    except (OSError, subprocess.SubprocessError):  # no git, or not a checkout: rebuild
+        return False
+    return changed == 0 and not untracked.strip()
+
+
 def _done(report: Path, params: dict[str, dict]) -> bool:
-    """Has ``report`` every notebook of ``params`` built from today's sources with these parameters?"""
+    """Has ``report`` every notebook of ``params`` built with these parameters from code that gives today's
+    results (``_same_results_code``)?"""
     try:
         manifest = json.loads((report / "manifest.json").read_text())
     except (OSError, ValueError):
         return False
-    if manifest.get("sources_sha256") != build.sources_hash():
+    if not _same_results_code(manifest):
         return False
     final = build._relative(str(report))
     built = manifest.get("notebooks", {})
@@ -75,6 +102,36 @@ def build_rung(report: Path, budgets: dict[str, dict[str, int]], jobs: str, prof
     with build.report_lock(report):
         build.read_report(report)
         return build._run(args, report, notebooks, profile, params, tmp, build.resolve_jobs(jobs, len(notebooks)))
+
+
+def precisions(rung: Path) -> set[str]:
+    """The precisions a rung's ConvVAEs and GANs trained in (their runs' specs; the β-VAE is always fp32)."""
+    out = set()
+    for path in rung.glob("runs/*/metrics.json"):
+        spec = json.loads(path.read_text()).get("spec", {})
+        if spec.get("model") in ("ConvVAE", "GAN") and spec.get("precision"):
+            out.add(spec["precision"])
+    return out
+
+
+def mixed_precision(study: Path, kept: list[int], device: str) -> str | None:
+    """Why building the other rungs here would mix precisions with the ``kept`` rungs (1-based), or None. A ladder
+    compares budgets: every rung must train the same models, and 'auto' gives bf16 on one CPU, fp32 on another."""
+    import torch
+
+    from lib.config import resolve_precision
+
+    here = resolve_precision("auto", torch.device(device))
+    theirs = {i: precisions(study / f"rung-{i}") for i in kept}
+    other = {i: p for i, p in theirs.items() if p and p != {here}}
+    if not other:
+        return None
+    i = min(other)
+    cpu = json.loads((study / f"rung-{i}" / "manifest.json").read_text()).get("environment", {}).get("cpu", "?")
+    return (f"rung(s) {', '.join(map(str, sorted(other)))} trained their ConvVAEs and GANs in {'/'.join(sorted(other[i]))} "
+            f"(on {cpu}); here precision 'auto' gives {here} ({build._cpu_name()}), so a rung built here would judge "
+            f"other models than theirs. Build the remaining rungs where 'auto' gives {'/'.join(sorted(other[i]))} "
+            "(a CPU with AMX or AVX-512 BF16, or a GPU), or move report/study/ aside to build every rung here.")
 
 
 def prune(rung: Path) -> None:
@@ -173,6 +230,13 @@ def figure(study: Path, doc: dict) -> Path | None:
     return out
 
 
+def machines_text(machines: dict[str, list[int]]) -> str:
+    """'X' when one machine built every rung, else 'rungs 1, 2: X; rung 3: Y'."""
+    if len(machines) == 1:
+        return next(iter(machines))
+    return "; ".join(f"rung{'s' if len(r) > 1 else ''} {', '.join(map(str, r))}: {m}" for m, r in machines.items())
+
+
 def write_page(study: Path, doc: dict, wall: float | None, cpu: str) -> Path:
     """report/study/index.html: one row per sub-claim, one column per rung, the default report's label beside."""
     e = _html.escape
@@ -231,6 +295,14 @@ def main(argv: list[str] | None = None) -> int:
     ladder, study = LADDERS[name], Path(args.study_dir).absolute()
     n = len(ladder["ConvVAE"])
     t0 = time.perf_counter()
+    if not args.assemble:
+        with tempfile.TemporaryDirectory() as scratch:  # plan() checks its output folder can be written
+            kept = [i + 1 for i in range(n) if _done(study / f"rung-{i + 1}", {
+                nb: build.plan([nb], PROFILE[name], rung_params(ladder, i)[nb], Path(scratch))[nb]
+                for nb in ORDER if nb in args.nb})]
+        if len(kept) < n and (why := mixed_precision(study, kept, "cuda" if torch.cuda.is_available() else "cpu")):
+            print(f"error: {why}", file=sys.stderr)
+            return 2
     for i in range(0 if args.assemble else n):
         budgets = rung_params(ladder, i)
         print(f"##### rung {i + 1} of {n}: " + ", ".join(f"{m} {ladder[m][i]} epochs" for m in ladder), flush=True)
@@ -255,13 +327,16 @@ def main(argv: list[str] | None = None) -> int:
             prune(rung)
     doc = ladder_doc(study, name)
     doc["wall_seconds"] = round(sum(float(r["wall_seconds"] or 0) for r in doc["rungs"]), 1)  # the rungs' builds
-    doc["machine"] = doc["rungs"][0]["machine"]  # the machine that built the rungs (their manifests)
+    machines: dict[str, list[int]] = {}  # the machines that built the rungs (their manifests): one, or several
+    for r in doc["rungs"]:
+        m = r["machine"]
+        machines.setdefault(f"{m.get('cpu')} ({m.get('cores')} cores, {m.get('device')})", []).append(r["rung"])
+    doc["machines"] = machines
     if not args.assemble:
         doc["wall_seconds_this_run"] = round(time.perf_counter() - t0, 1)  # less than the above when resumed
     (study / "ladder.json").write_text(json.dumps(doc, indent=1, ensure_ascii=False) + "\n")
     figure(study, doc)
-    m = doc["machine"]
-    write_page(study, doc, doc["wall_seconds"], f"{m.get('cpu')} ({m.get('cores')} cores, {m.get('device')})")
+    write_page(study, doc, doc["wall_seconds"], machines_text(machines))
     if study == STUDY.absolute() and (build.REPORT / "manifest.json").exists():
         build.html.write_index(build.REPORT)  # the default report's index links the ladder once there is one
     print(f"ladder written to {study}: {len(doc['subclaims'])} sub-claims; the rungs' builds took "

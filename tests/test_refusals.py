@@ -88,9 +88,23 @@ def test_a_non_default_profile_never_builds_the_committed_report(profile, p, par
     assert R.default_report_dir(args) == ROOT / folder
 
 
-def test_the_training_estimate_never_stops_a_build(monkeypatch, tmp_path):
-    monkeypatch.setattr(R, "REPORT", tmp_path)  # no bench.json, no cuda_check.json
+def test_the_training_estimate_never_stops_a_build(monkeypatch):
+    def broken(threads):
+        raise RuntimeError("no oneDNN here")
+    monkeypatch.setattr(R, "cpu_seconds_per_epoch", broken)
     line = R.training_estimate("default", "cpu")
     assert line.startswith("estimate: 268 model-epochs to train; no measured rate")
-    (tmp_path / "bench.json").write_text('{"two_kernels": {"ConvVAE": {"one_kernel_images_per_s": 0}}}')
-    assert "no measured rate" in R.training_estimate("default", "cpu")
+    assert "no oneDNN here" in line
+
+
+def test_the_training_estimate_times_this_cpu_and_says_when_the_build_takes_hours(monkeypatch):
+    rates = R.cpu_seconds_per_epoch(1, steps=1)  # the real thing: a few steps of each model on this CPU
+    assert set(rates) == {"ConvVAE", "BetaVAE", "GAN"} and all(0 < r < 1e5 for r in rates.values())
+    monkeypatch.setattr(R, "cpu_seconds_per_epoch", lambda threads: {"ConvVAE": 60.0, "BetaVAE": 6.0, "GAN": 12.0})
+    quick = R.training_estimate("default", "cpu", jobs=2)  # (80 x 60 + 128 x 6 + 60 x 12) s over 2 kernels = 52 min
+    assert "takes about 52 min on this CPU" in quick and "over an hour" not in quick
+    monkeypatch.setattr(R, "cpu_seconds_per_epoch", lambda threads: {"ConvVAE": 180.0, "BetaVAE": 13.0, "GAN": 31.0})
+    slow = R.training_estimate("default", "cpu", jobs=2)
+    assert "takes about 149 min" in slow and "PROFILE=quick" in slow
+    one = R.training_estimate("default", "cpu", {"03_gan": {"epochs": 2}}, jobs=2)  # one notebook: one kernel
+    assert "0 ConvVAE, 6 GAN, 0 BetaVAE" in one and "takes about 3 min" in one

@@ -140,3 +140,58 @@ def _cmdline(pid: int) -> str:
         return (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode()
     except OSError:
         return ""
+
+
+def _git(repo, *args):
+    return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=repo, check=True,
+                          capture_output=True, text=True).stdout.strip()
+
+
+def test_a_rung_stays_built_while_nothing_that_can_change_its_numbers_has_changed(tmp_path, monkeypatch):
+    repo = tmp_path / "repo"
+    for path in ("lib/a.py", "notebooks/01.ipynb", "builder/report.py", "pyproject.toml", "constraints.txt"):
+        (repo / path).parent.mkdir(parents=True, exist_ok=True)
+        (repo / path).write_text("x = 1\n")
+    _git(repo, "init", "-q")
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-qm", "built here")
+    monkeypatch.setattr(study.build, "ROOT", repo)
+    monkeypatch.setattr(study.build, "sources_hash", lambda: "this tree")
+    manifest = {"sources_sha256": "another tree", "git_commit": _git(repo, "rev-parse", "HEAD"), "git_dirty": False}
+    assert study._same_results_code(manifest)
+    (repo / "builder/report.py").write_text("x = 2\n")  # the build itself: rendering, scheduling
+    assert study._same_results_code(manifest)
+    assert not study._same_results_code({**manifest, "git_dirty": True}), "built from uncommitted code"
+    assert not study._same_results_code({**manifest, "git_commit": "unknown"})
+    (repo / "lib/b.py").write_text("y = 1\n")  # untracked, in lib
+    assert not study._same_results_code(manifest)
+    (repo / "lib/b.py").unlink()
+    (repo / "notebooks/01.ipynb").write_text("x = 2\n")
+    assert not study._same_results_code(manifest)
+
+
+def _runs(rung, **precision_of):
+    for model, precision in precision_of.items():
+        (rung / "runs" / model).mkdir(parents=True)
+        (rung / "runs" / model / "metrics.json").write_text(json.dumps({"spec": {"model": model, "precision": precision}}))
+    (rung / "manifest.json").write_text(json.dumps({"environment": {"cpu": "Intel(R) Xeon(R) Processor"}}))
+
+
+def test_a_ladder_is_not_resumed_where_auto_precision_would_train_other_models(tmp_path, monkeypatch):
+    import lib.config
+
+    _runs(tmp_path / "rung-1", ConvVAE="bf16", GAN="bf16", BetaVAE="fp32")
+    _runs(tmp_path / "rung-2", BetaVAE="fp32")  # a rung of β-VAEs only: always fp32, never a mismatch
+    monkeypatch.setattr(lib.config, "resolve_precision", lambda precision, device: "fp32")
+    why = study.mixed_precision(tmp_path, [1, 2], "cpu")
+    assert why.startswith("rung(s) 1 trained their ConvVAEs and GANs in bf16 (on Intel(R) Xeon(R) Processor); "
+                          "here precision 'auto' gives fp32") and "move report/study/ aside" in why
+    assert study.mixed_precision(tmp_path, [2], "cpu") is None
+    monkeypatch.setattr(lib.config, "resolve_precision", lambda precision, device: "bf16")
+    assert study.mixed_precision(tmp_path, [1, 2], "cpu") is None
+
+
+def test_the_ladder_page_names_the_machine_of_each_rung():
+    assert study.machines_text({"X (2 cores, cpu)": [1, 2, 3, 4]}) == "X (2 cores, cpu)"
+    assert study.machines_text({"X (2 cores, cpu)": [1, 2, 3], "Y (2 cores, cpu)": [4]}) == \
+        "rungs 1, 2, 3: X (2 cores, cpu); rung 4: Y (2 cores, cpu)"

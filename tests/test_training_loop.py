@@ -132,6 +132,9 @@ def test_model_epochs_counts_the_default_profile():
     assert model_epochs("default") == {"ConvVAE": 16 * 5, "GAN": 3 * 20, "BetaVAE": (4 * 3 + 3) * 8 + 8}
     assert not train.use_cuda_graphs(torch.device("cpu"))
     assert math.isclose(sum(model_epochs("full").values()), 7340)
+    # a build of some notebooks with other values (make study's rungs, NB=, -p) counts those
+    assert model_epochs("study", {"04_beta_vae": {"epochs": 15, "latent2_epochs": 15}, "03_gan": {"epochs": 60}}) \
+        == {"ConvVAE": 0, "GAN": 2 * 60, "BetaVAE": (4 * 2 + 3) * 15 + 15}
 
 
 def test_a_permission_error_is_not_reported_as_a_full_disk(tmp_path, monkeypatch):
