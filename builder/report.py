@@ -553,7 +553,8 @@ def _execute_parallel(notebooks: list[str], params: dict[str, dict], nb_dir: Pat
                       walls: dict[str, float]) -> None:
     """Execute ``notebooks`` ``jobs`` at a time, each by papermill in its own process whose kernel gets
     ``cores // jobs`` threads (OMP_NUM_THREADS; unless the user set it) and its own progress log. The
-    first failure stops the others and is raised as RuntimeError naming the notebook and the error."""
+    first failure stops the others; every notebook that failed on its own is then named in one RuntimeError with
+    its error (those stopped because of it are listed as stopped)."""
     import queue
 
     todo: queue.Queue = queue.Queue()
@@ -561,7 +562,8 @@ def _execute_parallel(notebooks: list[str], params: dict[str, dict], nb_dir: Pat
         todo.put(nb)
     threads = str(kernel_threads(jobs))
     procs: dict[str, subprocess.Popen] = {}
-    failures: list[str] = []
+    failures: list[str] = []  # every notebook that failed on its own, in the order they failed
+    stopped: set[str] = set()  # those the runner stopped because another had failed
     lock = threading.Lock()
 
     def lane() -> None:
@@ -586,8 +588,11 @@ def _execute_parallel(notebooks: list[str], params: dict[str, dict], nb_dir: Pat
                     procs[nb] = subprocess.Popen([sys.executable, "-c", _CHILD, str(spec), str(err)], cwd=ROOT, env=env)
                 code = procs[nb].wait()
             if code != 0:
-                why = err.read_text(encoding="utf-8") if err.exists() else f"papermill exited with code {code}"
-                failures.append(f"{nb} failed:\n{why}")
+                with lock:
+                    if nb in stopped:
+                        return
+                    why = err.read_text(encoding="utf-8") if err.exists() else f"papermill exited with code {code}"
+                    failures.append(f"{nb} failed:\n{why}")
                 return
             walls[nb] = round(time.perf_counter() - t0, 1)
             print(f"=== {nb} done in {walls[nb]:.0f} s ===", flush=True)
@@ -599,24 +604,28 @@ def _execute_parallel(notebooks: list[str], params: dict[str, dict], nb_dir: Pat
         while any(w.is_alive() for w in workers):
             if failures:
                 with lock:
-                    for p in procs.values():
+                    for nb, p in procs.items():
                         if p.poll() is None:
+                            stopped.add(nb)
                             p.terminate()
             for w in workers:
                 w.join(timeout=0.5)
     finally:  # Ctrl-C / SIGTERM here: no kernel is left running
         with lock:
             failures.append("stopped")  # no lane starts another notebook
-            for p in procs.values():
+            for nb, p in procs.items():
                 if p.poll() is None:
+                    stopped.add(nb)
                     p.terminate()
         for p in procs.values():
             try:
                 p.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 p.kill()
-    if failures[0] != "stopped":
-        raise RuntimeError(failures[0])
+    failed = [f for f in failures if f != "stopped"]
+    if failed:  # each notebook that failed on its own, then those stopped because of it
+        raise RuntimeError("\n\n".join(failed) + (f"\n\n(stopped when that failed: {', '.join(sorted(stopped))})"
+                                                   if stopped else ""))
 
 
 def default_report_dir(args: argparse.Namespace) -> Path:

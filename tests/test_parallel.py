@@ -87,6 +87,7 @@ def test_a_failing_notebook_stops_the_other_and_leaves_the_report_as_it_was(tmp_
                        cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 1 and time.monotonic() - t0 < 50, "the other notebook was not stopped"
     assert "injected failure" in r.stderr
+    assert "(stopped when that failed: 04_beta_vae)" in r.stderr and "04_beta_vae failed" not in r.stderr, r.stderr
     assert (report / "03_gan.html").read_text() == "previous good page" and not (report / "manifest.json").exists()
     failed = list(tmp_path.glob("report.failed-*"))
     assert len(failed) == 1 and "03_gan failed" in (failed[0] / "FAILED.txt").read_text()
