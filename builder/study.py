@@ -131,7 +131,7 @@ def mixed_precision(study: Path, kept: list[int], device: str) -> str | None:
     return (f"rung(s) {', '.join(map(str, sorted(other)))} trained their ConvVAEs and GANs in {'/'.join(sorted(other[i]))} "
             f"(on {cpu}); here precision 'auto' gives {here} ({build._cpu_name()}), so a rung built here would judge "
             f"other models than theirs. Build the remaining rungs where 'auto' gives {'/'.join(sorted(other[i]))} "
-            "(a CPU with AMX or AVX-512 BF16, or a GPU), or move report/study/ aside to build every rung here.")
+            "(a CPU with AMX or AVX-512 BF16), or move report/study/ aside to build every rung here.")
 
 
 def prune(rung: Path) -> None:
