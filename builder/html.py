@@ -521,11 +521,18 @@ def _study_link(report: Path) -> str:
     if not path.exists():
         return ""
     doc = json.loads(path.read_text())
-    tops = ", ".join(f"{m} {v[-1]}" for m, v in doc.get("budgets", {}).items())
+    budgets, rungs = doc.get("budgets", {}), doc.get("rungs", [])
+    n = len(next(iter(budgets.values()), []))
+    built = [r["rung"] for r in rungs if r.get("folder")] if not doc.get("complete", True) else list(range(1, n + 1))
+    if not built:
+        return ""
+    tops = ", ".join(f"{m} {v[max(built) - 1]}" for m, v in budgets.items())
     changed = sum(not s.get("stable") for s in doc.get("subclaims", []))
+    where = (f"at {n} budgets up to {_e(tops)} epochs" if len(built) == n else
+             f"at {n} budgets, of which {len(built)} are built so far, up to {_e(tops)} epochs")
     return (f'<p class="note"><b>Do the labels survive longer training?</b> The <a href="study/index.html">budget '
-            f'ladder</a> judges every sub-claim again at four budgets up to {_e(tops)} epochs: '
-            f'{changed} of {len(doc.get("subclaims", []))} sub-claims change label along it.</p>')
+            f'ladder</a> judges every sub-claim again {where}: {changed} of {len(doc.get("subclaims", []))} '
+            'sub-claims change label along it.</p>')
 
 
 def write_index(report: Path) -> None:

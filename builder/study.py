@@ -147,6 +147,9 @@ def ladder_doc(study: Path, name: str) -> dict:
     rungs, found = [], {}
     for i in range(len(ladder["ConvVAE"])):
         folder = study / f"rung-{i + 1}"
+        if not (folder / "verdicts.json").exists():  # not built yet: the ladder so far
+            rungs.append({"rung": i + 1, "epochs": {m: ladder[m][i] for m in ladder}, "folder": None})
+            continue
         manifest = json.loads((folder / "manifest.json").read_text())
         rungs.append({"rung": i + 1, "epochs": {m: ladder[m][i] for m in ladder}, "folder": folder.name,
                       "wall_seconds": manifest.get("this_build_wall_seconds"),
@@ -159,11 +162,14 @@ def ladder_doc(study: Path, name: str) -> dict:
     default = {}
     if (build.REPORT / "verdicts.json").exists():
         default = {f["id"]: f for f in json.loads((build.REPORT / "verdicts.json").read_text())["subclaims"]}
+    built = [r["rung"] - 1 for r in rungs if r["folder"]]
     for sid, row in found.items():
         row["default"] = default.get(sid, {}).get("label")
-        labels = [x for x in row["labels"] if x is not None]
-        row["stable"] = len(labels) == len(row["labels"]) and len(set(labels)) == 1
+        labels = [row["labels"][i] for i in built]
+        # stable: the same label at every rung; on a ladder not yet complete, at every rung built so far
+        row["stable"] = None not in labels and len(set(labels)) == 1
     return {"ladder": name, "budgets": {m: list(v) for m, v in ladder.items()}, "rungs": rungs,
+            "complete": len(built) == len(rungs),
             "schedule": ("constant lr 1e-3, Adam (0.9, 0.999): each rung's models continue the previous rung's"
                          if PROFILE.get(name, "study") == "study" else f"the {PROFILE[name]} profile's; each rung trains afresh"),
             "subclaims": sorted(found.values(), key=lambda r: (r["claim"], r["id"]))}
@@ -221,8 +227,8 @@ def figure(study: Path, doc: dict) -> Path | None:
         ax.set_title(f"{s['id']}: {s['text'][:34]}{'…' if len(s['text']) > 34 else ''}", fontsize=7)
     fig.supxlabel("training epochs (log scale)", fontsize=9)
     fig.supylabel("gain / effect floor (claim's direction > 0)", fontsize=9)
-    fig.suptitle("Every tested sub-claim across the ladder: green kept, red refuted, grey inconclusive; "
-                 "dotted: the floor", fontsize=10)
+    fig.suptitle("Every tested sub-claim across the ladder" + ("" if doc.get("complete", True) else " (the rungs built so far)")
+                 + ": green kept, red refuted, grey inconclusive; dotted: the floor", fontsize=10)
     fig.tight_layout()
     out = study / "ladder.png"
     fig.savefig(out, dpi=110)
@@ -242,7 +248,11 @@ def write_page(study: Path, doc: dict, wall: float | None, cpu: str) -> Path:
     e = _html.escape
     marks = build.html.MARKS
     head = "".join(f"<th>rung {r['rung']}<br><small>" + ", ".join(f"{m} {n}" for m, n in r["epochs"].items())
-                   + "</small></th>" for r in doc["rungs"])
+                   + ("" if r["folder"] else "<br><i>not built yet</i>") + "</small></th>" for r in doc["rungs"])
+    complete = doc.get("complete", True)
+    same = "stable" if complete else "same so far"
+    todo = [str(r["rung"]) for r in doc["rungs"] if not r.get("folder", True)]
+    missing = f"rung {todo[0]} is" if len(todo) == 1 else f"rungs {', '.join(todo)} are"
     rows, last = [], None
     for s in doc["subclaims"]:
         claim = f"({e(s['claim'])}) {e(s['claim_text'])}" if s["claim"] != last else ""
@@ -253,7 +263,7 @@ def write_page(study: Path, doc: dict, wall: float | None, cpu: str) -> Path:
             for i, (l, d) in enumerate(zip(s["labels"], s["deciding"])))
         rows.append(f'<tr><td class="claim">{claim}</td><td>{e(s["id"])}: {e(s["text"])}</td>'
                     f'<td class="label">{marks.get(s["default"], "")} {e(s["default"] or "—")}</td>{cells}'
-                    f'<td>{"stable" if s["stable"] else "<b>changes</b>"}</td></tr>')
+                    f'<td>{same if s["stable"] else "<b>changes</b>"}</td></tr>')
     took = f"{wall / 60:.0f} min" if wall else "see each rung's manifest.json"
     page = f"""<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">
 <title>Budget ladder: the verdicts at four training budgets</title>
@@ -268,6 +278,8 @@ the four budgets in the column heads (epochs per model family), and every sub-cl
 (<code>lib/claims.py</code>) at each. A label that is the same at every rung is <i>stable</i>. Hover a label for its
 deciding number; click it for the notebook cell. Built in {took} on {e(cpu)}; the numbers are in
 <code>ladder.json</code>.</p>
+{"" if complete else f'<p class="note"><b>The ladder is not complete:</b> {e(missing)} not built yet (<code>make study</code> '
+ 'builds it), so "same so far" holds only over the rungs shown.</p>'}
 {'<p><img src="ladder.png" alt="gain over effect floor per sub-claim and budget" style="max-width:100%"></p>' if (study / "ladder.png").exists() else ""}
 <table><tr><th>claim</th><th>sub-claim</th><th>default report</th>{head}<th>across budgets</th></tr>
 {"".join(rows)}</table></body></html>
@@ -326,9 +338,9 @@ def main(argv: list[str] | None = None) -> int:
         if rung.is_dir():
             prune(rung)
     doc = ladder_doc(study, name)
-    doc["wall_seconds"] = round(sum(float(r["wall_seconds"] or 0) for r in doc["rungs"]), 1)  # the rungs' builds
+    doc["wall_seconds"] = round(sum(float(r.get("wall_seconds") or 0) for r in doc["rungs"]), 1)  # the rungs' builds
     machines: dict[str, list[int]] = {}  # the machines that built the rungs (their manifests): one, or several
-    for r in doc["rungs"]:
+    for r in (r for r in doc["rungs"] if r["folder"]):
         m = r["machine"]
         machines.setdefault(f"{m.get('cpu')} ({m.get('cores')} cores, {m.get('device')})", []).append(r["rung"])
     doc["machines"] = machines

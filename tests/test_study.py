@@ -195,3 +195,22 @@ def test_the_ladder_page_names_the_machine_of_each_rung():
     assert study.machines_text({"X (2 cores, cpu)": [1, 2, 3, 4]}) == "X (2 cores, cpu)"
     assert study.machines_text({"X (2 cores, cpu)": [1, 2, 3], "Y (2 cores, cpu)": [4]}) == \
         "rungs 1, 2, 3: X (2 cores, cpu); rung 4: Y (2 cores, cpu)"
+
+
+def test_a_ladder_still_being_built_is_assembled_from_the_rungs_so_far(tmp_path, monkeypatch):
+    from builder import html
+
+    monkeypatch.setitem(study.LADDERS, "three", {"ConvVAE": (1, 2, 4), "BetaVAE": (1, 2, 4), "GAN": (3, 6, 12)})
+    _rung(tmp_path / "study" / "rung-1", {"c1": "kept", "c2": "inconclusive"})
+    _rung(tmp_path / "study" / "rung-2", {"c1": "kept", "c2": "refuted"})
+    doc = study.ladder_doc(tmp_path / "study", "three")
+    assert not doc["complete"] and [r["folder"] for r in doc["rungs"]] == ["rung-1", "rung-2", None]
+    rows = {s["id"]: s for s in doc["subclaims"]}
+    assert rows["c1"]["labels"] == ["kept", "kept", None] and rows["c1"]["stable"], "the same at every rung built"
+    assert not rows["c2"]["stable"]
+    page = study.write_page(tmp_path / "study", doc, 20.0, "X").read_text()
+    assert "not built yet" in page and "same so far" in page and "The ladder is not complete" in page
+    (tmp_path / "study" / "ladder.json").write_text(json.dumps(doc))
+    link = html._study_link(tmp_path)
+    assert "at 3 budgets, of which 2 are built so far, up to ConvVAE 2, BetaVAE 2, GAN 6 epochs" in link
+    assert "1 of 2 sub-claims change label" in link
