@@ -529,7 +529,8 @@ def _study_link(report: Path) -> str:
     tops = ", ".join(f"{m} {v[max(built) - 1]}" for m, v in budgets.items())
     changed = sum(not s.get("stable") for s in doc.get("subclaims", []))
     where = (f"at {n} budgets up to {_e(tops)} epochs" if len(built) == n else
-             f"at {n} budgets, of which {len(built)} are built so far, up to {_e(tops)} epochs")
+             f"at {n} budgets, of which {len(built)} {'is' if len(built) == 1 else 'are'} built so far, up to "
+             f"{_e(tops)} epochs")
     return (f'<p class="note"><b>Do the labels survive longer training?</b> The <a href="study/index.html">budget '
             f'ladder</a> judges every sub-claim again {where}: {changed} of {len(doc.get("subclaims", []))} '
             'sub-claims change label along it.</p>')

@@ -177,8 +177,9 @@ def _git(*args) -> str:
 
 
 def git_dirty() -> bool | str:
-    """Whether lib/ or notebooks/ differ from the commit; "unknown" where git cannot tell (no git, no checkout)."""
-    status = _git("status", "--porcelain", "--", "lib", "notebooks")
+    """Whether lib/, notebooks/ or the pinned dependencies differ from the commit; "unknown" where git cannot tell
+    (no git, no checkout)."""
+    status = _git("status", "--porcelain", "--", "lib", "notebooks", "pyproject.toml", "constraints.txt")
     return "unknown" if status == "unknown" else bool(status)
 
 
@@ -504,8 +505,10 @@ def _echo(path: Path, prefix: str, every: float = 1.0):
 # Which notebook a free kernel takes next: the longest first, and those that reuse 01's BCE models after 01 has
 # trained them (a kernel that needs a model another is training waits for it: store.exclusive). With the
 # per-notebook times of the cold default build on the 2-core Intel Xeon (aa2529d: 01 2,737 s, 05 1,843, 04 1,430,
-# 03 808, 02 377) two kernels end at 3,545 and 3,650 s in this order (lanes 01 -> 03 | 04 -> 05 -> 02), where the
-# earlier order 01, 04, 03, 05, 02 ended at 3,114 and 4,081 s (tests/test_parallel.py replays both).
+# 03 808, 02 377) two kernels would end at 3,545 and 3,650 s in this order (lanes 01 -> 03 | 04 -> 05 -> 02), where
+# the earlier order 01, 04, 03, 05, 02 ended at 3,114 and 4,081 s (tests/test_parallel.py replays both; a model,
+# not a measurement: it takes each notebook's time as fixed and 05 to find 01's BCE models trained, as 01 trains
+# them first, in about 750 s of its 2,737, and 05 starts after 04's 1,430).
 ORDER = ("01_vae_basic", "04_beta_vae", "05_noisy_data", "03_gan", "02_vae_derivation")
 # SIGTERM (how the runner stops a lane) and SIGINT become KeyboardInterrupt, so papermill shuts its kernel down on
 # the way out instead of leaving it orphaned (holding the terminal's pipes)
@@ -589,7 +592,7 @@ def _execute_parallel(notebooks: list[str], params: dict[str, dict], nb_dir: Pat
                 code = procs[nb].wait()
             if code != 0:
                 with lock:
-                    if nb in stopped:
+                    if nb in stopped and (code == 130 or code < 0):  # it ended as stopped, not by its own error
                         return
                     why = err.read_text(encoding="utf-8") if err.exists() else f"papermill exited with code {code}"
                     failures.append(f"{nb} failed:\n{why}")
@@ -707,32 +710,45 @@ def _build(args: argparse.Namespace, report: Path) -> int:
         return _run(args, report, notebooks, profile, params, tmp, jobs)
 
 
-def model_epochs(profile: str, params: dict[str, dict] | None = None) -> dict[str, int]:
-    """Training work of a build in ``profile``: model-epochs per model family, counted as the notebooks train
-    them (runs shared between notebooks, such as 01's BCE model in 02, 03 and 05, counted once, in 01). With
-    ``params`` (notebook -> its parameters, as ``plan`` makes them) only those notebooks, with those values;
-    without, all five at the profile's values. What the build's time estimate multiplies by a measured rate."""
-    nbs = set(params) if params is not None else set(PROFILES)
+def notebook_epochs(profile: str, params: dict[str, dict] | None = None) -> dict[str, dict[str, int]]:
+    """Training work per notebook of a build in ``profile``: model-epochs per model family, counted as the
+    notebooks train them. The BCE models 02, 03 and 05 share with 01 are counted in 01, or, in a build without 01,
+    once in the first of them that trains them. With ``params`` (notebook -> its parameters, as ``plan`` makes
+    them) only those notebooks, with those values; without, all five at the profile's values."""
+    nbs = [nb for nb in NOTEBOOKS if params is None or nb in params]
 
     def p(nb: str) -> dict:
         return {**PROFILES[nb][profile], **(params or {}).get(nb, {})}
 
-    conv = gan = betavae = 0
-    if "01_vae_basic" in nbs:
+    work = {nb: {"ConvVAE": 0, "GAN": 0, "BetaVAE": 0} for nb in nbs}
+    shared: set[int] = set()  # the epochs of 01's BCE models already counted
+    if "01_vae_basic" in work:
         b = p("01_vae_basic")
-        conv += (b["seeds"] + (len(b["losses"]) - 1) * b["other_seeds"]) * b["epochs"]  # the three losses
-        conv += b["ablation_epochs"] + len(b["matched_weights"]) * b["epochs"]  # one training seed each
-    if "05_noisy_data" in nbs:
+        work["01_vae_basic"]["ConvVAE"] = ((b["seeds"] + (len(b["losses"]) - 1) * b["other_seeds"]) * b["epochs"]
+                                           + b["ablation_epochs"] + len(b["matched_weights"]) * b["epochs"])
+        shared.add(b["epochs"])
+    for nb, key in (("05_noisy_data", "epochs"), ("03_gan", "vae_epochs"), ("02_vae_derivation", "epochs")):
+        if nb in work and (e := p(nb)[key]) not in shared:  # 01's BCE models, trained here
+            work[nb]["ConvVAE"] += PROFILES["01_vae_basic"][profile]["seeds"] * e
+            shared.add(e)
+    if "05_noisy_data" in work:
         n = p("05_noisy_data")
-        conv += (sum(1 for a in n["noise_amounts"] if a > 0) * n["other_seeds"] + len(n["denoise_amounts"])) * n["epochs"]
-    if "03_gan" in nbs:
+        work["05_noisy_data"]["ConvVAE"] += (sum(1 for a in n["noise_amounts"] if a > 0) * n["other_seeds"]
+                                             + len(n["denoise_amounts"])) * n["epochs"]
+    if "03_gan" in work:
         g = p("03_gan")
-        gan = g["seeds"] * g["epochs"]
-    if "04_beta_vae" in nbs:
+        work["03_gan"]["GAN"] = g["seeds"] * g["epochs"]
+    if "04_beta_vae" in work:
         beta = p("04_beta_vae")
-        betavae = (len(beta["betas"]) * beta["seeds"] + len(beta["collapse_betas"])) * beta["epochs"]
-        betavae += beta["latent2_epochs"]
-    return {"ConvVAE": conv, "GAN": gan, "BetaVAE": betavae}
+        work["04_beta_vae"]["BetaVAE"] = ((len(beta["betas"]) * beta["seeds"] + len(beta["collapse_betas"]))
+                                          * beta["epochs"] + beta["latent2_epochs"])
+    return work
+
+
+def model_epochs(profile: str, params: dict[str, dict] | None = None) -> dict[str, int]:
+    """``notebook_epochs`` summed over the notebooks: what the build's time estimate multiplies by a measured rate."""
+    per = notebook_epochs(profile, params).values()
+    return {m: sum(w[m] for w in per) for m in ("ConvVAE", "GAN", "BetaVAE")}
 
 
 def cpu_seconds_per_epoch(threads: int, steps: int = 6) -> dict[str, float]:
@@ -769,9 +785,10 @@ def training_estimate(profile: str, device: str = "auto", params: dict[str, dict
     report/cuda_check.json's runs trained together (fit_many) on a GPU; on a CPU, a few steps of each model
     timed on this very CPU (``cpu_seconds_per_epoch``; the smoke profile, whose work is seconds, skips it), with
     the work shared by ``jobs`` kernels. Scoring is not included. Over an hour, it names the quicker profile."""
+    per_nb = notebook_epochs(profile, params)
     work = model_epochs(profile, params)
     share = min(_COMMON[profile]["train_subset"] or 60_000, 60_000) / 60_000  # smoke trains on a subset
-    lanes = max(1, min(jobs, len(params or PROFILES)))
+    lanes = max(1, min(jobs, sum(1 for w in per_nb.values() if any(w.values()))))
     try:
         if torch.cuda.is_available() and device != "cpu":
             record = json.loads((REPORT / "cuda_check.json").read_text())
@@ -785,11 +802,13 @@ def training_estimate(profile: str, device: str = "auto", params: dict[str, dict
                      f"{kernel_threads(lanes)} thread(s))")
     except Exception as e:  # noqa: BLE001 - an estimate must never stop a build
         return f"estimate: {sum(work.values()):,} model-epochs to train; no measured rate to time them ({e!r})"
-    minutes = share * sum(work[m] * rate[m] for m in work) / 60 / lanes
+    seconds = {nb: share * sum(w[m] * rate[m] for m in w) for nb, w in per_nb.items()}
+    minutes = max(sum(seconds.values()) / lanes, max(seconds.values(), default=0)) / 60  # no lane beats its longest
     parts = ", ".join(f"{work[m]:,} {m}" for m in work)
     took = f"{minutes:.0f} min" if minutes >= 1 else f"{minutes * 60:.0f} s"
     line = (f"estimate: training {parts} model-epochs (profile {profile}, these parameters) takes about {took} on "
-            f"{where}; scoring adds to it, and a cached run costs nothing")
+            f"{where}; scoring adds to it, and a cached run costs nothing"
+            + (" (a study rung continues the previous rung's models where they are cached)" if profile == "study" else ""))
     if minutes > 60 and profile == "default":
         line += ("\n  That is over an hour here. `make report PROFILE=quick` gives a first look in minutes "
                  "(one training seed, a third of the images); Ctrl-C stops this build and keeps every finished model.")
@@ -809,7 +828,13 @@ def _run(args: argparse.Namespace, report: Path, notebooks: list[str], profile: 
     saved_progress = os.environ.get(PROGRESS_FILE)
     staging: Path | None = None
     devices = {str(p.get("device", "auto")) for p in params.values()}
-    print(training_estimate(profile, "cpu" if devices == {"cpu"} else "auto", params, jobs), flush=True)
+    # the code the notebooks run, as it is when they start (a commit made during an hour-long build is not theirs)
+    code_at_start = (_git("rev-parse", "HEAD"), git_dirty(), sources_hash())
+    try:
+        print(training_estimate(profile, "cpu" if devices == {"cpu"} else "auto", params, jobs), flush=True)
+    except KeyboardInterrupt:  # it times a few training steps: Ctrl-C may land here, before anything ran
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     try:
         progress_log.touch()
         os.environ[PROGRESS_FILE] = str(progress_log)  # the kernels inherit it (lib.progress)
@@ -846,9 +871,10 @@ def _run(args: argparse.Namespace, report: Path, notebooks: list[str], profile: 
         entries = [v for v in manifest["notebooks"].values() if isinstance(v, dict)]
         manifest.update({
             "profile": sorted({str(v["profile"]) for v in entries if "profile" in v}),
-            "git_commit": _git("rev-parse", "HEAD"),
-            "git_dirty": git_dirty(),
-            "sources_sha256": sources_hash(),
+            "git_commit": code_at_start[0],
+            # dirty also when the sources changed while the notebooks ran
+            "git_dirty": code_at_start[1] if code_at_start[1:] == (git_dirty(), sources_hash()) else True,
+            "sources_sha256": code_at_start[2],
             "sources": [str(p.relative_to(ROOT)) for p in source_files()],
             "environment": environment(),
             "total_wall_seconds": round(sum(float(v.get("wall_seconds", 0)) for v in entries), 1),

@@ -115,23 +115,29 @@ def precisions(rung: Path) -> set[str]:
 
 
 def mixed_precision(study: Path, kept: list[int], device: str) -> str | None:
-    """Why building the other rungs here would mix precisions with the ``kept`` rungs (1-based), or None. A ladder
-    compares budgets: every rung must train the same models, and 'auto' gives bf16 on one CPU, fp32 on another."""
+    """Why building the other rungs here would train other models than the ``kept`` rungs (1-based), or None:
+    another kind of device (CPU or GPU) or another precision ('auto' gives bf16 on one CPU, fp32 on another). A
+    ladder compares budgets, so every rung must train the same models."""
     import torch
 
     from lib.config import resolve_precision
 
-    here = resolve_precision("auto", torch.device(device))
-    theirs = {i: precisions(study / f"rung-{i}") for i in kept}
-    other = {i: p for i, p in theirs.items() if p and p != {here}}
-    if not other:
-        return None
-    i = min(other)
-    cpu = json.loads((study / f"rung-{i}" / "manifest.json").read_text()).get("environment", {}).get("cpu", "?")
-    return (f"rung(s) {', '.join(map(str, sorted(other)))} trained their ConvVAEs and GANs in {'/'.join(sorted(other[i]))} "
-            f"(on {cpu}); here precision 'auto' gives {here} ({build._cpu_name()}), so a rung built here would judge "
-            f"other models than theirs. Build the remaining rungs where 'auto' gives {'/'.join(sorted(other[i]))} "
-            "(a CPU with AMX or AVX-512 BF16), or move report/study/ aside to build every rung here.")
+    kind = "cuda" if device.startswith("cuda") else "cpu"
+    here = (kind, resolve_precision("auto", torch.device(device)))
+    for i in kept:
+        manifest = json.loads((study / f"rung-{i}" / "manifest.json").read_text())
+        env = manifest.get("environment", {})
+        theirs = ("cuda" if str(env.get("device", "cpu")).startswith("cuda") else "cpu", precisions(study / f"rung-{i}"))
+        if theirs[1] and (theirs[0], theirs[1]) != (here[0], {here[1]}):
+            p = "/".join(sorted(theirs[1]))
+            where = ("a GPU" if theirs[0] == "cuda" else
+                     "a CPU with AMX or AVX-512 BF16" if p == "bf16" else "a CPU without bf16 instructions")
+            this = torch.cuda.get_device_name(device) if kind == "cuda" else build._cpu_name()
+            return (f"rung {i} trained its ConvVAEs and GANs in {p} on {theirs[0].upper()} ({env.get('device')}, "
+                    f"{env.get('cpu')}); here they would train in {here[1]} on {kind.upper()} ({this}), so a rung "
+                    f"built here would judge other models than the rungs built. Build the remaining rungs on {where}, "
+                    "or move report/study/ aside to build every rung here.")
+    return None
 
 
 def prune(rung: Path) -> None:
@@ -338,6 +344,9 @@ def main(argv: list[str] | None = None) -> int:
         if rung.is_dir():
             prune(rung)
     doc = ladder_doc(study, name)
+    if not any(r["folder"] for r in doc["rungs"]):
+        print(f"no rung of the {name} ladder is built in {study} yet: nothing to assemble (`make study` builds them)")
+        return 0
     doc["wall_seconds"] = round(sum(float(r.get("wall_seconds") or 0) for r in doc["rungs"]), 1)  # the rungs' builds
     machines: dict[str, list[int]] = {}  # the machines that built the rungs (their manifests): one, or several
     for r in (r for r in doc["rungs"] if r["folder"]):

@@ -168,13 +168,21 @@ def test_a_rung_stays_built_while_nothing_that_can_change_its_numbers_has_change
     (repo / "lib/b.py").unlink()
     (repo / "notebooks/01.ipynb").write_text("x = 2\n")
     assert not study._same_results_code(manifest)
+    _git(repo, "checkout", "-q", "--", "notebooks")
+    assert study._same_results_code(manifest)
+    for pinned in ("pyproject.toml", "constraints.txt"):
+        (repo / pinned).write_text("x = 2\n")
+        _git(repo, "add", pinned)  # staged, not committed
+        assert not study._same_results_code(manifest), pinned
+        _git(repo, "reset", "-q", "--", pinned)
+        _git(repo, "checkout", "-q", "--", pinned)
 
 
-def _runs(rung, **precision_of):
+def _runs(rung, device="cpu", **precision_of):
     for model, precision in precision_of.items():
         (rung / "runs" / model).mkdir(parents=True)
         (rung / "runs" / model / "metrics.json").write_text(json.dumps({"spec": {"model": model, "precision": precision}}))
-    (rung / "manifest.json").write_text(json.dumps({"environment": {"cpu": "Intel(R) Xeon(R) Processor"}}))
+    (rung / "manifest.json").write_text(json.dumps({"environment": {"cpu": "Intel(R) Xeon(R) Processor", "device": device}}))
 
 
 def test_a_ladder_is_not_resumed_where_auto_precision_would_train_other_models(tmp_path, monkeypatch):
@@ -182,13 +190,27 @@ def test_a_ladder_is_not_resumed_where_auto_precision_would_train_other_models(t
 
     _runs(tmp_path / "rung-1", ConvVAE="bf16", GAN="bf16", BetaVAE="fp32")
     _runs(tmp_path / "rung-2", BetaVAE="fp32")  # a rung of β-VAEs only: always fp32, never a mismatch
+    _runs(tmp_path / "rung-3", ConvVAE="fp32")
+    _runs(tmp_path / "rung-4", device="cuda (NVIDIA H200)", ConvVAE="bf16")
     monkeypatch.setattr(lib.config, "resolve_precision", lambda precision, device: "fp32")
     why = study.mixed_precision(tmp_path, [1, 2], "cpu")
-    assert why.startswith("rung(s) 1 trained their ConvVAEs and GANs in bf16 (on Intel(R) Xeon(R) Processor); "
-                          "here precision 'auto' gives fp32") and "move report/study/ aside" in why
-    assert study.mixed_precision(tmp_path, [2], "cpu") is None
+    assert why.startswith("rung 1 trained its ConvVAEs and GANs in bf16 on CPU (cpu, Intel(R) Xeon(R) Processor); "
+                          "here they would train in fp32 on CPU") and "on a CPU with AMX or AVX-512 BF16" in why
+    assert "move report/study/ aside" in why
+    assert study.mixed_precision(tmp_path, [2, 3], "cpu") is None
     monkeypatch.setattr(lib.config, "resolve_precision", lambda precision, device: "bf16")
     assert study.mixed_precision(tmp_path, [1, 2], "cpu") is None
+    assert "on a CPU without bf16 instructions" in study.mixed_precision(tmp_path, [3], "cpu")
+    assert "in bf16 on CUDA" in study.mixed_precision(tmp_path, [4], "cpu") and "on a GPU" in \
+        study.mixed_precision(tmp_path, [4], "cpu"), "a GPU's bf16 is not a CPU's"
+
+
+def test_a_ladder_that_would_mix_models_stops_before_any_rung_trains(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(study, "_done", lambda report, params: report.name == "rung-1")
+    monkeypatch.setattr(study, "mixed_precision", lambda d, kept, device: f"kept {kept}")
+    monkeypatch.setattr(study, "build_rung", lambda *a, **k: pytest.fail("a rung was built"))
+    assert study.main(["--ladder", "smoke", "--study-dir", str(tmp_path)]) == 2
+    assert "error: kept [1]" in capsys.readouterr().err
 
 
 def test_the_ladder_page_names_the_machine_of_each_rung():
@@ -214,3 +236,5 @@ def test_a_ladder_still_being_built_is_assembled_from_the_rungs_so_far(tmp_path,
     link = html._study_link(tmp_path)
     assert "at 3 budgets, of which 2 are built so far, up to ConvVAE 2, BetaVAE 2, GAN 6 epochs" in link
     assert "1 of 2 sub-claims change label" in link
+    assert study.main(["--ladder", "smoke", "--assemble", "--study-dir", str(tmp_path / "none")]) == 0
+    assert not (tmp_path / "none").exists(), "nothing to assemble: nothing written"
