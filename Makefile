@@ -54,7 +54,7 @@ report: $(STAMP) ## execute the notebooks into report/ (PROFILE=default; NB=01_v
 	  --jobs=$(call quoted,JOBS) \
 	  && $(PY) tools/update_readme.py
 
-study: $(STAMP) ## the budget ladder: every verdict at four training budgets into report/study/ (about 2 h on 2 CPU cores; resumable)
+study: $(STAMP) ## the budget ladder: every verdict at four training budgets into report/study/ (about 3 h on 2 CPU cores with bf16; resumable)
 	$(PY) -m builder.study --jobs=$(call quoted,JOBS)
 
 check-report: $(STAMP) ## after make report: rerun report/'s notebooks (warm cache) and check their tagged cells with nbval

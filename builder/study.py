@@ -32,8 +32,8 @@ from . import report as build
 
 STUDY = build.REPORT / "study"
 LADDERS = {
-    # about two hours on a 2-core CPU (bench/README.md): 10x for the ConvVAE and the GAN (the top 3x the default
-    # profile's 20 epochs), 15x for the β-VAE up to the course report's 15
+    # about three hours on a 2-core CPU with bf16 (rungs 1-3: 85 min on an Intel Xeon): 10x for the ConvVAE and
+    # the GAN (the top 3x the default profile's 20 epochs), 15x for the β-VAE up to the course report's 15
     "cpu": {"ConvVAE": (2, 5, 10, 20), "BetaVAE": (1, 3, 8, 15), "GAN": (6, 15, 30, 60)},
     # the course report's own budgets at the top rung (a GPU's ladder)
     "course": {"ConvVAE": (25, 50, 125, 250), "BetaVAE": (1, 3, 8, 15), "GAN": (20, 50, 100, 200)},
@@ -299,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m builder.study", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ladder", choices=sorted(LADDERS), default=None,
-                    help="cpu (about two hours on 2 cores) or course (the course report's budgets: a GPU); "
+                    help="cpu (about three hours on 2 cores with bf16) or course (the course report's budgets: a GPU); "
                          "default: course where CUDA is available, else cpu")
     ap.add_argument("--jobs", default="auto", help="notebooks executed at a time (as make report)")
     ap.add_argument("--study-dir", default=str(STUDY), help=argparse.SUPPRESS)  # tests build elsewhere
