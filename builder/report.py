@@ -626,9 +626,11 @@ def _execute_parallel(notebooks: list[str], params: dict[str, dict], nb_dir: Pat
             except subprocess.TimeoutExpired:
                 p.kill()
     failed = [f for f in failures if f != "stopped"]
-    if failed:  # each notebook that failed on its own, then those stopped because of it
-        raise RuntimeError("\n\n".join(failed) + (f"\n\n(stopped when that failed: {', '.join(sorted(stopped))})"
-                                                   if stopped else ""))
+    if failed:  # each notebook that failed on its own, then those stopped because of it, then those never started
+        never = [nb for nb in notebooks if nb not in procs]
+        raise RuntimeError("\n\n".join(failed)
+                           + (f"\n\n(stopped when that failed: {', '.join(sorted(stopped))})" if stopped else "")
+                           + (f"\n(not started: {', '.join(never)})" if never else ""))
 
 
 def default_report_dir(args: argparse.Namespace) -> Path:

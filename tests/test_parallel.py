@@ -77,17 +77,18 @@ def test_two_notebooks_run_at_once_each_with_half_the_cores(tmp_path, monkeypatc
 def test_a_failing_notebook_stops_the_other_and_leaves_the_report_as_it_was(tmp_path):
     log = tmp_path / "log.txt"
     nb_dir = _notebooks(tmp_path / "nb", {"03_gan": "import time; time.sleep(2); raise RuntimeError('injected failure')",
-                                          "04_beta_vae": _marking(log, "04", 60)})
+                                          "04_beta_vae": _marking(log, "04", 60), "02_vae_derivation": "pass"})
     report = tmp_path / "report"
     report.mkdir()
     (report / "03_gan.html").write_text("previous good page")
     t0 = time.monotonic()
-    r = subprocess.run([sys.executable, "-m", "builder.report", "--nb", "03_gan,04_beta_vae", "--profile", "smoke",
+    r = subprocess.run([sys.executable, "-m", "builder.report", "--nb", "03_gan,04_beta_vae,02_vae_derivation", "--profile", "smoke",
                         "--jobs", "2", "--report-dir", str(report), "--notebook-dir", str(nb_dir)],
                        cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 1 and time.monotonic() - t0 < 50, "the other notebook was not stopped"
     assert "injected failure" in r.stderr
     assert "(stopped when that failed: 04_beta_vae)" in r.stderr and "04_beta_vae failed" not in r.stderr, r.stderr
+    assert "(not started: 02_vae_derivation)" in r.stderr, "the third notebook waited in the queue"
     assert (report / "03_gan.html").read_text() == "previous good page" and not (report / "manifest.json").exists()
     failed = list(tmp_path.glob("report.failed-*"))
     assert len(failed) == 1 and "03_gan failed" in (failed[0] / "FAILED.txt").read_text()
