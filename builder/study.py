@@ -271,6 +271,11 @@ def write_page(study: Path, doc: dict, wall: float | None, cpu: str) -> Path:
                     f'<td class="label">{marks.get(s["default"], "")} {e(s["default"] or "—")}</td>{cells}'
                     f'<td>{same if s["stable"] else "<b>changes</b>"}</td></tr>')
     took = f"{wall / 60:.0f} min" if wall else "see each rung's manifest.json"
+    seeds = build.PROFILES["01_vae_basic"][PROFILE.get(doc["ladder"], "study")]["seeds"]
+    power = (f"The arms here train at most {seeds} training seed{'s' if seeds > 1 else ''} each (the noisy and "
+             "denoising models one, judged by the one-seed rule), so an interval paired by seed has at most "
+             f"{seeds - 1} degree{'s' if seeds != 2 else ''} of freedom: a label can move between inconclusive and kept "
+             "or refuted while the gain stays where it was. The figure shows the gains themselves.")
     page = f"""<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">
 <title>Budget ladder: the verdicts at four training budgets</title>
 <style>body{{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}}table{{border-collapse:collapse;font-size:14px}}
@@ -284,6 +289,7 @@ the four budgets in the column heads (epochs per model family), and every sub-cl
 (<code>lib/claims.py</code>) at each. A label that is the same at every rung is <i>stable</i>. Hover a label for its
 deciding number; click it for the notebook cell. Built in {took} on {e(cpu)}; the numbers are in
 <code>ladder.json</code>.</p>
+<p class="note">{power}</p>
 {"" if complete else f'<p class="note"><b>The ladder is not complete:</b> {e(missing)} not built yet (<code>make study</code> '
  'builds it), so "same so far" holds only over the rungs shown.</p>'}
 {'<p><img src="ladder.png" alt="gain over effect floor per sub-claim and budget" style="max-width:100%"></p>' if (study / "ladder.png").exists() else ""}
