@@ -117,7 +117,10 @@ def overrides_from(pairs: list[tuple[str, str]], profile: str | None) -> tuple[s
                 raise ParameterError(f"parameter 'profile' = {p!r} is invalid: it disagrees with PROFILE / "
                                      f"--profile {profile!r}; give the profile once")
             profile = p
-    return profile or "default", overrides
+    profile = profile or "default"
+    if profile not in PROFILE_NAMES:  # checked before the profile names a build folder (report-<profile>/)
+        raise ParameterError(f"parameter 'profile' = {profile!r} is invalid: allowed one of {list(PROFILE_NAMES)}")
+    return profile, overrides
 
 
 def notebook_parameters(nb: str, nb_dir: Path = NB_DIR) -> list[str]:

@@ -340,6 +340,7 @@ def test_make_report_runs_nothing_from_its_variables_and_fails(tmp_path, variabl
     assert r.returncode != 0, r.stdout + r.stderr
     assert not x.exists(), "a command inside a make variable was run"
     assert "error:" in r.stderr
+    assert not list(ROOT.glob(f"report-*/**/{tmp_path.name}")), "a refused build left a folder named after its input"
 
 
 def test_p_is_split_into_words_not_run():
