@@ -53,6 +53,8 @@ report: $(STAMP) ## execute the notebooks into report/ (PROFILE=default; NB=01_v
 	$(PY) -m builder.report --profile=$(call quoted,PROFILE) --nb=$(call quoted,NB) --params=$(call quoted,P) \
 	  --jobs=$(call quoted,JOBS) \
 	  && $(PY) tools/update_readme.py
+	@# the budget ladder's page shows the default report's labels beside its rungs': redrawn from the new ones
+	@if [ -f report/study/ladder.json ]; then $(PY) -m builder.study --assemble; fi
 
 study: $(STAMP) ## the budget ladder: every verdict at four training budgets into report/study/ (about 3 h on 2 CPU cores with bf16; resumable)
 	$(PY) -m builder.study --jobs=$(call quoted,JOBS)

@@ -315,8 +315,12 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     import torch
 
+    study = Path(args.study_dir).absolute()
     name = args.ladder or ("course" if torch.cuda.is_available() else "cpu")
-    ladder, study = LADDERS[name], Path(args.study_dir).absolute()
+    if args.assemble and args.ladder is None and (study / "ladder.json").exists():  # the ladder already there
+        name = json.loads((study / "ladder.json").read_text()).get("ladder", name)
+        name = name if name in LADDERS else "cpu"
+    ladder = LADDERS[name]
     n = len(ladder["ConvVAE"])
     t0 = time.perf_counter()
     if not args.assemble:

@@ -236,5 +236,9 @@ def test_a_ladder_still_being_built_is_assembled_from_the_rungs_so_far(tmp_path,
     link = html._study_link(tmp_path)
     assert "at 3 budgets, of which 2 are built so far, up to ConvVAE 2, BetaVAE 2, GAN 6 epochs" in link
     assert "1 of 2 sub-claims change label" in link
+    # make report reassembles the ladder afterwards without naming it: the ladder already there is kept
+    assert study.main(["--assemble", "--study-dir", str(tmp_path / "study")]) == 0
+    again = json.loads((tmp_path / "study" / "ladder.json").read_text())
+    assert again["ladder"] == "three" and again["budgets"]["GAN"] == [3, 6, 12] and not again["complete"]
     assert study.main(["--ladder", "smoke", "--assemble", "--study-dir", str(tmp_path / "none")]) == 0
     assert not (tmp_path / "none").exists(), "nothing to assemble: nothing written"
