@@ -11,8 +11,8 @@ again). Each rung of the ladder, shortest first, is built by ``builder.report`` 
 default report's, and ``report/study/index.html`` shows them with a "stable" column.
 
 Resumable: a rung whose manifest lists every notebook built with the same parameters from code that gives the
-same numbers (``lib/``, ``notebooks/``, ``pyproject.toml`` and ``constraints.txt`` as at the commit that built it)
-is skipped; a stopped rung reruns, loading the models already trained (the cache) and the scores already
+same numbers (``lib/``, ``notebooks/``, ``pyproject.toml`` and ``constraints.txt`` as at the commit that built it,
+but for comments, docstrings and Markdown cells) is skipped; a stopped rung reruns, loading the models already trained (the cache) and the scores already
 computed (``lib.store.memo``). It is not resumed on a machine where precision 'auto' would train the ConvVAEs and
 GANs in another precision than the rungs already built (bf16 on a CPU with AMX or AVX-512 BF16, fp32 without).
 """
@@ -56,22 +56,52 @@ def rung_params(ladder: dict[str, tuple[int, ...]], i: int) -> dict[str, dict[st
 RESULT_PATHS = ("lib", "notebooks", "pyproject.toml", "constraints.txt")
 
 
+def _code(path: str, text: str | None):
+    """What in one source file can change a number: a module's code without its comments and docstrings (as run
+    ids hash it: ``lib.store.code_only``), a notebook's code cells that way with their tags (papermill reads the
+    'parameters' tag), any other file as it is; None where the file does not exist."""
+    from lib.store import code_only
+
+    if text is None:
+        return None
+    try:
+        if path.endswith(".py"):
+            return code_only(text)
+        if path.endswith(".ipynb"):
+            cells = [c for c in json.loads(text)["cells"] if c["cell_type"] == "code"]
+            return [(c.get("metadata", {}).get("tags", []), _code(".py", "".join(c["source"]))) for c in cells]
+    except (SyntaxError, ValueError, KeyError, TypeError):  # a magic, or not a notebook: compare the text
+        pass
+    return text
+
+
 def _same_results_code(manifest: dict) -> bool:
     """Are the sources that can change a result as they were when the rung was built? The same sources hash; or
-    a clean build at a commit from which ``RESULT_PATHS`` have not changed (git: committed, staged, untracked)."""
+    a clean build at a commit from which no file of ``RESULT_PATHS`` has changed (git: committed, staged,
+    untracked) except in its prose: comments, docstrings, a notebook's Markdown cells (``_code``)."""
     if manifest.get("sources_sha256") == build.sources_hash():
         return True
     commit = manifest.get("git_commit")
     if manifest.get("git_dirty") is not False or not isinstance(commit, str) or not re.fullmatch(r"[0-9a-f]{40}", commit):
         return False
+
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=build.ROOT, capture_output=True, text=True, timeout=60)
+
     try:
-        changed = subprocess.run(["git", "diff", "--quiet", commit, "--", *RESULT_PATHS], cwd=build.ROOT,
-                                 capture_output=True, timeout=60).returncode
-        untracked = subprocess.run(["git", "ls-files", "--others", "--exclude-standard", "--", *RESULT_PATHS],
-                                   cwd=build.ROOT, capture_output=True, text=True, timeout=60, check=True).stdout
-    except (OSError, subprocess.SubprocessError):  # no git, or not a checkout: rebuild
+        changed = git("diff", "--name-only", "--no-renames", "-z", commit, "--", *RESULT_PATHS)
+        untracked = git("ls-files", "--others", "--exclude-standard", "-z", "--", *RESULT_PATHS)
+        if changed.returncode or untracked.returncode:
+            return False
+        for path in {p for p in (changed.stdout + untracked.stdout).split("\0") if p}:
+            old = git("show", f"{commit}:{path}")
+            file = build.ROOT / path
+            if _code(path, old.stdout if old.returncode == 0 else None) != \
+                    _code(path, file.read_text(encoding="utf-8") if file.is_file() else None):
+                return False
+    except (OSError, UnicodeDecodeError, subprocess.SubprocessError):  # no git, or not a checkout: rebuild
         return False
-    return changed == 0 and not untracked.strip()
+    return True
 
 
 def _done(report: Path, params: dict[str, dict]) -> bool:

@@ -178,6 +178,54 @@ def test_a_rung_stays_built_while_nothing_that_can_change_its_numbers_has_change
         _git(repo, "checkout", "-q", "--", pinned)
 
 
+def _notebook(*cells):
+    """A notebook of (cell_type, source, tags) cells."""
+    return json.dumps({"cells": [{"cell_type": t, "source": src, "metadata": {"tags": tags}} for t, src, tags in cells],
+                       "metadata": {}, "nbformat": 4, "nbformat_minor": 5})
+
+
+def test_a_rung_stays_built_through_prose_edits_but_not_through_a_code_edit(tmp_path, monkeypatch):
+    repo = tmp_path / "repo"
+    (repo / "lib").mkdir(parents=True)
+    (repo / "notebooks").mkdir()
+    module = '"""A module."""\n\n\ndef f(x):\n    """Twice x."""\n    return 2 * x  # doubled\n'
+    (repo / "lib/a.py").write_text(module)
+    cells = [("markdown", "# Lesson", []), ("code", "epochs = 5  # training epochs", ["parameters"]),
+             ("code", "%matplotlib inline\nprint(epochs)", [])]
+    (repo / "notebooks/01.ipynb").write_text(_notebook(*cells))
+    _git(repo, "init", "-q")
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-qm", "built here")
+    monkeypatch.setattr(study.build, "ROOT", repo)
+    monkeypatch.setattr(study.build, "sources_hash", lambda: "this tree")
+    manifest = {"sources_sha256": "another tree", "git_commit": _git(repo, "rev-parse", "HEAD"), "git_dirty": False}
+
+    def edit(path, text, same, commit=False):
+        (repo / path).write_text(text)
+        if commit:
+            _git(repo, "commit", "-qam", "edit")
+        assert study._same_results_code(manifest) is same, (path, text)
+        _git(repo, "reset", "-q", "--hard", manifest["git_commit"])
+        _git(repo, "clean", "-qfd")
+
+    edit("lib/a.py", module.replace("Twice x.", "x, doubled: the lesson's example.").replace("# doubled", ""), True)
+    edit("lib/a.py", module.replace("Twice x.", "Twice x, now explained."), True, commit=True)  # committed since
+    edit("lib/a.py", module.replace("2 * x", "x + x"), False)
+    edit("notebooks/01.ipynb", _notebook(("markdown", "# A better lesson\n\nwith more words", []), *cells[1:]), True)
+    edit("notebooks/01.ipynb", _notebook(cells[0], ("code", "epochs = 5  # epochs of training", ["parameters"]),
+                                         cells[2]), True)
+    edit("notebooks/01.ipynb", _notebook(cells[0], ("code", "epochs = 6  # training epochs", ["parameters"]),
+                                         cells[2]), False)
+    edit("notebooks/01.ipynb", _notebook(cells[0], ("code", "epochs = 5  # training epochs", []), cells[2]), False)
+    edit("notebooks/01.ipynb", _notebook(*cells[:2], ("code", "%matplotlib inline\nprint(epochs)  # x", [])), False)
+    edit("notebooks/01.ipynb", _notebook(*cells[:2]), False)  # a code cell fewer
+    edit("lib/b.py", '"""Only prose."""\n', False)  # a new module, untracked
+    (repo / "lib/a.py").unlink()
+    assert not study._same_results_code(manifest), "a module removed"
+    _git(repo, "checkout", "-q", "--", "lib")
+    assert study._same_results_code(manifest)
+
+
 def _runs(rung, device="cpu", **precision_of):
     for model, precision in precision_of.items():
         (rung / "runs" / model).mkdir(parents=True)
