@@ -11,7 +11,7 @@ again). Each rung of the ladder, shortest first, is built by ``builder.report`` 
 default report's, and ``report/study/index.html`` shows them with a "stable" column.
 
 Resumable: a rung whose manifest lists every notebook built with the same parameters from code that gives the
-same numbers (``lib/``, ``notebooks/``, ``pyproject.toml`` and ``constraints.txt`` as at the commit that built it,
+same numbers (``lib/``, the notebooks it runs, ``pyproject.toml`` and ``constraints.txt`` as at the commit that built it,
 but for comments, docstrings and Markdown cells) is skipped; a stopped rung reruns, loading the models already trained (the cache) and the scores already
 computed (``lib.store.memo``). It is not resumed on a machine where precision 'auto' would train the ConvVAEs and
 GANs in another precision than the rungs already built (bf16 on a CPU with AMX or AVX-512 BF16, fp32 without).
@@ -51,9 +51,10 @@ def rung_params(ladder: dict[str, tuple[int, ...]], i: int) -> dict[str, dict[st
             "04_beta_vae": {"epochs": b, "latent2_epochs": b}, "03_gan": {"epochs": g, "vae_epochs": c}}
 
 
-# what can change a rung's numbers: everything in the build's sources but the build itself (builder/ renders and
-# schedules; a change there leaves the rungs built)
-RESULT_PATHS = ("lib", "notebooks", "pyproject.toml", "constraints.txt")
+# what can change a rung's numbers: the build's sources but the build itself (builder/ renders and schedules; a
+# change there leaves the rungs built) and the notebooks no rung runs (02: no claims)
+RESULT_PATHS = ("lib", "notebooks", *(f":(exclude)notebooks/{nb}.ipynb" for nb in build.NOTEBOOKS if nb not in ORDER),
+                "pyproject.toml", "constraints.txt")
 
 
 def _code(path: str, text: str | None):

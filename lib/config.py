@@ -28,7 +28,7 @@ PROFILE_NAMES = ("smoke", "quick", "default", "full", "study")
 # quick: a first look on a laptop CPU in minutes (a third of the training set, one seed, 3 epochs), verdicts mostly
 # inconclusive. default: 10,000 samples, as the classifier-FID's bias and spread at 1,000 were as large as the gaps it
 # judged. study: the budget ladder (make study) scores every rung: 5,000 samples (the FID's floor is measured at that
-# size) and smaller IWAE bounds keep four rungs within about two hours on 2 cores.
+# size) and smaller IWAE bounds keep four rungs near three hours on 2 cores with bf16.
 _ALL = dict(train_subset=None, test_subset=None)  # every image of each split
 _COMMON = {
     "smoke": dict(train_subset=512, test_subset=256, n_samples=200, iwae_k=5, iwae_images=32, classifier="smoke"),

@@ -220,6 +220,8 @@ def test_a_rung_stays_built_through_prose_edits_but_not_through_a_code_edit(tmp_
     edit("notebooks/01.ipynb", _notebook(*cells[:2], ("code", "%matplotlib inline\nprint(epochs)  # x", [])), False)
     edit("notebooks/01.ipynb", _notebook(*cells[:2]), False)  # a code cell fewer
     edit("lib/b.py", '"""Only prose."""\n', False)  # a new module, untracked
+    edit("notebooks/02_vae_derivation.ipynb", _notebook(("code", "k = 5", [])), True)  # no rung runs 02
+    edit("notebooks/03_gan.ipynb", _notebook(("code", "k = 5", [])), False)
     (repo / "lib/a.py").unlink()
     assert not study._same_results_code(manifest), "a module removed"
     _git(repo, "checkout", "-q", "--", "lib")
