@@ -17,7 +17,7 @@ unexport PROFILE NB P JOBS  # never expanded into the environment of recipes: $(
 quoted = '$(subst ','\'',$(value $1))'
 
 .DEFAULT_GOAL := help
-.PHONY: help setup data test report study check-report lab bench check-html screenshots chromium clean
+.PHONY: help setup data test report study pages check-report lab bench check-html screenshots chromium clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-12s %s\n", $$1, $$2}'
@@ -58,6 +58,9 @@ report: $(STAMP) ## execute the notebooks into report/ (PROFILE=default; NB=01_v
 
 study: $(STAMP) ## the budget ladder: every verdict at four training budgets into report/study/ (about 3 h on 2 CPU cores with bf16; resumable)
 	$(PY) -m builder.study --jobs=$(call quoted,JOBS)
+
+pages: $(STAMP) ## after editing only Markdown cells, comments or docstrings: refresh report/'s pages, executing nothing
+	$(PY) -m builder.prose
 
 check-report: $(STAMP) ## after make report: rerun report/'s notebooks (warm cache) and check their tagged cells with nbval
 	$(PY) tools/check_report.py

@@ -508,8 +508,9 @@ def _findings_table(report: Path) -> str:
                     f'<td><a href="{_e(f["notebook"])}.html#{_e(f["anchor"])}">{_e(f["notebook"][:2])}</a></td></tr>')
     return ('<p class="note">One row per sub-claim of the declared claims table (<code>lib/claims.py</code>): '
             'kept / refuted / inconclusive by one rule (a metric that passed its known-case check, a gain above a '
-            'floor, a t-interval over training seeds); sub-claims the objective guarantees are marked so and count '
-            'as no support. The rule was written in December 2026, after earlier builds\' numbers had been seen. '
+            'floor, a t-interval over training seeds, or for an arm of one training seed a band of 5 seed SDs borrowed '
+            'from the notebook\'s other arms, which is not a confidence interval: <code>docs/methods.md</code>, '
+            '<i>Known problems</i>); sub-claims the objective guarantees are marked so and count as no support. The rule was written in December 2026, after earlier builds\' numbers had been seen. '
             '<a href="verdicts.json">verdicts.json</a></p><div class="table-wrap findings"><table><thead><tr>'
             '<th>claim</th><th>sub-claim</th><th>label</th><th>deciding numbers</th><th>page</th></tr></thead>'
             f'<tbody>{"".join(rows)}</tbody></table></div>')
@@ -527,13 +528,21 @@ def _study_link(report: Path) -> str:
     if not built:
         return ""
     tops = ", ".join(f"{m} {v[max(built) - 1]}" for m, v in budgets.items())
-    changed = sum(not s.get("stable") for s in doc.get("subclaims", []))
+    subs = doc.get("subclaims", [])
+    changed = sum(not s.get("stable") for s in subs)
+    flat = sum(bool(s.get("stable")) and set(s.get("labels", [])) - {None} == {"inconclusive"} for s in subs)
     where = (f"at {n} budgets up to {_e(tops)} epochs" if len(built) == n else
              f"at {n} budgets, of which {len(built)} {'is' if len(built) == 1 else 'are'} built so far, up to "
              f"{_e(tops)} epochs")
-    return (f'<p class="note"><b>Do the labels survive longer training?</b> The <a href="study/index.html">budget '
-            f'ladder</a> judges every sub-claim again {where}: {changed} of {len(doc.get("subclaims", []))} '
-            'sub-claims change label along it.</p>')
+    judged = {s.get("id") for s in subs}
+    absent = [] if not (report / "verdicts.json").exists() else [
+        f["id"] for f in json.loads((report / "verdicts.json").read_text())["subclaims"]
+        if f["id"] not in judged and f["label"] not in ("holds by construction", "untestable as stated")]
+    return (f'<p class="note"><b>Do the labels change with longer training?</b> The <a href="study/index.html">budget '
+            f'ladder</a> judges {len(subs)} sub-claims again {where}, under its own recipe (the course report\'s '
+            f'constant learning rate, two training seeds)'
+            + (f'; {_e(", ".join(absent))} need models it does not train' if absent else '')
+            + f': {changed} change label along it, and {flat} are inconclusive at every rung.</p>')
 
 
 def write_index(report: Path) -> None:

@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 from . import report as build
+from .prose import code_of
 
 STUDY = build.REPORT / "study"
 LADDERS = {
@@ -57,29 +58,10 @@ RESULT_PATHS = ("lib", "notebooks", *(f":(exclude)notebooks/{nb}.ipynb" for nb i
                 "pyproject.toml", "constraints.txt")
 
 
-def _code(path: str, text: str | None):
-    """What in one source file can change a number: a module's code without its comments and docstrings (as run
-    ids hash it: ``lib.store.code_only``), a notebook's code cells that way with their tags (papermill reads the
-    'parameters' tag), any other file as it is; None where the file does not exist."""
-    from lib.store import code_only
-
-    if text is None:
-        return None
-    try:
-        if path.endswith(".py"):
-            return code_only(text)
-        if path.endswith(".ipynb"):
-            cells = [c for c in json.loads(text)["cells"] if c["cell_type"] == "code"]
-            return [(c.get("metadata", {}).get("tags", []), _code(".py", "".join(c["source"]))) for c in cells]
-    except (SyntaxError, ValueError, KeyError, TypeError):  # a magic, or not a notebook: compare the text
-        pass
-    return text
-
-
 def _same_results_code(manifest: dict) -> bool:
     """Are the sources that can change a result as they were when the rung was built? The same sources hash; or
     a clean build at a commit from which no file of ``RESULT_PATHS`` has changed (git: committed, staged,
-    untracked) except in its prose: comments, docstrings, a notebook's Markdown cells (``_code``)."""
+    untracked) except in its prose: comments, docstrings, a notebook's Markdown cells (``prose.code_of``)."""
     if manifest.get("sources_sha256") == build.sources_hash():
         return True
     commit = manifest.get("git_commit")
@@ -97,8 +79,8 @@ def _same_results_code(manifest: dict) -> bool:
         for path in {p for p in (changed.stdout + untracked.stdout).split("\0") if p}:
             old = git("show", f"{commit}:{path}")
             file = build.ROOT / path
-            if _code(path, old.stdout if old.returncode == 0 else None) != \
-                    _code(path, file.read_text(encoding="utf-8") if file.is_file() else None):
+            if code_of(path, old.stdout if old.returncode == 0 else None) != \
+                    code_of(path, file.read_text(encoding="utf-8") if file.is_file() else None):
                 return False
     except (OSError, UnicodeDecodeError, subprocess.SubprocessError):  # no git, or not a checkout: rebuild
         return False
@@ -205,6 +187,7 @@ def ladder_doc(study: Path, name: str) -> dict:
         labels = [row["labels"][i] for i in built]
         # stable: the same label at every rung; on a ladder not yet complete, at every rung built so far
         row["stable"] = None not in labels and len(set(labels)) == 1
+        row["inconclusive_throughout"] = row["stable"] and labels[0] == "inconclusive"
     return {"ladder": name, "budgets": {m: list(v) for m, v in ladder.items()}, "rungs": rungs,
             "complete": len(built) == len(rungs),
             "schedule": ("constant lr 1e-3, Adam (0.9, 0.999): each rung's models continue the previous rung's"
@@ -300,7 +283,7 @@ def write_page(study: Path, doc: dict, wall: float | None, cpu: str) -> Path:
             for i, (l, d) in enumerate(zip(s["labels"], s["deciding"])))
         rows.append(f'<tr><td class="claim">{claim}</td><td>{e(s["id"])}: {e(s["text"])}</td>'
                     f'<td class="label">{marks.get(s["default"], "")} {e(s["default"] or "—")}</td>{cells}'
-                    f'<td>{same if s["stable"] else "<b>changes</b>"}</td></tr>')
+                    f'<td>{"inconclusive throughout" if s.get("inconclusive_throughout") else same if s["stable"] else "<b>changes</b>"}</td></tr>')
     took = f"{wall / 60:.0f} min" if wall else "see each rung's manifest.json"
     seeds = build.PROFILES["01_vae_basic"][PROFILE.get(doc["ladder"], "study")]["seeds"]
     power = (f"The arms here train at most {seeds} training seed{'s' if seeds > 1 else ''} each (the noisy and "
@@ -317,7 +300,11 @@ td.label{{white-space:nowrap}}.note{{color:#444}}</style></head><body>
 <p class="note">The default report judges 5-epoch ConvVAEs, 8-epoch β-VAEs and 20-epoch GANs; the course report trained
 250, 15 and 200. Here the notebooks with claims ran again in the <code>study</code> profile ({e(doc["schedule"])}) at
 the four budgets in the column heads (epochs per model family), and every sub-claim was judged by the same rule
-(<code>lib/claims.py</code>) at each. A label that is the same at every rung is <i>stable</i>. Hover a label for its
+(<code>lib/claims.py</code>) at each. A label that is the same at every rung is <i>stable</i> (one that is
+<i>inconclusive</i> at every rung is shown as such: the ladder could not decide it). The recipe is not the default
+report's (its learning rate is constant, and its arms train two training seeds, its FIDs score 5,000 samples), so
+the rung at the default's 5 ConvVAE epochs need not agree with the default column; the matched-rate sub-claims of
+(a) and (b) are not on the ladder (it trains no matched-rate models). Hover a label for its
 deciding number; click it for the notebook cell. Built in {took} on {e(cpu)}; the numbers are in
 <code>ladder.json</code>.</p>
 <p class="note">{power}</p>

@@ -10,13 +10,16 @@ Each claim (a)-(g) is split into sub-claims, each naming its metric (one that pa
   is smaller than the floor); **inconclusive** otherwise, or when the metric failed its known-case check, where
 * the **effect floor** is ``FLOOR`` x the metric's known-case separation (e.g. real vs blurred digits), or a fixed
   size for metrics in nats: a smaller difference is not one a reader would see;
-* [lo, hi] is g's two-sided t-interval (``lib.stats.difference``: paired when the arms share training seeds, else
-  Welch) at confidence 1 - 0.05 / m for a claim with m tested sub-claims (Bonferroni); an arm with one training
+* [lo, hi] is g's two-sided t-interval (``lib.stats.difference``: paired when both arms have exactly the same training
+  seeds, else Welch) at confidence 1 - 0.05 / m for a claim with m tested sub-claims (Bonferroni); an arm with one training
   seed has none of its own: [lo, hi] = g -/+ ``CLEAR`` x the largest seed SD of that metric among the notebook's
   arms with several seeds ("gap larger than any plausible seed SD"); with no seed SD at all, nothing is decided.
+  That band is not a confidence interval (no t-quantile, no Bonferroni share): on two or three seeds it is narrower
+  than the t-interval of the same SD would be (docs/methods.md, Known problems).
 
-Written in December 2026, after the numbers of earlier builds had been seen: it replaces a 2-SE rule with pooled
-seed SDs and flat "partly kept" labels (each sub-claim's ``note`` says what else changed).
+Written in December 2026, after the numbers of earlier builds had been seen: it replaced an earlier rule (a 2-SE margin on
+pooled seed SDs, with flat "partly kept" labels). Some sub-claims' ``note`` says what else changed; the full list of
+what changed after numbers were seen is in docs/methods.md (Disclosure).
 """
 from __future__ import annotations
 

@@ -149,7 +149,7 @@ def image_stats(images) -> dict[str, float]:
     """Measures for the course report's words: ``mean_intensity`` (bright vs dark/faint), ``stroke_brightness``
     (mean of each image's 50 brightest pixels: faint strokes score low), ``gradient_energy`` (mean squared
     finite difference: blur lowers it, so it measures "sharp"), ``greyness`` (mean 4x(1-x): 0 for
-    crisp black/white, 1 for all-grey)."""
+    crisp black/white, 1 only when every pixel is mid-grey (0.5))."""
     x = as_float(images).cpu().double()[:, 0]
     dx, dy = x[:, :, 1:] - x[:, :, :-1], x[:, 1:, :] - x[:, :-1, :]
     return {"mean_intensity": x.mean().item(),

@@ -54,7 +54,7 @@ class RunSpec:
     epochs: int = 1
     batch_size: int = 64
     lr: float = 1e-3
-    lr_schedule: str = "constant"  # constant | cosine (per step, from lr down to 0 at the last step)
+    lr_schedule: str = "constant"  # constant | cosine (per step: lr·½(1 + cos(π·step/total)), 0 just after the last)
     latent_dim: int = 32
     seed: int = 0
     recon: str = "bce"
@@ -143,8 +143,9 @@ def restore_optimizer(opt: torch.optim.Optimizer, state: dict, device: torch.dev
 
 def run_data(spec: RunSpec, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(train_x, test_x, clean_train_x, clean_test_x) as float tensors on ``device``. With ``noise_amount > 0``
-    inputs and targets are salt-and-pepper images (as in the course report), the noise drawn once from the
-    training seed."""
+    the inputs are salt-and-pepper images (as in the course report), and so are the targets unless ``spec.denoise``
+    (then the caller pairs them with the clean images, third and fourth); the noise is drawn once, from the training
+    seed + 1 (train) and + 2 (test)."""
     train = data.subset(data.load_split("train").float_images(device), spec.train_subset)
     test = data.subset(data.load_split("test").float_images(device), spec.test_subset)
     if spec.noise_amount > 0:

@@ -63,11 +63,20 @@ def test_the_report_index_points_to_the_ladder_when_there_is_one(tmp_path):
     html.write_index(report)
     assert "study/index.html" not in (report / "index.html").read_text()
     (report / "study").mkdir()
+    subclaims = [{"id": "a1", "stable": True, "labels": ["kept", "kept"]},
+                 {"id": "a2", "stable": False, "labels": ["kept", "inconclusive"]},
+                 {"id": "a3", "stable": True, "labels": ["inconclusive", "inconclusive"]}]
     (report / "study" / "ladder.json").write_text(json.dumps({"budgets": {"ConvVAE": [2, 20], "GAN": [6, 60]},
-                                                             "subclaims": [{"stable": True}, {"stable": False}]}))
+                                                             "subclaims": subclaims}))
+    (report / "verdicts.json").write_text(json.dumps({"subclaims": [
+        {"id": i, "label": label, "claim": i[0], "claim_text": "", "text": "", "deciding": "", "notebook": "01_vae_basic",
+         "anchor": f"verdict-{i}"} for i, label in (("a1", "kept"), ("a2", "kept"), ("a3", "inconclusive"),
+                                                   ("a4", "kept"), ("f3", "holds by construction"))]}))
     html.write_index(report)
     index = (report / "index.html").read_text()
-    assert 'href="study/index.html"' in index and "ConvVAE 20, GAN 60" in index and "1 of 2 sub-claims" in index
+    assert 'href="study/index.html"' in index and "ConvVAE 20, GAN 60" in index
+    assert "judges 3 sub-claims again" in index and "a4 need models it does not train" in index, "f3 is not tested"
+    assert "1 change label along it, and 1 are inconclusive at every rung" in index
 
 
 def test_numbers_reads_gain_interval_and_floor_back_from_a_deciding_text():
@@ -285,7 +294,7 @@ def test_a_ladder_still_being_built_is_assembled_from_the_rungs_so_far(tmp_path,
     (tmp_path / "study" / "ladder.json").write_text(json.dumps(doc))
     link = html._study_link(tmp_path)
     assert "at 3 budgets, of which 2 are built so far, up to ConvVAE 2, BetaVAE 2, GAN 6 epochs" in link
-    assert "1 of 2 sub-claims change label" in link
+    assert "judges 2 sub-claims again" in link and "1 change label along it" in link
     # make report reassembles the ladder afterwards without naming it: the ladder already there is kept
     assert study.main(["--assemble", "--study-dir", str(tmp_path / "study")]) == 0
     again = json.loads((tmp_path / "study" / "ladder.json").read_text())

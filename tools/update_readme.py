@@ -54,7 +54,7 @@ def headline(nb: str, runs: dict[str, list[dict]]) -> str:
                 f"ELBO {_ms(b, 'iwae_images_bound', 2)} nats/image" if b else "–")
     if nb == "03_gan":
         g, v = runs.get("03_gan:GAN"), runs.get("01_vae_basic:BCE+KLD")
-        s = f"GAN classifier-FID {_ms(g, 'fid')} ({len(g)} seeds), smallest class {g[0]['min_class_share']:.1%}" if g else "–"
+        s = f"GAN classifier-FID {_ms(g, 'fid')} ({len(g)} seeds), smallest class share {_ms([{'p': 100 * m['min_class_share']} for m in g], 'p')} %" if g else "–"
         return s + (f" (BCE VAE {_ms(v, 'fid')})" if g and v else "")
     if nb == "04_beta_vae":
         parts = [(k.split("beta=")[1], m) for k, m in runs.items()
