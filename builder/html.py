@@ -455,6 +455,9 @@ def _manifest_summary(report: Path, manifest: dict) -> str:
     rows = [
         ("profile", f"<code>{_e(prof)}</code>"),
         ("git commit", f"<code>{_e(commit[:12])}</code>{_e(dirty)}"),
+        *([("prose", f"Markdown cells, comments and docstrings of {_e(', '.join(manifest['prose'].get('notebooks', [])))}"
+                     f" from <code>{_e(str(manifest['prose'].get('git_commit', '–'))[:12])}</code> (<code>make pages</code>); "
+                     "code and numbers from the commit above")] if isinstance(manifest.get("prose"), dict) else []),
         ("sources sha256", f'<code title="{_e(manifest.get("sources_sha256", ""))}">'
                            f'{_e(str(manifest.get("sources_sha256", "–"))[:16])}</code>'),
         ("total wall time", f"{_duration(manifest.get('total_wall_seconds'))} "
