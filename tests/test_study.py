@@ -156,17 +156,23 @@ def _git(repo, *args):
                           capture_output=True, text=True).stdout.strip()
 
 
-def test_a_rung_stays_built_while_nothing_that_can_change_its_numbers_has_changed(tmp_path, monkeypatch):
+def _built_repo(tmp_path, monkeypatch, files: dict[str, str]):
+    """A git checkout of ``files`` committed as the commit a rung was built at; (repo, that rung's manifest)."""
     repo = tmp_path / "repo"
-    for path in ("lib/a.py", "notebooks/01.ipynb", "builder/report.py", "pyproject.toml", "constraints.txt"):
+    for path, text in files.items():
         (repo / path).parent.mkdir(parents=True, exist_ok=True)
-        (repo / path).write_text("x = 1\n")
+        (repo / path).write_text(text)
     _git(repo, "init", "-q")
     _git(repo, "add", "-A")
     _git(repo, "commit", "-qm", "built here")
     monkeypatch.setattr(study.build, "ROOT", repo)
     monkeypatch.setattr(study.build, "sources_hash", lambda: "this tree")
-    manifest = {"sources_sha256": "another tree", "git_commit": _git(repo, "rev-parse", "HEAD"), "git_dirty": False}
+    return repo, {"sources_sha256": "another tree", "git_commit": _git(repo, "rev-parse", "HEAD"), "git_dirty": False}
+
+
+def test_a_rung_stays_built_while_nothing_that_can_change_its_numbers_has_changed(tmp_path, monkeypatch):
+    repo, manifest = _built_repo(tmp_path, monkeypatch, {p: "x = 1\n" for p in (
+        "lib/a.py", "notebooks/01.ipynb", "builder/report.py", "pyproject.toml", "constraints.txt")})
     assert study._same_results_code(manifest)
     (repo / "builder/report.py").write_text("x = 2\n")  # the build itself: rendering, scheduling
     assert study._same_results_code(manifest)
@@ -194,20 +200,10 @@ def _notebook(*cells):
 
 
 def test_a_rung_stays_built_through_prose_edits_but_not_through_a_code_edit(tmp_path, monkeypatch):
-    repo = tmp_path / "repo"
-    (repo / "lib").mkdir(parents=True)
-    (repo / "notebooks").mkdir()
     module = '"""A module."""\n\n\ndef f(x):\n    """Twice x."""\n    return 2 * x  # doubled\n'
-    (repo / "lib/a.py").write_text(module)
     cells = [("markdown", "# Lesson", []), ("code", "epochs = 5  # training epochs", ["parameters"]),
              ("code", "%matplotlib inline\nprint(epochs)", [])]
-    (repo / "notebooks/01.ipynb").write_text(_notebook(*cells))
-    _git(repo, "init", "-q")
-    _git(repo, "add", "-A")
-    _git(repo, "commit", "-qm", "built here")
-    monkeypatch.setattr(study.build, "ROOT", repo)
-    monkeypatch.setattr(study.build, "sources_hash", lambda: "this tree")
-    manifest = {"sources_sha256": "another tree", "git_commit": _git(repo, "rev-parse", "HEAD"), "git_dirty": False}
+    repo, manifest = _built_repo(tmp_path, monkeypatch, {"lib/a.py": module, "notebooks/01.ipynb": _notebook(*cells)})
 
     def edit(path, text, same, commit=False):
         (repo / path).write_text(text)
