@@ -11,8 +11,9 @@ again). Each rung of the ladder, shortest first, is built by ``builder.report`` 
 default report's, and ``report/study/index.html`` shows them with a "stable" column.
 
 Resumable: a rung whose manifest lists every notebook built with the same parameters from code that gives the
-same numbers (``lib/``, the notebooks it runs, ``pyproject.toml`` and ``constraints.txt`` as at the commit that built it,
-but for comments, docstrings and Markdown cells) is skipped; a stopped rung reruns, loading the models already trained (the cache) and the scores already
+same numbers (``lib/``, the notebooks it runs, ``pyproject.toml`` and ``constraints.txt`` as at the commit that
+built it, but for comments, docstrings and Markdown cells) is skipped; a stopped rung reruns, loading the models
+already trained (the cache) and the scores already
 computed (``lib.store.memo``). It is not resumed on a machine where precision 'auto' would train the ConvVAEs and
 GANs in another precision than the rungs already built (bf16 on a CPU with AMX or AVX-512 BF16, fp32 without).
 """
