@@ -519,6 +519,21 @@ def _findings_table(report: Path) -> str:
             f'<tbody>{"".join(rows)}</tbody></table></div>')
 
 
+def stale_text(doc: dict) -> str:
+    """'' when every rung built was built from today's code; else which rungs were not, at which commit, and what
+    changed since (their labels are that code's: the ladder's page shows them beside a default report judged by today's)."""
+    old = [r for r in doc.get("rungs", []) if r.get("folder") and r.get("code_changed_since", []) != []]
+    if not old:
+        return ""
+    which = f"rung {old[0]['rung']} was" if len(old) == 1 else f"rungs {', '.join(str(r['rung']) for r in old)} were"
+    commits = sorted({str(r.get("built_at") or "unknown")[:7] for r in old})
+    files = sorted({f for r in old for f in (r.get("code_changed_since") or [])})
+    since = (f"the code that computes their numbers has changed since ({', '.join(files)})" if files else
+             "whether the code has changed since cannot be told (built from uncommitted code)")
+    return (f"{which} built at commit {', '.join(commits)}, and {since}: their labels are that code's, "
+            "the default report's are today's; make study rebuilds them.")
+
+
 def _study_link(report: Path) -> str:
     """A pointer to the budget ladder (make study) when report/study/ holds one."""
     path = report / "study" / "ladder.json"
@@ -545,7 +560,8 @@ def _study_link(report: Path) -> str:
             f'ladder</a> judges {len(subs)} sub-claims again {where}, under its own recipe (the course report\'s '
             f'constant learning rate, two training seeds)'
             + (f'; {_e(", ".join(absent))} need models it does not train' if absent else '')
-            + f': {changed} change label along it, and {flat} are inconclusive at every rung.</p>')
+            + f': {changed} change label along it, and {flat} are inconclusive at every rung.'
+            + (f' <b>Older code:</b> {_e(stale)}' if (stale := stale_text(doc)) else '') + '</p>')
 
 
 def write_index(report: Path) -> None:

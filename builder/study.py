@@ -59,33 +59,40 @@ RESULT_PATHS = ("lib", "notebooks", *(f":(exclude)notebooks/{nb}.ipynb" for nb i
                 "pyproject.toml", "constraints.txt")
 
 
-def _same_results_code(manifest: dict) -> bool:
-    """Are the sources that can change a result as they were when the rung was built? The same sources hash; or
-    a clean build at a commit from which no file of ``RESULT_PATHS`` has changed (git: committed, staged,
-    untracked) except in its prose: comments, docstrings, a notebook's Markdown cells (``prose.code_of``)."""
+def changed_code(manifest: dict) -> list[str] | None:
+    """The files of ``RESULT_PATHS`` whose code has changed since the rung was built: [] when none has (the same
+    sources hash; or a clean build at a commit from which no such file has changed, committed, staged or
+    untracked, except in its prose: comments, docstrings, a notebook's Markdown cells, ``prose.code_of``);
+    None when it cannot be told (a build from uncommitted code, no commit, no git)."""
     if manifest.get("sources_sha256") == build.sources_hash():
-        return True
+        return []
     commit = manifest.get("git_commit")
     if manifest.get("git_dirty") is not False or not isinstance(commit, str) or not re.fullmatch(r"[0-9a-f]{40}", commit):
-        return False
+        return None
 
     def git(*args):
         return subprocess.run(["git", *args], cwd=build.ROOT, capture_output=True, text=True, timeout=60)
 
+    out = []
     try:
         changed = git("diff", "--name-only", "--no-renames", "-z", commit, "--", *RESULT_PATHS)
         untracked = git("ls-files", "--others", "--exclude-standard", "-z", "--", *RESULT_PATHS)
         if changed.returncode or untracked.returncode:
-            return False
-        for path in {p for p in (changed.stdout + untracked.stdout).split("\0") if p}:
+            return None
+        for path in sorted({p for p in (changed.stdout + untracked.stdout).split("\0") if p}):
             old = git("show", f"{commit}:{path}")
             file = build.ROOT / path
             if code_of(path, old.stdout if old.returncode == 0 else None) != \
                     code_of(path, file.read_text(encoding="utf-8") if file.is_file() else None):
-                return False
+                out.append(path)
     except (OSError, UnicodeDecodeError, subprocess.SubprocessError):  # no git, or not a checkout: rebuild
-        return False
-    return True
+        return None
+    return out
+
+
+def _same_results_code(manifest: dict) -> bool:
+    """Are the sources that can change a result as they were when the rung was built (``changed_code``)?"""
+    return changed_code(manifest) == []
 
 
 def _done(report: Path, params: dict[str, dict]) -> bool:
@@ -174,7 +181,8 @@ def ladder_doc(study: Path, name: str) -> dict:
         rungs.append({"rung": i + 1, "epochs": {m: ladder[m][i] for m in ladder}, "folder": folder.name,
                       "wall_seconds": manifest.get("this_build_wall_seconds"),
                       "notebook_wall_seconds": {nb: v.get("wall_seconds") for nb, v in manifest["notebooks"].items()},
-                      "machine": {k: manifest.get("environment", {}).get(k) for k in ("cpu", "cores", "device")}})
+                      "machine": {k: manifest.get("environment", {}).get(k) for k in ("cpu", "cores", "device")},
+                      "built_at": manifest.get("git_commit"), "code_changed_since": changed_code(manifest)})
         for f in json.loads((folder / "verdicts.json").read_text())["subclaims"]:
             row = found.setdefault(f["id"], {k: f[k] for k in ("claim", "claim_text", "id", "text", "metric", "notebook")}
                                    | {"labels": [None] * len(ladder["ConvVAE"]), "deciding": [None] * len(ladder["ConvVAE"])})
@@ -309,6 +317,7 @@ the rung at the default's 5 ConvVAE epochs need not agree with the default colum
 deciding number; click it for the notebook cell. Built in {took} on {e(cpu)}; the numbers are in
 <code>ladder.json</code>.</p>
 <p class="note">{power}</p>
+{f'<p class="note"><b>Built from older code:</b> {e(stale)}</p>' if (stale := build.html.stale_text(doc)) else ""}
 {"" if complete else f'<p class="note"><b>The ladder is not complete:</b> {e(missing)} not built yet (<code>make study</code> '
  'builds it), so "same so far" holds only over the rungs shown.</p>'}
 {'<p><img src="ladder.png" alt="gain over effect floor per sub-claim and budget" style="max-width:100%"></p>' if (study / "ladder.png").exists() else ""}

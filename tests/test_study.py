@@ -297,3 +297,34 @@ def test_a_ladder_still_being_built_is_assembled_from_the_rungs_so_far(tmp_path,
     assert again["ladder"] == "three" and again["budgets"]["GAN"] == [3, 6, 12] and not again["complete"]
     assert study.main(["--ladder", "smoke", "--assemble", "--study-dir", str(tmp_path / "none")]) == 0
     assert not (tmp_path / "none").exists(), "nothing to assemble: nothing written"
+
+
+def test_a_ladder_built_from_older_code_says_so_beside_todays_default_labels(tmp_path, monkeypatch):
+    from builder import html
+
+    module = '"""A module."""\n\n\ndef f(x):\n    return 2 * x\n'
+    repo, manifest = _built_repo(tmp_path, monkeypatch, {"lib/a.py": module, "lib/b.py": module})
+    assert study.changed_code(manifest) == []
+    (repo / "lib/a.py").write_text(module.replace('"""A module."""', '"""A module, explained."""'))
+    assert study.changed_code(manifest) == [], "prose only"
+    (repo / "lib/b.py").write_text(module.replace("2 * x", "x + x"))
+    assert study.changed_code(manifest) == ["lib/b.py"]
+    assert study.changed_code({**manifest, "git_dirty": True}) is None
+    folder = tmp_path / "study"
+    _rung(folder / "rung-1", {"c1": "kept"})
+    _rung(folder / "rung-2", {"c1": "kept"})
+    for rung in ("rung-1", "rung-2"):
+        m = json.loads((folder / rung / "manifest.json").read_text())
+        (folder / rung / "manifest.json").write_text(json.dumps(m | manifest))
+    monkeypatch.setitem(study.LADDERS, "two", {"ConvVAE": (1, 2), "BetaVAE": (1, 2), "GAN": (3, 6)})
+    doc = study.ladder_doc(folder, "two")
+    assert [r["code_changed_since"] for r in doc["rungs"]] == [["lib/b.py"], ["lib/b.py"]]
+    assert [r["built_at"] for r in doc["rungs"]] == [manifest["git_commit"]] * 2
+    text = html.stale_text(doc)
+    assert text.startswith(f"rungs 1, 2 were built at commit {manifest['git_commit'][:7]}") and "(lib/b.py)" in text
+    assert "Built from older code" in study.write_page(folder, doc, 1.0, "X").read_text()
+    (repo / "lib/b.py").write_text(module)  # the code back as it was: nothing to say
+    doc = study.ladder_doc(folder, "two")
+    assert html.stale_text(doc) == "" and "Built from older code" not in study.write_page(folder, doc, 1.0, "X").read_text()
+    (folder / "ladder.json").write_text(json.dumps(doc | {"rungs": [doc["rungs"][0] | {"code_changed_since": None}]}))
+    assert "cannot be told" in html._study_link(tmp_path)
