@@ -317,8 +317,7 @@ the rung at the default's 5 ConvVAE epochs need not agree with the default colum
 deciding number; click it for the notebook cell. Built in {took} on {e(cpu)}; the numbers are in
 <code>ladder.json</code>.</p>
 <p class="note">{power}</p>
-{f'<p class="note"><b>Built from older code:</b> {e(stale)}</p>' if (stale := build.html.stale_text(doc)) else ""}
-{"" if complete else f'<p class="note"><b>The ladder is not complete:</b> {e(missing)} not built yet (<code>make study</code> '
+{f'<p class="note"><b>Built from older code:</b> {e(stale)}</p>' if (stale := build.html.stale_text(doc)) else ""}{"" if complete else f'<p class="note"><b>The ladder is not complete:</b> {e(missing)} not built yet (<code>make study</code> '
  'builds it), so "same so far" holds only over the rungs shown.</p>'}
 {'<p><img src="ladder.png" alt="gain over effect floor per sub-claim and budget" style="max-width:100%"></p>' if (study / "ladder.png").exists() else ""}
 <table><tr><th>claim</th><th>sub-claim</th><th>default report</th>{head}<th>across budgets</th></tr>
