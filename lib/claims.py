@@ -11,14 +11,15 @@ Each claim (a)-(g) is split into sub-claims, each naming its metric (one that pa
 * the **effect floor** is ``FLOOR`` x the metric's known-case separation (e.g. real vs blurred digits), or a fixed
   size for metrics in nats: a smaller difference is not one a reader would see;
 * [lo, hi] is g's two-sided t-interval (``lib.stats.difference``: paired when both arms have exactly the same training
-  seeds, else Welch) at confidence 1 - 0.05 / m for a claim with m tested sub-claims (Bonferroni); an arm with one training
-  seed has none of its own: [lo, hi] = g -/+ ``CLEAR`` x the largest seed SD of that metric among the notebook's
-  arms with several seeds ("gap larger than any plausible seed SD"); with no seed SD at all, nothing is decided.
-  That band is not a confidence interval (no t-quantile, no Bonferroni share): on two or three seeds it is narrower
-  than the t-interval of the same SD would be (docs/methods.md, Known problems).
+  seeds and are the same kind of model, else Welch) at confidence 1 - 0.05 / m for a claim with m tested sub-claims
+  (Bonferroni); an arm with one training seed has no spread of its own: [lo, hi] is then the t-interval it would
+  have if both arms had the largest seed SD of that metric among the notebook's arms with several seeds, at that
+  SD's degrees of freedom (``lib.stats.borrowed_interval``: "a gap larger than any plausible seed SD", as far as
+  the largest SD measured is plausible for these arms); with no seed SD at all, nothing is decided.
 
 Written in December 2026, after the numbers of earlier builds had been seen: it replaced an earlier rule (a 2-SE margin on
-pooled seed SDs, with flat "partly kept" labels). Some sub-claims' ``note`` says what else changed; the full list of
+pooled seed SDs, with flat "partly kept" labels). The one-seed interval was g -/+ 5 x the borrowed SD (no t-quantile,
+no Bonferroni share) in the build of 42b9cb1; a review of those numbers replaced it with the t-interval above. Some sub-claims' ``note`` says what else changed; the full list of
 what changed after numbers were seen is in docs/methods.md (Disclosure).
 """
 from __future__ import annotations
@@ -29,10 +30,9 @@ from pathlib import Path
 
 from . import evaluate
 from .notebook import table
-from .stats import Arm, arm, difference
+from .stats import Arm, arm, borrowed_interval, difference
 
 FLOOR = 0.1   # fraction of a metric's known-case separation below which a difference does not count
-CLEAR = 5.0   # a one-seed arm's gap must exceed this many of the largest seed SD measured for its metric
 ALPHA = 0.05  # split over a claim's tested sub-claims (Bonferroni)
 # metric -> (known case, known case) whose difference is its separation; or a fixed floor (nats)
 SEPARATION: dict[str, tuple[str, str] | float] = {
@@ -59,6 +59,7 @@ class Sub:
     kind: str = "test"  # test | construction | untestable
     factor: float = 1.0  # compare a with factor x b (e.g. 1.5 x the clean model's FID)
     limit: bool = False  # b is a baseline computed once (no training seeds)
+    paired: bool = True  # False: a and b are different kinds of model, never paired by seed number
     note: str = ""
 
 
@@ -88,7 +89,7 @@ CLAIMS: dict[str, Claim] = {
         Sub("b3", "at matched rate: MSE darker", "stroke_brightness", "MSE matched", "BCE"),
         Sub("b4", "at matched rate: MSE crisper", "greyness", "MSE matched", "BCE"))),
     "c": Claim("GAN samples are clearer than VAE samples", "03_gan", (
-        Sub("c1", "GAN samples closer to real digits (classifier-FID) than the BCE VAE's", "fid", "GAN", "VAE",
+        Sub("c1", "GAN samples closer to real digits (classifier-FID) than the BCE VAE's", "fid", "GAN", "VAE", paired=False,
             note="the two train different budgets (see the page): a claim about these budgets"),)),
     "d": Claim("β = 2 gives the clearest and most accurate images; larger β loses information", "04_beta_vae", (
         Sub("d1", "β=2 samples clearer (lower FID) than β=1's", "fid", "β=2", "β=1"),
@@ -110,7 +111,8 @@ CLAIMS: dict[str, Claim] = {
         Sub("f2", "without the reconstruction term the samples are superimposed digits", kind="untestable",
             note="no gradient reaches the decoder (measured on the page): it stays at its initialisation"),
         Sub("f3", "reformulated: a code that carries nothing gives the mean digit", kind="construction",
-            note="with a collapsed code the ELBO-optimal decoder outputs the data mean; 04_beta_vae shows it"))),
+            note="with a collapsed code the ELBO-optimal decoder outputs the data mean; 04_beta_vae's collapse runs "
+                 "(β = 50, 200, 1000) show it: its table gives each one's KL, mean-digit similarity and pixel spread"))),
     "g": Claim("a VAE trained on noisy images turns noisy images into cleaner ones", "05_noisy_data", (
         _g("10%", 1, "input", "10 %: reconstruction nearer the clean digit (PSNR) than the noisy input"),
         _g("10%", 2, "median", "10 %: ... than a 3 x 3 median filter"),
@@ -184,15 +186,19 @@ def _has(scores: dict[str, list[dict]], s: Sub) -> bool:
 def _decide(s: Sub, scores, checks, fl, confidence) -> tuple[str, str]:
     a, b0 = arm(s.a, scores[s.a], s.metric), arm(s.b, scores[s.b], s.metric)
     b = Arm(f"{s.factor:g} x {s.b}" if s.factor != 1 else s.b, tuple(v * s.factor for v in b0.values), b0.seeds)
-    d = difference(a, b, s.better, confidence, limit=s.limit)
+    d = difference(a, b, s.better, confidence, limit=s.limit, paired=s.paired)
     floor = fl.get(s.metric)
     digits = 4 if s.metric.startswith("sharpness") else 3 if s.metric in ("stroke_brightness", "greyness", "ssim") else 2
     lo, hi, why = d.lo, d.hi, f"{d.method}, df {d.df:.1f}, {confidence:.1%}" if d.df else ""
-    if lo is None:  # a one-seed arm: the largest seed SD measured for this metric in this notebook
-        sds = [x.sd for x in (arm(n, v, s.metric) for n, v in scores.items() if len(v) >= 2 and s.metric in v[0])]
-        if sds:
-            lo, hi = d.gain - CLEAR * max(sds), d.gain + CLEAR * max(sds)
-            why = f"one-seed arm: ± {CLEAR:g} x the largest seed SD of this metric here ({max(sds):.{digits}g})"
+    if lo is None:  # a one-seed arm: the largest seed SD measured for this metric in this notebook, borrowed
+        spread = [x for x in (arm(n, v, s.metric) for n, v in scores.items() if len(v) >= 2 and s.metric in v[0])]
+        if spread:
+            big = max(spread, key=lambda x: x.sd)
+            n_b = None if s.limit else b.n
+            lo, hi = borrowed_interval(d.gain, big.sd, big.n - 1, a.n, n_b, s.factor, confidence)
+            root = f"√(1/{a.n}" + (f" + {s.factor:g}²/{n_b})" if n_b else ")")
+            why = (f"one-seed arm: t({big.n - 1} df, {confidence:.1%}) x {root} x the largest seed SD of this metric "
+                   f"here, {big.name}'s {big.sd:.{digits}g}")
     text = (f"{a.text(digits)} vs {b.text(digits)}; gain {d.gain:+.{digits}f}"
             + (f" [{lo:+.{digits}f}, {hi:+.{digits}f}] ({why})" if lo is not None else " (no seed spread)")
             + (f"; floor {floor:.{digits}f}" if floor is not None else "; no floor"))
@@ -217,7 +223,7 @@ def markdown(findings: list[Finding]) -> str:
             last = f.claim
         note = f" *{f.note}.*" if f.note else ""
         lines.append(f'- <span id="{f.anchor}"></span>{LABELS[f.label]} **{f.label}** — {f.id}: {f.text}. '
-                     f"{f.deciding}.{note}")
+                     f"{f.deciding.rstrip('.')}.{note}")
     return "\n".join(lines) if lines else "No sub-claim has the arms it needs in this run."
 
 

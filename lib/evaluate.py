@@ -315,18 +315,21 @@ def samples_of(model, n: int, seed: int) -> torch.Tensor:
 
 def score_vae(model, test_x: torch.Tensor, *, clf: Classifier, recon: str = "bce", beta: float = 1.0,
               recon_weight: float = 1.0, n_samples: int, iwae_k: int, iwae_images: int, seed: int,
-              reference_x: torch.Tensor | None = None) -> tuple[dict, torch.Tensor]:
+              reference_x: torch.Tensor | None = None, target: torch.Tensor | None = None) -> tuple[dict, torch.Tensor]:
     """Every number of a trained VAE on ``test_x`` (noisy for the noisy tier), its samples compared with
-    ``reference_x`` (default ``test_x``); and those ``n_samples`` samples (uint8 [N, 28, 28], fixed seed)."""
+    ``reference_x`` (default ``test_x``); and those ``n_samples`` samples (uint8 [N, 28, 28], fixed seed).
+    ``target``: what the bounds score the reconstructions against (a denoising VAE's clean digits; default test_x)."""
     device = next(model.parameters()).device
     bound = test_bound(model, test_x, recon, beta, recon_weight, generator=generator(seed + 4, device),
-                       show_progress=True)
+                       show_progress=True, target=target)
     m = {f"test_{k}": v for k, v in bound.items()}
     if recon == "bce":
         m["iwae_k"], m["iwae_images"] = iwae_k, min(iwae_images, len(test_x))
-        m["test_iwae"] = iwae_bound(model, test_x[:iwae_images], iwae_k, generator(seed + 5, device))
+        t = None if target is None else target[:iwae_images]
+        m["test_iwae"] = iwae_bound(model, test_x[:iwae_images], iwae_k, generator(seed + 5, device), target=t)
         # the ELBO on the same images as the IWAE bound, so that their gap is a like-for-like number
-        m["iwae_images_bound"] = test_bound(model, test_x[:iwae_images], recon, generator=generator(seed + 4, device))["bound"]
+        m["iwae_images_bound"] = test_bound(model, test_x[:iwae_images], recon, generator=generator(seed + 4, device),
+                                            target=t)["bound"]
     samples = samples_of(model, n_samples, seed)
     m.update(score_samples(clf, samples, test_x if reference_x is None else reference_x))
     return m, samples

@@ -39,9 +39,10 @@ class Context:
         return self._clf
 
     def score(self, run, test_x: torch.Tensor | None = None, reference_x: torch.Tensor | None = None,
-              label: str | None = None) -> tuple[dict, torch.Tensor]:
+              label: str | None = None, target: torch.Tensor | None = None) -> tuple[dict, torch.Tensor]:
         """``evaluate.score_vae`` of a trained VAE run with this notebook's sample and IWAE sizes, recorded under
-        runs/ when ``label`` is given. ``test_x`` defaults to the clean test images. A GAN run gets only the sample
+        runs/ when ``label`` is given. ``test_x`` defaults to the clean test images; ``target`` is what the bounds
+        score against (a denoising VAE's clean digits; default ``test_x``). A GAN run gets only the sample
         scores (``score_samples``)."""
         s, cfg, clf = run.spec, self.cfg, self.classifier()[0]
         test_x = self.test_images() if test_x is None else test_x
@@ -53,11 +54,12 @@ class Context:
             return evaluate.score_vae(
                 run.model, test_x, clf=clf, recon=s.recon, beta=s.beta, recon_weight=s.recon_weight,
                 n_samples=cfg["n_samples"], iwae_k=cfg["iwae_k"], iwae_images=cfg["iwae_images"], seed=s.seed,
-                reference_x=reference_x)
+                reference_x=reference_x, target=target)
 
         # kept by store.memo: another tier scoring the same weights on the same images reads these numbers
         key = {"weights": store.digest(run.model), "spec": s.key(), "classifier": store.digest(clf),
                "test": store.digest(test_x), "reference": None if reference_x is None else store.digest(reference_x),
+               **({} if target is None else {"target": store.digest(target)}),
                **{k: cfg[k] for k in ("n_samples", "iwae_k", "iwae_images")}}
         metrics, samples = store.memo("score", key, compute)
         metrics["seed"] = s.seed  # the training seed: lib.claims pairs arms by it

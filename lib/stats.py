@@ -1,8 +1,9 @@
 """The uncertainty behind a verdict: an ``Arm`` (one setting of a comparison, one value per training seed) and
 ``difference(a, b, better)``, the gain of ``a`` over ``b`` (> 0: ``a`` better) with a two-sided t-interval:
-**paired** (df = n - 1) when both arms have the same seeds (the models of one seed share initial weights and
-batches), else **Welch's** (Welch-Satterthwaite df); an arm with one seed has no SD, hence no interval
-(``lib.claims`` then needs a gap far larger than any seed SD measured for that metric)."""
+**paired** (df = n - 1) when both arms have the same seeds and the same kind of model (the models of one seed share
+initial weights and batches), else **Welch's** (Welch-Satterthwaite df); an arm with one seed has no SD, hence no
+interval: ``borrowed_interval`` gives the one a t-test would give if its spread were an SD borrowed from another
+arm (``lib.claims`` borrows the largest measured for that metric)."""
 from __future__ import annotations
 
 import math
@@ -57,14 +58,16 @@ class Difference:
     method: str  # "paired t", "Welch t", "fixed limit (one-sample t)" or "no interval"
 
 
-def difference(a: Arm, b: Arm, better: str, confidence: float = 0.95, limit: bool = False) -> Difference:
+def difference(a: Arm, b: Arm, better: str, confidence: float = 0.95, limit: bool = False,
+               paired: bool = True) -> Difference:
     """Gain of a over b with a two-sided ``confidence`` t-interval. ``limit``: b is an exact number
-    (a baseline computed once, no seed spread), so only a's spread counts."""
+    (a baseline computed once, no seed spread), so only a's spread counts. ``paired=False``: never pair, even on
+    equal seed numbers (a GAN's seed s and a VAE's seed s share nothing)."""
     if better not in ("lower", "higher"):
         raise ValueError(f"better={better!r}; allowed 'lower' or 'higher'")
     sign = 1.0 if better == "higher" else -1.0
     gain = sign * (a.mean - b.mean)
-    if limit or (a.seeds and a.seeds == b.seeds and a.n >= 2):  # one-sample t on a (or on the paired differences)
+    if limit or (paired and a.seeds and a.seeds == b.seeds and a.n >= 2):  # one-sample t on a (or on the paired differences)
         d = np.array(a.values) - (b.mean if limit else np.array(b.values))
         if len(d) < 2:
             return Difference(gain, None, None, None, "no interval")
@@ -79,6 +82,17 @@ def difference(a: Arm, b: Arm, better: str, confidence: float = 0.95, limit: boo
         return Difference(gain, None, None, None, "no interval")
     half = float(st.t.ppf(0.5 + confidence / 2, df)) * se
     return Difference(gain, gain - half, gain + half, float(df), method)
+
+
+def borrowed_interval(gain: float, sd: float, df: float, n_a: int, n_b: int | None = None, factor: float = 1.0,
+                      confidence: float = 0.95) -> tuple[float, float]:
+    """The two-sided ``confidence`` interval of a gain between arms of n_a and n_b training seeds (n_b None: b is
+    exact) whose spread is unknown, taking both arms' seed SD to be ``sd``, an SD with ``df`` degrees of freedom
+    measured on another arm: g -/+ t(df) * sd * sqrt(1/n_a + factor**2/n_b) (``factor`` scales b, as in 1.5 x b).
+    It holds only as far as the borrowed SD is plausible for these arms; the caller says whose it is."""
+    se = sd * math.sqrt(1 / n_a + (factor ** 2 / n_b if n_b else 0.0))
+    half = float(st.t.ppf(0.5 + confidence / 2, df)) * se
+    return gain - half, gain + half
 
 
 def bootstrap_se(statistic: Callable[[np.ndarray], float], n: int, rounds: int = 50, seed: int = 0) -> float:

@@ -235,10 +235,10 @@ class VAEFamily:
         t = vae_step(self.model, self.opt, x, s.recon, s.beta, s.recon_weight, g_noise, s.precision, target)
         return {"train_loss": t.loss, "train_recon": t.recon, "train_kl": t.kl}
 
-    def scores(self, test_x: torch.Tensor) -> dict[str, float]:
+    def scores(self, test_x: torch.Tensor, target: torch.Tensor | None = None) -> dict[str, float]:
         s = self.spec
         t = test_bound(self.model, test_x, s.recon, beta=s.beta, recon_weight=s.recon_weight,
-                       generator=generator(s.seed + 4, self.device))
+                       generator=generator(s.seed + 4, self.device), target=target)
         return {f"test_{k}": v for k, v in t.items()}
 
 
@@ -262,7 +262,7 @@ class GANFamily:
             dl, d_real, d_fake = d_step(self.D, self.opt_d, real, fake)
         return {"g_loss": gl, "d_loss": dl, "d_real": d_real, "d_fake": d_fake}
 
-    def scores(self, test_x: torch.Tensor) -> dict[str, float]:
+    def scores(self, test_x: torch.Tensor, target: torch.Tensor | None = None) -> dict[str, float]:
         return {}
 
 
@@ -485,7 +485,8 @@ class Training:
         if self.start >= spec.epochs:
             return
         fixed_z = torch.randn(GRID, spec.latent_dim, generator=generator(spec.seed + 3)).to(device)
-        train_x, test_x, clean_train_x, _ = run_data(spec, device)
+        train_x, test_x, clean_train_x, clean_test_x = run_data(spec, device)
+        test_target = clean_test_x if spec.denoise else None  # a denoising VAE's test curve scores the clean digits
         if spec.denoise:  # each image's noisy copy and its clean original, side by side as two channels
             train_x = torch.cat([train_x, clean_train_x], dim=1)
         train_x = fam.inputs(train_x)
@@ -533,7 +534,7 @@ class Training:
                               f"{', '.join(f'{k} = {v:.3g}' for k, v in big.items())} per image (|value| > "
                               f"{DIVERGED:g}); its results are not meaningful. Try a smaller learning rate.", stacklevel=2)
             self._train_mode(False)
-            row.update(fam.scores(test_x))
+            row.update(fam.scores(test_x, test_target))
             self.history.append(row)
             if epoch in grid_epochs(spec.epochs):
                 self.grids.append(data.to_uint8(fam.sampler.sample(GRID, z=fixed_z)))

@@ -66,15 +66,45 @@ def test_a_metric_that_failed_its_check_decides_nothing():
     assert label(found, "d1") == "inconclusive" and "failed its known-case check" in found[0].deciding
 
 
-def test_one_seed_arm_needs_a_gap_beyond_clear_times_the_largest_seed_sd():
-    bce = seeds("stroke_brightness", [0.95, 0.96, 0.94])  # SD 0.01: the band is ± 0.05
+def test_a_one_seed_arm_is_judged_on_the_t_interval_of_the_largest_seed_sd_at_its_df():
+    from scipy import stats as st
+
+    bce = seeds("stroke_brightness", [0.95, 0.96, 0.94])  # SD 0.01 from 3 seeds: 2 df
+    half = st.t.ppf(0.975, 2) * 0.01 * (1 + 1 / 3) ** 0.5  # f has one tested sub-claim: 95 %; √(1/1 + 1/3)
+    assert half == pytest.approx(0.0497, abs=1e-4)
     far = {"no KL": seeds("stroke_brightness", [0.60]), "BCE": bce}
-    near = {"no KL": seeds("stroke_brightness", [0.92]), "BCE": bce}
-    assert label(judge("f", far, CHECKS, KNOWN), "f1") == "kept"
-    assert "one-seed arm" in next(f for f in judge("f", far, CHECKS, KNOWN) if f.id == "f1").deciding
-    assert label(judge("f", near, CHECKS, KNOWN), "f1") == "inconclusive"
+    f1 = next(f for f in judge("f", far, CHECKS, KNOWN) if f.id == "f1")
+    assert f1.label == "kept"
+    assert f"[{0.35 - half:+.3f}, {0.35 + half:+.3f}]" in f1.deciding
+    assert "t(2 df, 95.0%) x √(1/1 + 1²/3) x the largest seed SD of this metric here, BCE's 0.01" in f1.deciding
+    # 0.92: gain 0.03 < the half-width; a band of ± 5 SDs (the old rule) would have said the same, but at 0.89
+    # (gain 0.06 > 0.05) only the t-interval stays inconclusive
+    assert label(judge("f", {"no KL": seeds("stroke_brightness", [0.92]), "BCE": bce}, CHECKS, KNOWN), "f1") == "inconclusive"
+    two = seeds("stroke_brightness", [0.95, 0.96])  # 1 df: t(0.975, 1) = 12.7, the interval is ± 0.16
+    assert label(judge("f", {"no KL": seeds("stroke_brightness", [0.85]), "BCE": two}, CHECKS, KNOWN), "f1") == "inconclusive"
+    assert label(judge("f", {"no KL": seeds("stroke_brightness", [0.60]), "BCE": two}, CHECKS, KNOWN), "f1") == "kept"
     alone = {"no KL": seeds("stroke_brightness", [0.60]), "BCE": seeds("stroke_brightness", [0.95])}
     assert label(judge("f", alone, CHECKS, KNOWN), "f1") == "inconclusive", "no seed SD anywhere: nothing decided"
+
+
+def test_a_one_seed_arm_against_an_exact_baseline_counts_only_its_own_borrowed_spread():
+    psnr = {"noise 0%": seeds("psnr", [20.0, 20.5, 19.5]), "noise 10%": seeds("psnr", [19.0]),
+            "median 10%": seeds("psnr", [18.0])}
+    known = {"10 % noise": {"psnr": 20.0}, "80 % noise": {"psnr": 6.0}}  # floor 1.4 dB
+    g2 = next(f for f in judge("g", psnr, {"psnr": True}, known) if f.id == "g2")
+    assert "√(1/1)" in g2.deciding and "noise 0%'s 0.5" in g2.deciding
+    from scipy import stats as st
+    half = st.t.ppf(1 - 0.05 / 2 / 1, 2) * 0.5  # only g2 has its arms here: one tested sub-claim
+    assert f"[{1.0 - half:+.2f}, {1.0 + half:+.2f}]" in g2.deciding and g2.label == "inconclusive"
+
+
+def test_a_gan_and_a_vae_are_never_paired_by_seed_number():
+    same = {"GAN": seeds("fid", [30.0, 35.0, 33.0]), "VAE": seeds("fid", [180.0, 185.0, 190.0])}
+    c1 = judge("c", same, CHECKS, KNOWN)[0]
+    assert c1.label == "kept" and "Welch t" in c1.deciding and "paired" not in c1.deciding
+    d1 = judge("d", {"β=2": seeds("fid", [100.0, 101.0, 99.0]), "β=1": seeds("fid", [140.0, 142.0, 139.0])},
+               CHECKS, KNOWN)[0]
+    assert "paired t" in d1.deciding, "two β-VAEs of one seed share their start: paired"
 
 
 def test_construction_and_untestable_subclaims_are_labelled_so_and_never_judged():
@@ -91,6 +121,11 @@ def test_a_factor_scales_the_reference_arm():
     bad = {"noise 10%": seeds("fid_inverted", [400.0]), "noise 0%": clean}
     assert label(judge("e", ok, CHECKS, KNOWN), "e2") == "kept"  # 110 well below 1.5 x 100
     assert label(judge("e", bad, CHECKS, KNOWN), "e2") == "refuted"
+
+
+def test_markdown_ends_each_line_with_one_full_stop():
+    found = [claims.Finding("f", "t", "f3", "x", "", "holds by construction", "a sentence.", "verdict-f3")]
+    assert claims.markdown(found).rstrip().endswith("a sentence.") and ".." not in claims.markdown(found)
 
 
 def test_bonferroni_widens_a_claims_intervals_with_its_number_of_subclaims():

@@ -53,6 +53,30 @@ def test_test_bound_beta_and_recon_weight():
     assert a["bound"] == pytest.approx(a["recon"] + a["kl"])
 
 
+def test_a_denoising_vaes_bounds_score_the_target_not_the_input():
+    """target=: the reconstruction term is -log p(target|z) with z ~ q(z|noisy input); without it, the input."""
+    g = torch.Generator().manual_seed(3)
+    clean = (torch.rand(12, 1, 28, 28, generator=g) > 0.7).float()
+    noisy = clean.clone()
+    noisy[:, :, ::3, ::3] = 1.0  # salt
+    torch.manual_seed(0)
+    vae = ConvVAE(latent_dim=4).eval()
+    same = bounds.test_bound(vae, noisy, "bce", generator=generator(1), target=noisy)
+    assert same == bounds.test_bound(vae, noisy, "bce", generator=generator(1)), "target=x is the default"
+    to_clean = bounds.test_bound(vae, noisy, "bce", generator=generator(1), target=clean)
+    assert to_clean["kl"] == same["kl"], "the code comes from the input either way"
+    # by hand: encode the noisy input, decode, score the clean digits
+    mu, logvar = vae.encode(noisy)
+    logits = vae.decode_logits(vae.reparameterize(mu, logvar, generator(1)))
+    want = torch.nn.functional.binary_cross_entropy_with_logits(logits, clean, reduction="sum").item() / 12
+    assert to_clean["recon"] == pytest.approx(want, rel=1e-5) and to_clean["recon"] != pytest.approx(same["recon"])
+    lw = bounds.log_weights(vae, noisy, 3, generator(2), target=clean)
+    assert lw.shape == (12, 3)
+    assert not torch.allclose(lw, bounds.log_weights(vae, noisy, 3, generator(2)))
+    per = bounds.iwae_bound(vae, noisy, 3, generator(2), per_image=True, show_progress=False, target=clean)
+    torch.testing.assert_close(per, -(torch.logsumexp(lw.double(), 1) - math.log(3)))
+
+
 @pytest.fixture(scope="module")
 def small_vae():
     torch.manual_seed(0)

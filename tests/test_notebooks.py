@@ -57,6 +57,15 @@ def test_notebook_outputs_are_stripped_at_commit():
         assert r.stdout.startswith("'.venv/bin/python' "), f"filter.nbstripout.clean = {r.stdout.strip()}"
 
 
+@pytest.mark.parametrize("name", [n for n in NOTEBOOKS if n != "02_vae_derivation"])
+def test_a_tier_notebook_stays_a_lesson_of_at_most_120_code_lines(name):
+    """The tier notebooks teach: their code (non-blank lines of code cells) stays short enough to read; what grows
+    goes into lib, named. 02, the derivation, keeps its checks inline."""
+    nb = nbformat.read(NB_DIR / f"{name}.ipynb", as_version=4)
+    lines = sum(1 for c in nb.cells if c.cell_type == "code" for line in c.source.splitlines() if line.strip())
+    assert lines <= 120, f"{name} has {lines} non-blank code lines (at most 120)"
+
+
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_parameters_are_documented_literals(name):
     """Every profile key is a parameter, each line is `name: type = literal  # comment` (papermill parses it)."""

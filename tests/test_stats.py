@@ -56,6 +56,22 @@ def test_one_seed_gives_no_interval():
     assert d.lo is None and d.hi is None and d.method == "no interval" and d.gain == pytest.approx(1.5)
 
 
+def test_equal_seed_numbers_are_not_paired_when_told_so():
+    a, b = Arm("gan", (1.0, 2.0, 4.0), (0, 1, 2)), Arm("vae", (2.0, 2.5, 5.5), (0, 1, 2))
+    assert difference(a, b, "lower").method == "paired t"
+    unpaired = difference(a, b, "lower", paired=False)
+    welch = difference(Arm("gan", a.values), Arm("vae", b.values), "lower")
+    assert unpaired.method == "Welch t" and (unpaired.lo, unpaired.hi, unpaired.df) == (welch.lo, welch.hi, welch.df)
+
+
+def test_borrowed_interval_is_the_t_interval_of_the_borrowed_sd():
+    lo, hi = stats.borrowed_interval(1.0, sd=0.5, df=2, n_a=1, n_b=3, factor=1.5, confidence=0.99)
+    half = st.t.ppf(0.995, 2) * 0.5 * math.sqrt(1 + 1.5 ** 2 / 3)
+    assert (lo, hi) == (pytest.approx(1.0 - half), pytest.approx(1.0 + half))
+    lo, hi = stats.borrowed_interval(-2.0, sd=0.5, df=1, n_a=1)  # b exact: only a's term; 1 df: t = 12.7
+    assert (lo, hi) == (pytest.approx(-2.0 - 12.7062 * 0.5, rel=1e-4), pytest.approx(-2.0 + 12.7062 * 0.5, rel=1e-4))
+
+
 def test_higher_confidence_widens_the_interval():
     a, b = Arm("a", (1.0, 2.0, 4.0)), Arm("b", (3.0, 5.0, 6.0))
     assert difference(a, b, "lower", 0.99).lo < difference(a, b, "lower", 0.95).lo
