@@ -501,8 +501,8 @@ def _findings_table(report: Path) -> str:
     path = report / "verdicts.json"
     if not path.exists():
         return '<p class="note">No <code>verdicts.json</code> in this report folder.</p>'
-    rows, last = [], None
-    for f in json.loads(path.read_text())["subclaims"]:
+    rows, last, found = [], None, json.loads(path.read_text())["subclaims"]
+    for f in found:
         claim = f'({_e(f["claim"])}) {_e(f["claim_text"])}' if f["claim"] != last else ""
         last = f["claim"]
         rows.append(f'<tr><td class="claim">{claim}</td><td>{_e(f["id"])}: {_e(f["text"])}</td>'
@@ -511,9 +511,12 @@ def _findings_table(report: Path) -> str:
                     f'<td><a href="{_e(f["notebook"])}.html#{_e(f["anchor"])}">{_e(f["notebook"][:2])}</a></td></tr>')
     return ('<p class="note">One row per sub-claim of the declared claims table (<code>lib/claims.py</code>): '
             'kept / refuted / inconclusive by one rule (a metric that passed its known-case check, a gain above a '
-            'floor, a t-interval over training seeds, or for an arm of one training seed a band of 5 seed SDs borrowed '
-            'from the notebook\'s other arms, which is not a confidence interval: <code>docs/methods.md</code>, '
-            '<i>Known problems</i>); sub-claims the objective guarantees are marked so and count as no support. The rule was written in December 2026, after earlier builds\' numbers had been seen. '
+            'floor, a t-interval over training seeds, or for an arm of one training seed '
+            + ('a band of 5 seed SDs borrowed from the notebook\'s other arms, which is not a confidence interval '
+               '(the rule these numbers were judged by; the code now uses a t-interval: <code>docs/methods.md</code>, '
+               '<i>Changed in the code</i>)' if any("± 5 x the largest seed SD" in f["deciding"] for f in found) else
+               'the t-interval of the largest seed SD measured for its metric, borrowed from the notebook\'s other arms '
+               '(<code>docs/methods.md</code>)') + '); sub-claims the objective guarantees are marked so and count as no support. The rule was written in December 2026, after earlier builds\' numbers had been seen. '
             '<a href="verdicts.json">verdicts.json</a></p><div class="table-wrap findings"><table><thead><tr>'
             '<th>claim</th><th>sub-claim</th><th>label</th><th>deciding numbers</th><th>page</th></tr></thead>'
             f'<tbody>{"".join(rows)}</tbody></table></div>')
@@ -521,7 +524,7 @@ def _findings_table(report: Path) -> str:
 
 def stale_text(doc: dict) -> str:
     """'' when every rung built was built from today's code; else which rungs were not, at which commit, and what
-    changed since (their labels are that code's: the ladder's page shows them beside a default report judged by today's)."""
+    changed since (their labels are that code's)."""
     old = [r for r in doc.get("rungs", []) if r.get("folder") and r.get("code_changed_since", []) != []]
     if not old:
         return ""
@@ -530,8 +533,8 @@ def stale_text(doc: dict) -> str:
     files = sorted({f for r in old for f in (r.get("code_changed_since") or [])})
     since = (f"the code that computes their numbers has changed since ({', '.join(files)})" if files else
              "whether the code has changed since cannot be told (built from uncommitted code)")
-    return (f"{which} built at commit {', '.join(commits)}, and {since}: their labels are that code's, "
-            "the default report's are today's; make study rebuilds them.")
+    return (f"{which} built at commit {', '.join(commits)}, and {since}: their labels are that code's "
+            "(the default report's column is its own build's); make study rebuilds them.")
 
 
 def _study_link(report: Path) -> str:
@@ -564,9 +567,21 @@ def _study_link(report: Path) -> str:
             + (f' <b>Older code:</b> {_e(stale)}' if (stale := stale_text(doc)) else '') + '</p>')
 
 
-def write_index(report: Path) -> None:
+def older_code_text(commit: str, changed: list[str] | None) -> str:
+    """'' when the report was built from today's code (``changed`` == []); else a sentence saying it was not."""
+    if changed == []:
+        return ""
+    since = (f"the code that computes its numbers has changed since ({', '.join(changed)})" if changed is not None
+             else "whether its code has changed since cannot be told")
+    return (f"These pages were built at commit {commit[:7]}, and {since}: every number and label shown is that "
+            "commit's code's. make report rebuilds them; docs/methods.md says what changed and which labels it moves.")
+
+
+def write_index(report: Path, code_changed: list[str] | None = ()) -> None:
     """report/index.html: the tiers with a key figure each, one summary table of every run's metrics,
-    the manifest in brief, links to every page, notebook and figure. Also installs report/assets/."""
+    the manifest in brief, links to every page, notebook and figure. Also installs report/assets/.
+    ``code_changed``: the result files whose code changed since the build (``prose.changed_code``; None: cannot
+    be told), said above the findings; empty (a fresh build) says nothing."""
     report = Path(report)
     install_assets(report)
     mpath = report / "manifest.json"
@@ -593,6 +608,8 @@ def write_index(report: Path) -> None:
 </div></header>
 <main class="wrap">
 <h2 id="findings">Findings: the course report's claims, measured</h2>
+{f'<p class="note older"><b>Built from older code.</b> {_e(older)}</p>' if (older := older_code_text(
+    str(manifest.get("git_commit", "unknown")), None if code_changed is None else list(code_changed))) else ""}
 {_findings_table(report)}
 {_study_link(report)}
 <h2 id="tiers">Tiers</h2>

@@ -15,6 +15,8 @@ import argparse
 import copy
 import json
 import os
+import re
+import subprocess
 import sys
 import tempfile
 import time
@@ -25,6 +27,7 @@ from . import html
 from . import report as build
 
 INJECTED = "injected-parameters"  # papermill's cell of the build's parameters, after the 'parameters' cell
+RESULT_PATHS = ("lib", "notebooks", "pyproject.toml", "constraints.txt")  # what can change a number of the report
 
 
 def _module_code(source: str) -> str:
@@ -64,6 +67,37 @@ def _cell_code(cell) -> tuple[list[str], str]:
         return _tags(cell), _module_code(source)
     except SyntaxError:
         return _tags(cell), source
+
+
+def changed_code(manifest: dict, paths=RESULT_PATHS) -> list[str] | None:
+    """The files of ``paths`` (git pathspecs) whose code has changed since the build ``manifest`` describes: [] when none has (the same
+    sources hash; or a clean build at a commit from which no such file has changed, committed, staged or
+    untracked, except in its prose: comments, docstrings, a notebook's Markdown cells, ``prose.code_of``);
+    None when it cannot be told (a build from uncommitted code, no commit, no git)."""
+    if manifest.get("sources_sha256") == build.sources_hash():
+        return []
+    commit = manifest.get("git_commit")
+    if manifest.get("git_dirty") is not False or not isinstance(commit, str) or not re.fullmatch(r"[0-9a-f]{40}", commit):
+        return None
+
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=build.ROOT, capture_output=True, text=True, timeout=60)
+
+    out = []
+    try:
+        changed = git("diff", "--name-only", "--no-renames", "-z", commit, "--", *paths)
+        untracked = git("ls-files", "--others", "--exclude-standard", "-z", "--", *paths)
+        if changed.returncode or untracked.returncode:
+            return None
+        for path in sorted({p for p in (changed.stdout + untracked.stdout).split("\0") if p}):
+            old = git("show", f"{commit}:{path}")
+            file = build.ROOT / path
+            if code_of(path, old.stdout if old.returncode == 0 else None) != \
+                    code_of(path, file.read_text(encoding="utf-8") if file.is_file() else None):
+                out.append(path)
+    except (OSError, UnicodeDecodeError, subprocess.SubprocessError):  # no git, or not a checkout: rebuild
+        return None
+    return out
 
 
 class ProseError(build.ReportError):
@@ -118,6 +152,10 @@ def refresh(report: Path = build.REPORT, nb_dir: Path = build.NB_DIR) -> list[st
         notebooks = [nb for nb in manifest.get("notebooks", {}) if (report / f"{nb}.ipynb").exists()]
         if not notebooks:
             raise ProseError(f"{report} holds no executed notebook to refresh (make report builds them)")
+        moved = [f for f in changed_code(manifest) or [] if not f.startswith("notebooks/")]
+        if moved:  # the notebooks' prose would describe code that did not compute the page's numbers
+            raise ProseError(f"the code of {', '.join(moved)} has changed since {report} was built "
+                             f"(commit {str(manifest.get('git_commit'))[:7]}): its pages need make report, not make pages")
         with tempfile.TemporaryDirectory(prefix=f"{report.name}.tmp-prose-", dir=report.parent) as tmp:
             changed = []
             for nb in notebooks:
@@ -147,7 +185,7 @@ def refresh(report: Path = build.REPORT, nb_dir: Path = build.NB_DIR) -> list[st
             tmp_manifest = manifest_path.with_name(manifest_path.name + f".tmp-{os.getpid()}")
             tmp_manifest.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
             os.replace(tmp_manifest, manifest_path)
-        html.write_index(report)
+        html.write_index(report, changed_code(manifest))
     return changed
 
 

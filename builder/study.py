@@ -23,14 +23,13 @@ import argparse
 import html as _html
 import json
 import re
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 from . import report as build
-from .prose import code_of
+from . import prose
 
 STUDY = build.REPORT / "study"
 LADDERS = {
@@ -60,34 +59,8 @@ RESULT_PATHS = ("lib", "notebooks", *(f":(exclude)notebooks/{nb}.ipynb" for nb i
 
 
 def changed_code(manifest: dict) -> list[str] | None:
-    """The files of ``RESULT_PATHS`` whose code has changed since the rung was built: [] when none has (the same
-    sources hash; or a clean build at a commit from which no such file has changed, committed, staged or
-    untracked, except in its prose: comments, docstrings, a notebook's Markdown cells, ``prose.code_of``);
-    None when it cannot be told (a build from uncommitted code, no commit, no git)."""
-    if manifest.get("sources_sha256") == build.sources_hash():
-        return []
-    commit = manifest.get("git_commit")
-    if manifest.get("git_dirty") is not False or not isinstance(commit, str) or not re.fullmatch(r"[0-9a-f]{40}", commit):
-        return None
-
-    def git(*args):
-        return subprocess.run(["git", *args], cwd=build.ROOT, capture_output=True, text=True, timeout=60)
-
-    out = []
-    try:
-        changed = git("diff", "--name-only", "--no-renames", "-z", commit, "--", *RESULT_PATHS)
-        untracked = git("ls-files", "--others", "--exclude-standard", "-z", "--", *RESULT_PATHS)
-        if changed.returncode or untracked.returncode:
-            return None
-        for path in sorted({p for p in (changed.stdout + untracked.stdout).split("\0") if p}):
-            old = git("show", f"{commit}:{path}")
-            file = build.ROOT / path
-            if code_of(path, old.stdout if old.returncode == 0 else None) != \
-                    code_of(path, file.read_text(encoding="utf-8") if file.is_file() else None):
-                out.append(path)
-    except (OSError, UnicodeDecodeError, subprocess.SubprocessError):  # no git, or not a checkout: rebuild
-        return None
-    return out
+    """The files of ``RESULT_PATHS`` whose code has changed since the rung was built (``prose.changed_code``)."""
+    return prose.changed_code(manifest, RESULT_PATHS)
 
 
 def _same_results_code(manifest: dict) -> bool:
@@ -396,7 +369,8 @@ def main(argv: list[str] | None = None) -> int:
     figure(study, doc)
     write_page(study, doc, doc["wall_seconds"], machines_text(machines))
     if study == STUDY.absolute() and (build.REPORT / "manifest.json").exists():
-        build.html.write_index(build.REPORT)  # the default report's index links the ladder once there is one
+        # the default report's index links the ladder once there is one
+        build.html.write_index(build.REPORT, prose.changed_code(json.loads((build.REPORT / "manifest.json").read_text())))
     print(f"ladder written to {study}: {len(doc['subclaims'])} sub-claims; the rungs' builds took "
           f"{doc['wall_seconds']:.0f} s")
     return 0

@@ -328,3 +328,37 @@ def test_a_ladder_built_from_older_code_says_so_beside_todays_default_labels(tmp
     assert html.stale_text(doc) == "" and "Built from older code" not in study.write_page(folder, doc, 1.0, "X").read_text()
     (folder / "ladder.json").write_text(json.dumps(doc | {"rungs": [doc["rungs"][0] | {"code_changed_since": None}]}))
     assert "cannot be told" in html._study_link(tmp_path)
+
+
+def test_the_report_index_says_when_its_pages_were_built_from_older_code(tmp_path, monkeypatch):
+    """make pages and study --assemble rewrite the index: it names the result files whose code changed since the
+    build (02 counts for the report, though not for the ladder), and says nothing once a build is today's."""
+    from builder import html, prose
+
+    module = '"""A module."""\n\n\ndef f(x):\n    return 2 * x\n'
+    repo, manifest = _built_repo(tmp_path, monkeypatch, {"lib/a.py": module, "notebooks/02_vae_derivation.ipynb": "{}",
+                                                         "builder/html.py": module})
+    (repo / "builder/html.py").write_text(module.replace("2 * x", "x + x"))  # the build's own code: no number moves
+    (repo / "lib/a.py").write_text(module.replace('"""A module."""', '"""Explained."""'))  # prose: nothing either
+    assert prose.changed_code(manifest) == []
+    (repo / "notebooks/02_vae_derivation.ipynb").write_text("[]")
+    assert prose.changed_code(manifest) == ["notebooks/02_vae_derivation.ipynb"]
+    assert study.changed_code(manifest) == [], "no rung runs 02"
+    (repo / "lib/a.py").write_text(module.replace("2 * x", "x + x"))
+    changed = prose.changed_code(manifest)
+    assert changed == ["lib/a.py", "notebooks/02_vae_derivation.ipynb"]
+    report = tmp_path / "report"
+    report.mkdir()
+    (report / "manifest.json").write_text(json.dumps(manifest))
+    html.write_index(report, changed)
+    page = (report / "index.html").read_text()
+    assert "Built from older code." in page and f"built at commit {manifest['git_commit'][:7]}" in page
+    assert "(lib/a.py, notebooks/02_vae_derivation.ipynb)" in page
+    html.write_index(report, None)
+    assert "cannot be told" in (report / "index.html").read_text()
+    html.write_index(report)  # a fresh build
+    assert "older code" not in (report / "index.html").read_text()
+    (report / "01_vae_basic.ipynb").write_text("{}")
+    (report / "manifest.json").write_text(json.dumps(manifest | {"notebooks": {"01_vae_basic": {}}}))
+    with pytest.raises(prose.ProseError, match=r"code of lib/a.py has changed since .*make report, not make pages"):
+        prose.refresh(report, repo / "notebooks")
