@@ -55,6 +55,16 @@ def test_the_other_way_is_refuted_and_a_small_real_difference_is_refuted_by_the_
     assert label(found, "b1") == "refuted" and "below the floor" in found[0].deciding
 
 
+def test_kept_needs_the_whole_interval_above_the_floor_not_just_the_gain():
+    """test_recon's floor is 0.5 nats; d4 alone is tested here (95 %, paired, df 2)."""
+    beta2 = seeds("test_recon", [90.0, 90.0, 90.0])
+    clear = {"β=2": beta2, "β=1": seeds("test_recon", [90.7, 90.8, 90.9])}  # gain 0.8 ± 0.25: [0.55, 1.05]
+    assert label(judge("d", clear, CHECKS, KNOWN), "d4") == "kept"
+    wide = {"β=2": beta2, "β=1": seeds("test_recon", [90.5, 90.8, 91.1])}  # gain 0.8 ± 0.75: [0.05, 1.55]
+    d4 = judge("d", wide, CHECKS, KNOWN)[0]
+    assert d4.label == "inconclusive" and d4.deciding.endswith("the gain clears the floor, its interval does not")
+
+
 def test_a_noisy_comparison_is_inconclusive():
     scores = {"β=2": seeds("fid", [100.0, 160.0, 130.0]), "β=1": seeds("fid", [150.0, 110.0, 170.0])}
     assert label(judge("d", scores, CHECKS, KNOWN), "d1") == "inconclusive"
