@@ -510,13 +510,15 @@ def _findings_table(report: Path) -> str:
                     f'<td class="deciding">{_e(f["deciding"])}</td>'
                     f'<td><a href="{_e(f["notebook"])}.html#{_e(f["anchor"])}">{_e(f["notebook"][:2])}</a></td></tr>')
     return ('<p class="note">One row per sub-claim of the declared claims table (<code>lib/claims.py</code>): '
-            'kept / refuted / inconclusive by one rule (a metric that passed its known-case check, a gain above a '
-            'floor, a t-interval over training seeds, or for an arm of one training seed '
-            + ('a band of 5 seed SDs borrowed from the notebook\'s other arms, which is not a confidence interval '
-               '(the rule these numbers were judged by; the code now uses a t-interval: <code>docs/methods.md</code>, '
-               '<i>Changed in the code</i>)' if any("± 5 x the largest seed SD" in f["deciding"] for f in found) else
-               'the t-interval of the largest seed SD measured for its metric, borrowed from the notebook\'s other arms '
-               '(<code>docs/methods.md</code>)') + '); sub-claims the objective guarantees are marked so and count as no support. The rule was written in December 2026, after earlier builds\' numbers had been seen. '
+            'kept / refuted / inconclusive by one rule (a metric that passed its known-case check, '
+            + ('a gain above a floor with a t-interval over training seeds above 0, or for an arm of one training '
+               'seed a band of 5 seed SDs borrowed from the notebook\'s other arms, which is not a confidence interval: '
+               'the rule these numbers were judged by; today\'s code keeps only when the whole interval clears the '
+               'floor and gives a one-seed arm the t-interval of the borrowed SD, <code>docs/methods.md</code>, '
+               '<i>Changed in the code</i>' if any("± 5 x the largest seed SD" in f["deciding"] for f in found) else
+               'a t-interval over training seeds wholly above an effect floor, or for an arm of one training seed the '
+               't-interval of the largest seed SD measured for its metric, borrowed from the notebook\'s other arms: '
+               '<code>docs/methods.md</code>') + '); sub-claims the objective guarantees are marked so and count as no support. The rule was written in December 2026, after earlier builds\' numbers had been seen. '
             '<a href="verdicts.json">verdicts.json</a></p><div class="table-wrap findings"><table><thead><tr>'
             '<th>claim</th><th>sub-claim</th><th>label</th><th>deciding numbers</th><th>page</th></tr></thead>'
             f'<tbody>{"".join(rows)}</tbody></table></div>')
