@@ -76,7 +76,7 @@ def curves(histories: dict[str, list[dict]], keys: Sequence[str], ylabel: str, t
 
 def bars(values: dict[str, float | Sequence[float]], ylabel: str, title: str | None = None, ref: float | None = None):
     """One bar per model: a number, or one value per training seed (bar = mean, error bar = SD, dots = seeds);
-    ``ref``: a dashed line for the test set's value."""
+    ``ref``: a dashed line for real digits' value (or the FID's floor, real training vs test digits)."""
     per = {k: [float(x) for x in (v if isinstance(v, (list, tuple)) else [v])] for k, v in values.items()}
     sds = [float(np.std(v, ddof=1)) if len(v) > 1 else 0.0 for v in per.values()]
     fig, ax = plt.subplots(figsize=(5, 3.2))
@@ -86,7 +86,7 @@ def bars(values: dict[str, float | Sequence[float]], ylabel: str, title: str | N
         if len(v) > 1:
             ax.plot([i] * len(v), v, "k.", ms=4)
     if ref is not None:
-        ax.axhline(ref, color="k", ls="--", lw=1, label="test set")
+        ax.axhline(ref, color="k", ls="--", lw=1, label="real digits")
         ax.legend(fontsize=8)
     ax.set_ylabel(ylabel)
     return _finish(fig, ax, title)
