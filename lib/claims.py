@@ -63,6 +63,7 @@ class Sub:
     kind: str = "test"  # test | construction | untestable
     factor: float = 1.0  # compare a with factor x b (e.g. 1.5 x the clean model's FID)
     limit: bool = False  # b is a baseline computed once (no training seeds)
+    notebook: str = ""  # where it is shown, when not in its claim's notebook (its numbers are measured there)
     paired: bool = True  # False: a and b are different kinds of model, never paired by seed number
     note: str = ""
 
@@ -115,8 +116,8 @@ CLAIMS: dict[str, Claim] = {
         Sub("f2", "without the reconstruction term the samples are superimposed digits", kind="untestable",
             note="no gradient reaches the decoder (measured on the page): it stays at its initialisation"),
         Sub("f3", "reformulated: a code that carries nothing gives the mean digit", kind="construction",
-            note="with a collapsed code the ELBO-optimal decoder outputs the data mean; 04_beta_vae's collapse runs "
-                 "(β = 50, 200, 1000) show it: its table gives each one's KL, mean-digit similarity and pixel spread"))),
+            notebook="04_beta_vae", note="with a collapsed code the ELBO-optimal decoder outputs the data mean; the "
+                                         "numbers are 04_beta_vae's collapse runs at very large β"))),
     "g": Claim("a VAE trained on noisy images turns noisy images into cleaner ones", "05_noisy_data", (
         _g("10%", 1, "input", "10 %: reconstruction nearer the clean digit (PSNR) than the noisy input"),
         _g("10%", 2, "median", "10 %: ... than a 3 x 3 median filter"),
@@ -160,16 +161,18 @@ def floors(known: dict[str, dict]) -> dict[str, float]:
 
 
 def judge(letters: str, scores: dict[str, list[dict]], checks: dict[str, bool], known: dict[str, dict],
-          numbers: dict[str, str] | None = None) -> list[Finding]:
+          numbers: dict[str, str] | None = None, where: str | None = None) -> list[Finding]:
     """Label every sub-claim of the claims ``letters`` from per-seed score dicts per arm name.
     Sub-claims whose arms are missing (a smaller profile) are left out. ``numbers``: text shown for
-    construction / untestable sub-claims, by id."""
+    construction / untestable sub-claims, by id. A sub-claim shown in another notebook than its claim's
+    (``Sub.notebook``) is judged only where ``where`` names that notebook; ``where`` also leaves out the rest."""
     fl, found = floors(known), []
     for letter in letters:
         claim = CLAIMS[letter]
         tested = [s for s in claim.subs if s.kind == "test" and _has(scores, s)]
         confidence = 1 - ALPHA / max(len(tested), 1)
-        for s in (s for s in claim.subs if s in tested or s.kind != "test"):
+        for s in (s for s in claim.subs if (s in tested or s.kind != "test")
+                  and (s.notebook == where if s.notebook else where in (None, claim.notebook))):
             if s.kind == "test":
                 label, deciding = _decide(s, scores, checks, fl, confidence)
             else:

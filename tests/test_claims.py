@@ -122,7 +122,10 @@ def test_construction_and_untestable_subclaims_are_labelled_so_and_never_judged(
     found = judge("d", scores, CHECKS, KNOWN)
     assert [f.id for f in found] == ["d5"] and found[0].label == "holds by construction"
     f = judge("f", {}, CHECKS, KNOWN)
-    assert {x.id: x.label for x in f} == {"f2": "untestable as stated", "f3": "holds by construction"}
+    assert {x.id: x.label for x in f} == {"f2": "untestable as stated"}, "f3 is shown in 04, where its numbers are"
+    f3 = judge("f", {}, CHECKS, KNOWN, numbers={"f3": "β=50: KL 0.001 nats."}, where="04_beta_vae")
+    assert [(x.id, x.label, x.deciding) for x in f3] == [("f3", "holds by construction", "β=50: KL 0.001 nats.")]
+    assert [x.id for x in judge("f", {}, CHECKS, KNOWN, where="01_vae_basic")] == ["f2"]
 
 
 def test_a_factor_scales_the_reference_arm():
@@ -155,7 +158,7 @@ def test_markdown_and_save(tmp_path):
     path = claims.save(found, tmp_path, "01_vae_basic", "smoke")
     doc = json.loads(path.read_text())
     assert doc["notebook"] == "01_vae_basic" and doc["profile"] == "smoke"
-    assert [s["id"] for s in doc["subclaims"]] == ["f1", "f2", "f3"]
+    assert [s["id"] for s in doc["subclaims"]] == ["f1", "f2"]
     assert {"claim", "claim_text", "text", "metric", "label", "deciding", "anchor"} <= set(doc["subclaims"][0])
 
 
