@@ -512,12 +512,12 @@ def _findings_table(report: Path) -> str:
     return ('<p class="note">One row per sub-claim of the declared claims table (<code>lib/claims.py</code>): '
             'kept / refuted / inconclusive by one rule (a metric that passed its known-case check, '
             + ('a gain above a floor with a t-interval over training seeds above 0, or for an arm of one training '
-               'seed a band of 5 seed SDs borrowed from the notebook\'s other arms, which is not a confidence interval: '
+               'seed a band of 5 seed SDs borrowed from the notebook\'s arms of several training seeds, which is not a confidence interval: '
                'the rule these numbers were judged by; today\'s code keeps only when the whole interval clears the '
                'floor and gives a one-seed arm the t-interval of the borrowed SD, <code>docs/methods.md</code>, '
                '<i>Changed in the code</i>' if any("± 5 x the largest seed SD" in f["deciding"] for f in found) else
                'a t-interval over training seeds wholly above an effect floor, or for an arm of one training seed the '
-               't-interval of the largest seed SD measured for its metric, borrowed from the notebook\'s other arms: '
+               't-interval of the largest seed SD measured for its metric, borrowed from the notebook\'s arms of several training seeds: '
                '<code>docs/methods.md</code>') + '); sub-claims the objective guarantees are marked so and count as no support. The rule was written in December 2026, after earlier builds\' numbers had been seen. '
             '<a href="verdicts.json">verdicts.json</a></p><div class="table-wrap findings"><table><thead><tr>'
             '<th>claim</th><th>sub-claim</th><th>label</th><th>deciding numbers</th><th>page</th></tr></thead>'
@@ -533,10 +533,12 @@ def stale_text(doc: dict) -> str:
     which = f"rung {old[0]['rung']} was" if len(old) == 1 else f"rungs {', '.join(str(r['rung']) for r in old)} were"
     commits = sorted({str(r.get("built_at") or "unknown")[:7] for r in old})
     files = sorted({f for r in old for f in (r.get("code_changed_since") or [])})
-    since = (f"the code that computes their numbers has changed since ({', '.join(files)})" if files else
-             "whether the code has changed since cannot be told (built from uncommitted code)")
-    return (f"{which} built at commit {', '.join(commits)}, and {since}: their labels are that code's "
-            "(the default report's column is its own build's); make study rebuilds them.")
+    its = "its" if len(old) == 1 else "their"
+    since = (f"the code that computes {its} numbers has changed since ({', '.join(files)})" if files else
+             "whether the code has changed since cannot be told: built from uncommitted code")
+    commit = "commit" if len(commits) == 1 else "commits"
+    return (f"{which} built at {commit} {', '.join(commits)}, and {since}: {its} labels are that code's "
+            f"(the default report's column is its own build's); make study rebuilds {'it' if len(old) == 1 else 'them'}.")
 
 
 def _study_link(report: Path) -> str:

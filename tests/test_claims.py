@@ -87,10 +87,9 @@ def test_a_one_seed_arm_is_judged_on_the_t_interval_of_the_largest_seed_sd_at_it
     assert f1.label == "kept"
     assert f"[{0.35 - half:+.3f}, {0.35 + half:+.3f}]" in f1.deciding
     assert "t(2 df, 95.0%) x √(1/1 + 1²/3) x the largest seed SD of this metric here, BCE's 0.01" in f1.deciding
-    # 0.92: gain 0.03 < the half-width; a band of ± 5 SDs (the old rule) would have said the same, but at 0.89
-    # (gain 0.06 > 0.05) only the t-interval stays inconclusive
+    # 0.92: gain 0.03, inside the t-interval's half-width and below the floor 0.04: inconclusive
     assert label(judge("f", {"no KL": seeds("stroke_brightness", [0.92]), "BCE": bce}, CHECKS, KNOWN), "f1") == "inconclusive"
-    two = seeds("stroke_brightness", [0.95, 0.96])  # 1 df: t(0.975, 1) = 12.7, the interval is ± 0.16
+    two = seeds("stroke_brightness", [0.95, 0.96])  # 1 df: 12.7 x 0.0071 x √(1/1 + 1/2): the interval is ± 0.11
     assert label(judge("f", {"no KL": seeds("stroke_brightness", [0.85]), "BCE": two}, CHECKS, KNOWN), "f1") == "inconclusive"
     assert label(judge("f", {"no KL": seeds("stroke_brightness", [0.60]), "BCE": two}, CHECKS, KNOWN), "f1") == "kept"
     alone = {"no KL": seeds("stroke_brightness", [0.60]), "BCE": seeds("stroke_brightness", [0.95])}
