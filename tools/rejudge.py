@@ -1,8 +1,9 @@
 """What today's labelling rule says of the committed report's numbers, without a rebuild.
 
-    .venv/bin/python tools/rejudge.py
+    .venv/bin/python tools/rejudge.py [REPORT]      # REPORT: a report folder, report/ by default
 
-The committed report (built at 42b9cb1) was judged by an older rule: one-seed arms on g -/+ 5 borrowed seed SDs, and
+The report built at 42b9cb1 (committed at aa2529d; ``git worktree add /tmp/r42 aa2529d``, then REPORT is
+/tmp/r42/report) was judged by an older rule: one-seed arms on g -/+ 5 borrowed seed SDs, and
 *kept* on lo > 0 with g >= the floor. Today's rule (``lib.claims``) takes the t-interval of the borrowed SD at its
 degrees of freedom and the claim's Bonferroni level, never pairs the GAN with the VAE, and keeps only when the whole
 interval clears the floor. This reads each finding's gain, floor and interval from ``report/verdicts.json``, the
@@ -18,10 +19,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from lib.claims import CLAIMS
 from lib.stats import Arm, borrowed_interval, difference
-R = Path(__file__).resolve().parent.parent / 'report'
+R = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parent.parent / 'report'
 V = json.loads((R / 'verdicts.json').read_text())['subclaims']
 if not any('± 5 x the largest seed SD' in f['deciding'] for f in V):
-    sys.exit("report/ was judged by today's rule already: nothing to re-judge")
+    sys.exit(f"{R} was judged by today's rule already: nothing to re-judge (the report built at 42b9cb1 was not: "
+             "git worktree add /tmp/r42 aa2529d; python tools/rejudge.py /tmp/r42/report)")
 runs = {}
 for p in glob.glob(str(R / 'runs' / '*' / 'metrics.json')):
     d = json.loads(Path(p).read_text())
