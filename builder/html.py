@@ -515,7 +515,7 @@ def _findings_table(report: Path) -> str:
                'seed a band of 5 seed SDs borrowed from the notebook\'s arms of several training seeds, which is not a confidence interval: '
                'the rule these numbers were judged by; today\'s code keeps only when the whole interval clears the '
                'floor and gives a one-seed arm the t-interval of the borrowed SD, <code>docs/methods.md</code>, '
-               '<i>Changed in the code</i>' if any("± 5 x the largest seed SD" in f["deciding"] for f in found) else
+               '<i>Changed at the last rebuild</i>' if any("± 5 x the largest seed SD" in f["deciding"] for f in found) else
                'a t-interval over training seeds wholly above an effect floor, or for an arm of one training seed the '
                't-interval of the largest seed SD measured for its metric, borrowed from the notebook\'s arms of several training seeds: '
                '<code>docs/methods.md</code>') + '); sub-claims the objective guarantees are marked so and count as no support. The rule was written in December 2026, after earlier builds\' numbers had been seen. '
