@@ -465,7 +465,8 @@ def _manifest_summary(report: Path, manifest: dict) -> str:
         *([("last build", f"{_duration(manifest['this_build_wall_seconds'])} from start to end, "
                           f"{manifest.get('this_build_jobs', 1)} notebook(s) at a time"
                           + (f", {manifest['this_build_kernel_threads']} torch thread(s) each"
-                             if "this_build_kernel_threads" in manifest else ""))]
+                             if "this_build_kernel_threads" in manifest else "")
+                          + (f"; {trained_text(manifest)}" if trained_text(manifest) else ""))]
           if "this_build_wall_seconds" in manifest else []),
         ("device", _e(env.get("device", "–"))),
         ("CPU", _e(f"{env.get('cpu', '–')}, {env.get('cores', '?')} cores, "
@@ -522,6 +523,20 @@ def _findings_table(report: Path) -> str:
             '<a href="verdicts.json">verdicts.json</a></p><div class="table-wrap findings"><table><thead><tr>'
             '<th>claim</th><th>sub-claim</th><th>label</th><th>deciding numbers</th><th>page</th></tr></thead>'
             f'<tbody>{"".join(rows)}</tbody></table></div>')
+
+
+def trained_text(manifest: dict) -> str:
+    """How many of the models the last build recorded it trained, and how many it loaded from the model cache
+    (``this_build_models``): its wall time covers only the first. '' when the manifest does not say."""
+    m = manifest.get("this_build_models")
+    if not isinstance(m, dict) or not m.get("recorded"):
+        return ""
+    n, trained = m["recorded"], m.get("trained", 0)
+    if trained >= n:
+        return f"every one of its {n} models trained in it"
+    if trained == 0:
+        return f"its {n} models all loaded from the model cache, trained earlier"
+    return f"{trained} of its {n} models trained in it, {n - trained} loaded from the model cache"
 
 
 def stale_text(doc: dict) -> str:
@@ -598,7 +613,8 @@ def write_index(report: Path, code_changed: list[str] | None = ()) -> None:
         f"profile <code>{_e(prof)}</code>" if prof else "",
         f"commit <code>{_e(str(manifest.get('git_commit', ''))[:12])}</code>" if manifest.get("git_commit") else "",
         f"device {_e(env['device'])}" if env.get("device") else "",
-        f"built in {_duration(manifest.get('this_build_wall_seconds'))}" if "this_build_wall_seconds" in manifest else "",
+        f"built in {_duration(manifest.get('this_build_wall_seconds'))}"
+        + (f" ({_e(trained_text(manifest))})" if trained_text(manifest) else "") if "this_build_wall_seconds" in manifest else "",
     ] if x)
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">

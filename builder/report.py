@@ -820,6 +820,26 @@ def training_estimate(profile: str, device: str = "auto", params: dict[str, dict
     return line
 
 
+def models_trained(runs_dir: Path, since: float, cache: Path | None = None) -> dict[str, int]:
+    """Of the models a build recorded in ``runs_dir`` (the distinct run ids of its ``*/metrics.json``), how many it
+    trained: those whose checkpoint in the model cache was written at or after ``since`` (``time.time()`` at the
+    build's start). The others were loaded from the cache, trained by an earlier build or notebook run, so the
+    build's wall time says little about training them."""
+    from lib import store
+    cache = store.CACHE if cache is None else Path(cache)
+    ids = set()
+    for p in Path(runs_dir).glob("*/metrics.json"):
+        with contextlib.suppress(OSError, ValueError):
+            run_id = json.loads(p.read_text()).get("run_id")
+            if isinstance(run_id, str):
+                ids.add(run_id)
+    trained = 0
+    for run_id in ids:
+        with contextlib.suppress(OSError):
+            trained += store.checkpoint_path(run_id, cache).stat().st_mtime >= since
+    return {"recorded": len(ids), "trained": trained}
+
+
 def _run(args: argparse.Namespace, report: Path, notebooks: list[str], profile: str, params: dict[str, dict],
          tmp: Path, jobs: int = 1) -> int:
     """Execute the notebooks into ``tmp``; assemble the new report in a staging copy; swap it in."""
@@ -827,7 +847,7 @@ def _run(args: argparse.Namespace, report: Path, notebooks: list[str], profile: 
 
     stamp = time.strftime("%Y%m%d-%H%M%S")
     walls: dict[str, float] = {}
-    t_all = time.perf_counter()
+    t_all, started = time.perf_counter(), time.time()
     stage = "starting"
     progress_log = tmp / ".progress.log"
     saved_progress = os.environ.get(PROGRESS_FILE)
@@ -884,6 +904,7 @@ def _run(args: argparse.Namespace, report: Path, notebooks: list[str], profile: 
             "environment": environment(),
             "total_wall_seconds": round(sum(float(v.get("wall_seconds", 0)) for v in entries), 1),
             "this_build_wall_seconds": round(time.perf_counter() - t_all, 1),
+            "this_build_models": models_trained(tmp / "runs", started),  # trained here vs loaded from the cache
             "this_build_jobs": jobs,  # notebooks executed at a time (their wall_seconds overlap when > 1)
             # each kernel's torch threads (environment.torch_threads is this runner's own)
             "this_build_kernel_threads": kernel_threads(jobs),

@@ -217,7 +217,7 @@ def _decide(s: Sub, scores, checks, fl, confidence) -> tuple[str, str]:
     if lo >= floor:
         return "kept", text
     if hi < 0 or hi < floor:
-        return "refuted", text + ("" if hi < 0 else ": any difference is below the floor")
+        return "refuted", text + ("" if hi < 0 else ": a gain as large as the floor is ruled out")
     return "inconclusive", text + (": the gain clears the floor, its interval does not" if d.gain >= floor else "")
 
 

@@ -447,3 +447,19 @@ def test_findings_table_box_hidden_cells_and_prev_next(tmp_path):
     index = (folder / "index.html").read_text()
     assert index.index("Findings") < index.index("Tiers")
     assert 'href="03_gan.html#verdict-c1"' in index and "GAN 30.0 vs VAE 180.0" in index and "✓ kept" in index
+
+
+@pytest.mark.parametrize("models, text", [
+    (None, ""), ({"recorded": 0, "trained": 0}, ""),
+    ({"recorded": 36, "trained": 36}, "every one of its 36 models trained in it"),
+    ({"recorded": 36, "trained": 0}, "its 36 models all loaded from the model cache, trained earlier"),
+    ({"recorded": 36, "trained": 1}, "1 of its 36 models trained in it, 35 loaded from the model cache"),
+])
+def test_the_index_says_how_many_models_its_build_trained(tmp_path, models, text):
+    """A build that loads its models from the cache takes minutes: its header must not read as the training time."""
+    manifest = {"this_build_wall_seconds": 722.0} | ({"this_build_models": models} if models else {})
+    assert H.trained_text(manifest) == text
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    H.write_index(tmp_path)
+    header = re.search(r"built in [^<]*", (tmp_path / "index.html").read_text()).group(0)
+    assert header == "built in 12 min 02 s" + (f" ({text})" if text else "")

@@ -174,6 +174,9 @@ def test_a_second_build_refuses_while_one_holds_the_lock_and_the_first_completes
     manifest = json.loads((report / "manifest.json").read_text())
     assert manifest["notebooks"]["01_vae_basic"] == {"profile": "default", "wall_seconds": 5.0}
     assert manifest["notebooks"]["03_gan"]["profile"] == "smoke" and manifest["profile"] == ["default", "smoke"]
+    models = manifest["this_build_models"]  # how many of its models the build trained, not loaded from the cache
+    assert models["recorded"] == len({json.loads(p.read_text())["run_id"] for p in new_runs})
+    assert 0 <= models["trained"] <= models["recorded"]
     assert _leftovers(tmp_path) == [] and not list(tmp_path.glob("report.failed-*"))
     assert lock.read_text() == "" and _lock_is_free(report)
 
@@ -354,3 +357,19 @@ def test_p_is_split_into_words_not_run():
                          ("-p name 'open", r"cannot be split into words")]:
         with pytest.raises(ParameterError, match=pattern):
             R.parse_params(bad)
+
+
+def test_models_trained_counts_the_checkpoints_written_since_the_build_started(tmp_path):
+    runs, cache = tmp_path / "runs", tmp_path / "cache"
+    for name, run_id in (("a", "vae-a"), ("05-a", "vae-a"), ("b", "vae-b"), ("c", "vae-c"), ("broken", None)):
+        (runs / name).mkdir(parents=True)
+        (runs / name / "metrics.json").write_text(json.dumps({"run_id": run_id}) if run_id else "{not json")
+    for run_id in ("vae-a", "vae-b"):  # vae-c recorded, its checkpoint gone: not counted as trained
+        (cache / run_id).mkdir(parents=True)
+        (cache / run_id / "checkpoint.pt").write_bytes(b"x")
+    start = time.time()
+    os.utime(cache / "vae-b" / "checkpoint.pt", (start - 3600, start - 3600))  # trained an hour before the build
+    os.utime(cache / "vae-a" / "checkpoint.pt", (start + 5, start + 5))
+    assert R.models_trained(runs, start, cache) == {"recorded": 3, "trained": 1}
+    assert R.models_trained(runs, start - 7200, cache) == {"recorded": 3, "trained": 2}
+    assert R.models_trained(tmp_path / "none", start, cache) == {"recorded": 0, "trained": 0}
