@@ -894,6 +894,12 @@ def _run(args: argparse.Namespace, report: Path, notebooks: list[str], profile: 
             manifest["notebooks"][nb] = {"profile": profile, "parameters": params[nb] | {"output_dir": final},
                                          "wall_seconds": walls[nb], "built": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         entries = [v for v in manifest["notebooks"].values() if isinstance(v, dict)]
+        prose = manifest.get("prose")  # make pages' record: pages whose Markdown came from a later commit than their code
+        if isinstance(prose, dict):  # the pages executed now carry their own commit's Markdown
+            if left := sorted(set(prose.get("notebooks", [])) - set(notebooks)):
+                prose["notebooks"] = left
+            else:
+                del manifest["prose"]
         manifest.update({
             "profile": sorted({str(v["profile"]) for v in entries if "profile" in v}),
             "git_commit": code_at_start[0],

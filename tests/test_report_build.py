@@ -65,7 +65,8 @@ def _old_report(folder: Path) -> Path:
         {"run_id": "stale03", "notebook": "03_gan", "label": "GAN", "metrics": {"fid": 9.0}}))
     (folder / "bench.json").write_text('{"written by": "make bench"}\n')
     (folder / "manifest.json").write_text(json.dumps(
-        {"notebooks": {"01_vae_basic": {"profile": "default", "wall_seconds": 5.0}}}))
+        {"notebooks": {"01_vae_basic": {"profile": "default", "wall_seconds": 5.0}},
+         "prose": {"git_commit": "0" * 40, "notebooks": ["01_vae_basic", "03_gan"]}}))  # make pages' record
     folder.chmod(0o750)
     return folder
 
@@ -174,6 +175,7 @@ def test_a_second_build_refuses_while_one_holds_the_lock_and_the_first_completes
     manifest = json.loads((report / "manifest.json").read_text())
     assert manifest["notebooks"]["01_vae_basic"] == {"profile": "default", "wall_seconds": 5.0}
     assert manifest["notebooks"]["03_gan"]["profile"] == "smoke" and manifest["profile"] == ["default", "smoke"]
+    assert manifest["prose"]["notebooks"] == ["01_vae_basic"]  # 03_gan's page now has its own commit's Markdown
     models = manifest["this_build_models"]  # how many of its models the build trained, not loaded from the cache
     assert models["recorded"] == len({json.loads(p.read_text())["run_id"] for p in new_runs})
     assert 0 <= models["trained"] <= models["recorded"]

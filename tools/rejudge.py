@@ -1,4 +1,4 @@
-"""What today's labelling rule says of the committed report's numbers, without a rebuild.
+"""What today's labelling rule says of a report folder's numbers (an earlier build's, say), without a rebuild.
 
     .venv/bin/python tools/rejudge.py [REPORT]      # REPORT: a report folder, report/ by default
 
