@@ -466,7 +466,7 @@ def _manifest_summary(report: Path, manifest: dict) -> str:
                           f"{manifest.get('this_build_jobs', 1)} notebook(s) at a time"
                           + (f", {manifest['this_build_kernel_threads']} torch thread(s) each"
                              if "this_build_kernel_threads" in manifest else "")
-                          + (f"; {trained_text(manifest)}" if trained_text(manifest) else ""))]
+                          + (f"; {trained}" if (trained := trained_text(manifest)) else ""))]
           if "this_build_wall_seconds" in manifest else []),
         ("device", _e(env.get("device", "–"))),
         ("CPU", _e(f"{env.get('cpu', '–')}, {env.get('cores', '?')} cores, "
@@ -512,14 +512,9 @@ def _findings_table(report: Path) -> str:
                     f'<td><a href="{_e(f["notebook"])}.html#{_e(f["anchor"])}">{_e(f["notebook"][:2])}</a></td></tr>')
     return ('<p class="note">One row per sub-claim of the declared claims table (<code>lib/claims.py</code>): '
             'kept / refuted / inconclusive by one rule (a metric that passed its known-case check, '
-            + ('a gain above a floor with a t-interval over training seeds above 0, or for an arm of one training '
-               'seed a band of 5 seed SDs borrowed from the notebook\'s arms of several training seeds, which is not a confidence interval: '
-               'the rule these numbers were judged by; today\'s code keeps only when the whole interval clears the '
-               'floor and gives a one-seed arm the t-interval of the borrowed SD, <code>docs/methods.md</code>, '
-               '<i>Changed at the last rebuild</i>' if any("± 5 x the largest seed SD" in f["deciding"] for f in found) else
-               'a t-interval over training seeds wholly above an effect floor, or for an arm of one training seed the '
-               't-interval of the largest seed SD measured for its metric, borrowed from the notebook\'s arms of several training seeds: '
-               '<code>docs/methods.md</code>') + '); sub-claims the objective guarantees are marked so and count as no support. The rule was written in December 2026, after earlier builds\' numbers had been seen. '
+            'a t-interval over training seeds wholly above an effect floor, or for an arm of one training seed the '
+            't-interval of the largest seed SD measured for its metric, borrowed from the notebook\'s arms of several training seeds: '
+            '<code>docs/methods.md</code>); sub-claims the objective guarantees are marked so and count as no support. The rule was written in December 2026, after earlier builds\' numbers had been seen. '
             '<a href="verdicts.json">verdicts.json</a></p><div class="table-wrap findings"><table><thead><tr>'
             '<th>claim</th><th>sub-claim</th><th>label</th><th>deciding numbers</th><th>page</th></tr></thead>'
             f'<tbody>{"".join(rows)}</tbody></table></div>')
@@ -609,12 +604,13 @@ def write_index(report: Path, code_changed: list[str] | None = ()) -> None:
     env = manifest.get("environment", {})
     prof = manifest.get("profile", "")
     prof = ", ".join(prof) if isinstance(prof, list) else prof
+    trained = trained_text(manifest)
     sub = " · ".join(x for x in [
         f"profile <code>{_e(prof)}</code>" if prof else "",
         f"commit <code>{_e(str(manifest.get('git_commit', ''))[:12])}</code>" if manifest.get("git_commit") else "",
         f"device {_e(env['device'])}" if env.get("device") else "",
         f"built in {_duration(manifest.get('this_build_wall_seconds'))}"
-        + (f" ({_e(trained_text(manifest))})" if trained_text(manifest) else "") if "this_build_wall_seconds" in manifest else "",
+        + (f" ({_e(trained)})" if trained else "") if "this_build_wall_seconds" in manifest else "",
     ] if x)
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
