@@ -40,7 +40,8 @@ import torchvision  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.utils import benchmark  # noqa: E402
 
-from lib import config as lconfig, data as ldata, losses as llosses, train as ltrain  # noqa: E402
+from harness import config as lconfig, notebook as lnotebook  # noqa: E402
+from lib import data as ldata, losses as llosses, train as ltrain  # noqa: E402
 from lib.bounds import test_bound as lib_test_bound  # noqa: E402
 
 TARGET_NATS = 106.0  # BCE test bound, nats/image, over all 10,000 test images
@@ -162,7 +163,7 @@ def examples_step(model, opt, it, tally):
 def lib_spec(notebook: str, model: str = "ConvVAE", **changes) -> ltrain.RunSpec:
     """``spec_from`` of the notebook's resolved default profile on the CPU (precision 'auto' resolved)."""
     cfg = lconfig.resolve(notebook, "default", device="cpu", output_dir=tempfile.mkdtemp(prefix="bench-"))
-    return ltrain.spec_from(cfg, "bench", model=model, **changes)
+    return lnotebook.spec_from(cfg, "bench", model=model, **changes)
 
 
 def on_lib_batches(step, train_x, batch_size):

@@ -22,7 +22,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from lib.config import NOTEBOOKS, ROOT
+from harness.config import NOTEBOOKS, ROOT
 
 TITLES = {
     "01_vae_basic": "Basic: convolutional VAE with BCE, MSE and L1 reconstruction",

@@ -1,4 +1,4 @@
-"""The ``make report`` runner (the helpers notebooks call are in ``lib.notebook``).
+"""The ``make report`` runner (the helpers notebooks call are in ``harness.notebook``).
 
     python -m builder.report [--profile default] [--nb 03_gan ...] [-p epochs 2 ...] [--params "-p epochs 2"]
 
@@ -43,14 +43,14 @@ import torch
 from filelock import FileLock, Timeout
 
 from . import html
-from lib.config import _COMMON, NOTEBOOKS, PROFILE_NAMES, PROFILES, ROOT, ParameterError, resolve
+from harness.config import _COMMON, NOTEBOOKS, PROFILE_NAMES, PROFILES, ROOT, ParameterError, resolve
 from lib.progress import PROGRESS_FILE
 
 REPORT = ROOT / "report"
 NB_DIR = ROOT / "notebooks"
 BIT_EQUALITY_NOTE = ("Numbers are reproducible bit for bit on the same machine, device and library versions "
                      "(tests check two smoke runs give identical metrics.json; on CUDA through "
-                     "lib.config.deterministic_cuda, checked on an H200). Bit equality across devices "
+                     "harness.config.deterministic_cuda, checked on an H200). Bit equality across devices "
                      "(CPU vs CUDA), thread counts or library versions is not promised.")
 
 
@@ -551,7 +551,7 @@ def resolve_jobs(jobs: str, n_notebooks: int) -> int:
 
 def kernel_threads(jobs: int) -> int:
     """Torch threads of each notebook's kernel: the user's OMP_NUM_THREADS where set, else the cores
-    shared among the ``jobs`` kernels (with one kernel, every core: lib.config.set_threads)."""
+    shared among the ``jobs`` kernels (with one kernel, every core: harness.config.set_threads)."""
     return int(os.environ.get("OMP_NUM_THREADS") or 0) or max(1, (os.cpu_count() or 1) // jobs)
 
 
@@ -762,7 +762,7 @@ def cpu_seconds_per_epoch(threads: int, steps: int = 6) -> dict[str, float]:
     precision a notebook would choose ('auto'). One kernel alone: two at a time each run somewhat slower."""
     import math
 
-    from lib.config import resolve_precision
+    from harness.config import resolve_precision
     from lib.train import RunSpec, family
 
     cpu, before = torch.device("cpu"), torch.get_num_threads()

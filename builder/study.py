@@ -114,7 +114,7 @@ def mixed_precision(study: Path, kept: list[int], device: str) -> str | None:
     ladder compares budgets, so every rung must train the same models."""
     import torch
 
-    from lib.config import resolve_precision
+    from harness.config import resolve_precision
 
     kind = "cuda" if device.startswith("cuda") else "cpu"
     here = (kind, resolve_precision("auto", torch.device(device)))

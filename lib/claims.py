@@ -19,21 +19,14 @@ Each claim (a)-(g) is split into sub-claims, each naming its metric (one that pa
   SD's degrees of freedom (``lib.stats.borrowed_interval``: "a gap larger than any plausible seed SD", as far as
   the largest SD measured is plausible for these arms); with no seed SD at all, nothing is decided.
 
-Written in December 2026, after the numbers of earlier builds had been seen: it replaced an earlier rule (a 2-SE margin on
-pooled seed SDs, with flat "partly kept" labels). The one-seed interval was g -/+ 5 x the borrowed SD (no t-quantile,
-no Bonferroni share) in the build of 42b9cb1, and *kept* needed only lo > 0 and g >= the floor; a review of those
-numbers replaced the band with the t-interval above and asked the whole interval to clear the floor, as *refuted*
-asks it to lie below. Some sub-claims' ``note`` says what else changed; the full list of
-what changed after numbers were seen is in docs/methods.md (Disclosure).
+Written in December 2026, after the numbers of earlier builds had been seen (it replaced a 2-SE margin on pooled
+seed SDs with flat "partly kept" labels, and was revised once after a review); a sub-claim's ``note`` says what
+else changed, and docs/methods.md (Disclosure) lists every change made after numbers were seen.
 """
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 
-from . import evaluate
-from .notebook import table
 from .stats import Arm, arm, borrowed_interval, difference
 
 FLOOR = 0.1   # fraction of a metric's known-case separation below which a difference does not count
@@ -220,33 +213,3 @@ def _decide(s: Sub, scores, checks, fl, confidence) -> tuple[str, str]:
         return "refuted", text + ("" if hi < 0 else ": a gain as large as the floor is ruled out")
     return "inconclusive", text + (": the gain clears the floor, its interval does not" if d.gain >= floor else "")
 
-
-def markdown(findings: list[Finding]) -> str:
-    """The verdicts as Markdown: one heading line per claim, one line per sub-claim with its anchor."""
-    lines, last = [], None
-    for f in findings:
-        if f.claim != last:
-            lines.append(f"\n**({f.claim}) {f.claim_text}**\n")
-            last = f.claim
-        note = f" *{f.note}.*" if f.note else ""
-        lines.append(f'- <span id="{f.anchor}"></span>{LABELS[f.label]} **{f.label}** — {f.id}: {f.text}. '
-                     f"{f.deciding.rstrip('.')}.{note}")
-    return "\n".join(lines) if lines else "No sub-claim has the arms it needs in this run."
-
-
-def save(findings: list[Finding], out: Path, notebook: str, profile: str) -> Path:
-    """<out>/verdicts/<notebook>.json: what the report's findings table is built from."""
-    path = Path(out) / "verdicts" / f"{notebook}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    doc = {"notebook": notebook, "profile": profile, "subclaims": [asdict(f) for f in findings]}
-    path.write_text(json.dumps(doc, indent=1, ensure_ascii=False) + "\n")
-    return path
-
-
-def gate_markdown(checks: dict[str, bool], known: dict[str, dict], metrics: list[str]) -> str:
-    """The known-case gate as Markdown: each known case's scores on ``metrics``, then every check of
-    ``evaluate.METRIC_CHECKS`` and whether it passed (a metric that failed enters no verdict)."""
-    rows = [{"known case": name, **{m: s[m] for m in metrics}} for name, s in known.items()]
-    return table(rows, ["known case", *metrics], digits=4) + "\n\n" + "\n".join(
-        f"- **{m}** ({word}): {rule} — {'passes ✓' if checks[m] else '**fails** ✗ (enters no verdict)'}"
-        for m, (word, rule, _) in evaluate.METRIC_CHECKS.items())

@@ -1,10 +1,8 @@
 """Figures for the notebooks: image grids, training curves, bars, traversals, interpolations, a 2-D latent
-space (codes by class, decoded manifold), rate-distortion, per-dimension KL. Each returns a Figure, except
-``latent_explorer`` (a JupyterLab widget)."""
+space (codes by class, decoded manifold), rate-distortion, per-dimension KL. Each returns a Figure (the live
+latent-space explorer is ``harness.live.latent_explorer``)."""
 from __future__ import annotations
 
-import os
-import sys
 from typing import Sequence
 
 import matplotlib.pyplot as plt
@@ -12,7 +10,6 @@ import numpy as np
 import torch
 
 from .data import IMAGE_SIDE as S, as_float
-from .progress import PROGRESS_FILE
 
 
 def _show(ax, images, nrow: int, pad: int = 1):
@@ -203,63 +200,6 @@ def manifold(model, n: int = 15, p: tuple[float, float] = (0.05, 0.95), title: s
     ax.set_yticks(ticks, [f"{v:.2f}" for v in z.flip(0).tolist()], fontsize=6)
     ax.set(xlabel="$z_1$", ylabel="$z_2$")
     return _finish(fig, ax, title, 10)
-
-
-def in_jupyterlab() -> bool:
-    """Whether a person runs this kernel: JupyterLab's execute requests name their cell (``cellId``) and Colab's
-    kernel is google.colab's; papermill's and nbval's are neither, and ``make report`` sets GENMNIST_PROGRESS_FILE."""
-    try:
-        from IPython import get_ipython
-        from ipykernel.zmqshell import ZMQInteractiveShell
-    except ImportError:
-        return False
-    shell = get_ipython()
-    return (isinstance(shell, ZMQInteractiveShell) and PROGRESS_FILE not in os.environ
-            and ("cellId" in shell.kernel.get_parent().get("metadata", {}) or "google.colab" in sys.modules))
-
-
-def latent_explorer(model, kl: torch.Tensor, codes: dict[int, torch.Tensor], start: int | None = None):
-    """A JupyterLab widget: one slider per latent dimension (most informative first, labelled with its KL), a
-    menu of starting codes (z = 0 or the code μ of a test digit) and the decoded image, redrawn live. Outside
-    JupyterLab (``in_jupyterlab``) it prints where to open it and returns None."""
-    if not in_jupyterlab():
-        print("The latent-space explorer (sliders over z) runs in JupyterLab only: open notebooks/04_beta_vae.ipynb "
-              "there.")
-        return None
-    import io
-
-    import ipywidgets as widgets
-
-    model = model.eval()
-    device = next(model.parameters()).device
-    order = kl.argsort(descending=True).tolist()
-    sliders = [widgets.FloatSlider(value=0.0, min=-3.0, max=3.0, step=0.05, description=f"z{j} · {kl[j]:.1f}",
-                                   readout_format=".2f", style={"description_width": "70px"}) for j in order]
-    menu = widgets.Dropdown(options=[("z = 0", None)] + [(f"μ of the first test {c}", c) for c in codes],
-                            value=start if start in codes else None, description="start",
-                            style={"description_width": "70px"})
-    image = widgets.Image(format="png", width=196, height=196)
-
-    def render(*_):
-        z = torch.zeros(1, model.latent_dim)
-        z[0, order] = torch.tensor([s.value for s in sliders])
-        with torch.inference_mode():
-            img = model.decode(z.to(device))[0, 0].cpu().numpy()
-        buf = io.BytesIO()
-        plt.imsave(buf, np.kron(img, np.ones((7, 7))), cmap="gray", vmin=0, vmax=1, format="png")
-        image.value = buf.getvalue()
-
-    def jump(*_):  # move the sliders to the chosen code (each move redraws)
-        code = torch.zeros(model.latent_dim) if menu.value is None else codes[menu.value].clamp(-3, 3)
-        for j, s in zip(order, sliders):
-            s.value = round(float(code[j]), 2)
-        render()  # also when no slider moved
-
-    menu.observe(jump, "value")
-    for s in sliders:
-        s.observe(render, "value")
-    jump()
-    return widgets.HBox([widgets.VBox([menu, *sliders]), image])
 
 
 def rate_distortion(points: dict[str, list[tuple[float, float]]]):

@@ -1,4 +1,4 @@
-"""The one disk cache, below ``train``, ``evaluate`` and ``notebook``: where checkpoints live, what a run id
+"""The one disk cache, below ``train``, ``evaluate`` and the notebooks' harness: where checkpoints live, what a run id
 hashes, atomic save and checked load, and ``memo``, which keeps an evaluation's result for the next notebook."""
 from __future__ import annotations
 
@@ -17,12 +17,12 @@ from typing import Any, Callable
 import torch
 from filelock import FileLock
 
-from .config import ROOT
+from .data import ROOT
 
 CACHE = Path(os.environ.get("GENMNIST_CACHE", ROOT / "data" / "cache"))
-LIB = Path(__file__).resolve().parent
-RESULT_SOURCES = ("data.py", "models.py", "losses.py", "noise.py", "bounds.py", "train.py")  # hashed by run ids
-SCORE_SOURCES = (*RESULT_SOURCES, "evaluate.py", "stats.py", "notebook.py")  # hashed by memo keys
+PACKAGES = Path(__file__).resolve().parent.parent  # lib/ and harness/ (the checkout, or site-packages)
+RESULT_SOURCES = tuple(f"lib/{m}.py" for m in ("data", "models", "losses", "noise", "bounds", "train"))  # run ids
+SCORE_SOURCES = (*RESULT_SOURCES, "lib/evaluate.py", "lib/stats.py", "harness/notebook.py")  # hashed by memo keys
 
 
 def code_only(source: str) -> str:
@@ -35,7 +35,7 @@ def code_only(source: str) -> str:
     return ast.dump(tree)
 
 
-def source_hash(folder: Path = LIB, files=RESULT_SOURCES) -> str:
+def source_hash(folder: Path = PACKAGES, files=RESULT_SOURCES) -> str:
     """Digest of the code (not the prose) of ``files`` in ``folder``: editing a docstring keeps it."""
     h = hashlib.sha256()
     for name in files:

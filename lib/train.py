@@ -29,13 +29,13 @@ import torch
 
 from . import data, losses, models, noise
 from .bounds import test_bound
-from .config import LR_SCHEDULES, resolve
 from .data import generator
 from .progress import progress
 from .store import (CACHE, checkpoint_path, exclusive, load_checkpoint, one_line, remove_orphans, save_checkpoint,
                     set_aside, source_hash)
 
 GRID = 64  # images in the per-epoch sample grid (fixed z)
+LR_SCHEDULES = ("constant", "cosine")
 # A run has diverged when the epoch mean of a logged term exceeds this in absolute value (per image: a VAE's
 # loss is ~1e2 nats, the GAN's ~1): the row is marked ``"diverged": True`` and a warning says so.
 DIVERGED = 1e6
@@ -554,32 +554,4 @@ class Training:
         return Run(spec, self.fam.sampler, self.history, torch.stack(self.grids),
                    grid_epochs=list(self.grid_at), discriminator=self.fam.parts.get("D"),
                    resumed_from=self.start, trained_epochs=spec.epochs - self.start)
-
-
-def spec_from(cfg: dict[str, Any], tag: str, model: str = "ConvVAE", **changes: Any) -> RunSpec:
-    """The RunSpec a notebook's resolved config describes (same config -> same run id -> cache hit)."""
-    base = dict(tag=tag, model=model, epochs=cfg["epochs"], batch_size=cfg["batch_size"], lr=cfg["lr"],
-                lr_schedule=cfg.get("lr_schedule", "constant"), latent_dim=cfg["latent_dim"], seed=cfg["seed"],
-                train_subset=cfg["train_subset"], adam_betas=(0.9, cfg.get("adam_beta2", 0.999)),
-                test_subset=cfg["test_subset"],
-                # bf16 does not pay for the tiny BetaVAE on a CPU (make bench), so it stays fp32
-                precision="fp32" if model == "BetaVAE" else cfg.get("precision", "fp32"))
-    return RunSpec(**{**base, **changes})
-
-
-def arm_specs(cfg: dict[str, Any], tag: str, seeds: str = "seeds", model: str = "ConvVAE", **changes: Any) -> list[RunSpec]:
-    """One arm's RunSpecs, one per training seed: seed, seed + 1, ... (``cfg[seeds]`` of them). The first seed
-    keeps the plain tag, so that another tier asking for the same model gets the same run from the cache."""
-    first = cfg["seed"]
-    return [spec_from(cfg, tag if s == first else f"{tag}-s{s}", model, seed=s, **changes)
-            for s in range(first, first + cfg.get(seeds, 1))]
-
-
-def basic_bce_specs(cfg: dict[str, Any], epochs: int) -> list[RunSpec]:
-    """The basic tier's BCE VAE (01_vae_basic's, in ``cfg``'s profile) trained for ``epochs``, for each of its
-    training seeds: the models 02, 03 and 05 share with 01."""
-    shared = ("seed", "device", "precision", "train_subset", "test_subset", "classifier", "output_dir")
-    basic = resolve("01_vae_basic", cfg["profile"], epochs=epochs, **{k: str(cfg[k]) if k == "device" else cfg[k]
-                                                                      for k in shared})
-    return arm_specs(basic, "vae-bce", recon="bce")
 

@@ -3,6 +3,7 @@ import json
 
 import pytest
 
+from harness.notebook import findings_markdown, gate_markdown, save_findings
 from lib import claims
 from lib.claims import CLAIMS, judge
 
@@ -137,7 +138,7 @@ def test_a_factor_scales_the_reference_arm():
 
 def test_markdown_ends_each_line_with_one_full_stop():
     found = [claims.Finding("f", "t", "f3", "x", "", "holds by construction", "a sentence.", "verdict-f3")]
-    assert claims.markdown(found).rstrip().endswith("a sentence.") and ".." not in claims.markdown(found)
+    assert findings_markdown(found).rstrip().endswith("a sentence.") and ".." not in findings_markdown(found)
 
 
 def test_bonferroni_widens_a_claims_intervals_with_its_number_of_subclaims():
@@ -152,9 +153,9 @@ def test_bonferroni_widens_a_claims_intervals_with_its_number_of_subclaims():
 def test_markdown_and_save(tmp_path):
     found = judge("f", {"no KL": seeds("stroke_brightness", [0.6]), "BCE": seeds("stroke_brightness", [0.95, 0.96])},
                   CHECKS, KNOWN)
-    text = claims.markdown(found)
+    text = findings_markdown(found)
     assert '<span id="verdict-f1"></span>' in text and "untestable as stated" in text
-    path = claims.save(found, tmp_path, "01_vae_basic", "smoke")
+    path = save_findings(found, tmp_path, "01_vae_basic", "smoke")
     doc = json.loads(path.read_text())
     assert doc["notebook"] == "01_vae_basic" and doc["profile"] == "smoke"
     assert [s["id"] for s in doc["subclaims"]] == ["f1", "f2"]
@@ -165,7 +166,7 @@ def test_gate_markdown_shows_the_known_cases_and_every_check():
     from lib import evaluate
 
     checks = {m: m != "greyness" for m in evaluate.METRIC_CHECKS}
-    text = claims.gate_markdown(checks, {c: KNOWN[c] for c in ("real", "blurred")}, ["fid", "greyness"])
+    text = gate_markdown(checks, {c: KNOWN[c] for c in ("real", "blurred")}, ["fid", "greyness"])
     table, bullets = text.split("\n\n")
     assert table.splitlines()[:3] == ["| known case | fid | greyness |", "|---|---|---|", "| real | 2.0000 | 0.1000 |"]
     assert len(bullets.splitlines()) == len(evaluate.METRIC_CHECKS)

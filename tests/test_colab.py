@@ -73,7 +73,7 @@ def test_lib_finds_the_checkout_without_an_editable_install(tmp_path):
     (checkout / "lib").mkdir()
     env = {k: v for k, v in os.environ.items() if k not in ("GENMNIST_ROOT", "MNIST_ROOT", "GENMNIST_CACHE")}
     env["PYTHONPATH"] = str(site)
-    code = ("import json, lib, lib.config, lib.data, lib.store; print(json.dumps([lib.__file__, str(lib.config.ROOT), "
+    code = ("import json, lib, harness.config, lib.data, lib.store; print(json.dumps([lib.__file__, str(harness.config.ROOT), "
             "str(lib.data.DEFAULT_ROOT), str(lib.store.CACHE)]))")
     out = subprocess.run([sys.executable, "-c", code], cwd=checkout / "notebooks", env=env, capture_output=True,
                          text=True, check=True).stdout

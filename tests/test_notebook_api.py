@@ -1,4 +1,4 @@
-"""lib.notebook, what the tier notebooks call: ``setup`` reads and validates their parameters, ``table``
+"""harness.notebook, what the tier notebooks call: ``setup`` reads and validates their parameters, ``table``
 and ``summary`` format results."""
 import random
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from lib import notebook
-from lib.config import ParameterError, parameter_names
+from harness import notebook
+from harness.config import ParameterError, parameter_names
 
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from lib.config import NOTEBOOKS, PROFILES
+from harness.config import NOTEBOOKS, PROFILES
 
 ROOT = Path(__file__).resolve().parent.parent
 NB_DIR = ROOT / "notebooks"
@@ -90,7 +90,7 @@ def test_parameters_are_the_default_profiles_values_and_comments_agree(name):
 
     import papermill as pm
 
-    from lib.config import NONE_MEANS_ALL, resolve
+    from harness.config import NONE_MEANS_ALL, resolve
 
     default = resolve(name, "default")
     for p in pm.inspect_notebook(str(NB_DIR / f"{name}.ipynb")).values():
@@ -109,7 +109,7 @@ def test_parameters_are_the_default_profiles_values_and_comments_agree(name):
 
 
 def test_a_profile_takes_over_what_was_left_at_the_default(tmp_path):
-    from lib.config import resolve
+    from harness.config import resolve
 
     literals = dict(epochs=5, seeds=3, other_seeds=2, matched_weights={"mse": 3.1, "l1": 1.75}, train_subset=None)
     smoke = resolve("01_vae_basic", "smoke", output_dir=str(tmp_path), **literals)

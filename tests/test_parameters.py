@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from builder import report as R
-from lib import config, notebook
-from lib.config import ParameterError, parameter_names, resolve
+from harness import config, notebook
+from harness.config import ParameterError, parameter_names, resolve
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -72,7 +72,7 @@ def test_matched_weights_written_as_text_become_numbers(tmp_path):
 
 
 def test_adam_beta2_is_the_one_tools_choose_adam_chose_and_reaches_the_run(tmp_path):
-    from lib.train import spec_from
+    from harness.notebook import spec_from
 
     record = json.loads((Path(__file__).resolve().parent.parent / "bench" / "adam_choice.json").read_text())
     for nb in ("01_vae_basic", "02_vae_derivation", "05_noisy_data"):
@@ -86,7 +86,7 @@ def test_adam_beta2_is_the_one_tools_choose_adam_chose_and_reaches_the_run(tmp_p
 
 
 def test_the_matched_weights_are_the_ones_tools_match_rate_chose():
-    from lib.config import MATCHED_WEIGHTS
+    from harness.config import MATCHED_WEIGHTS
 
     record = json.loads((Path(__file__).resolve().parent.parent / "bench" / "rate_match.json").read_text())
     assert MATCHED_WEIGHTS == {loss: r["chosen"] for loss, r in record["losses"].items()}

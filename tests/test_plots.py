@@ -1,7 +1,9 @@
-"""The notebooks' figure helpers that decide something: which pairs to interpolate, whether the explorer runs."""
+"""The figure helpers that decide something: which pairs to interpolate (lib.plots), whether the live explorer runs
+(harness.live)."""
 import matplotlib
 import torch
 
+from harness import live
 from lib import plots
 from lib.models import ConvVAE
 
@@ -29,16 +31,16 @@ def test_latent_explorer_runs_only_in_jupyterlab(capsys, monkeypatch):
     import IPython
     from ipykernel.zmqshell import ZMQInteractiveShell
 
-    assert not plots.in_jupyterlab()  # pytest is no Jupyter kernel
-    assert plots.latent_explorer(None, torch.zeros(2), {}) is None
+    assert not live.in_jupyterlab()  # pytest is no Jupyter kernel
+    assert live.latent_explorer(None, torch.zeros(2), {}) is None
     assert "runs in JupyterLab only" in capsys.readouterr().out
     metadata = {}  # what a cell's execute request carries: JupyterLab adds its cellId, papermill and nbval nothing
     kernel = type("Kernel", (), {"get_parent": lambda self: {"metadata": metadata}})()
     shell = type("Shell", (ZMQInteractiveShell,), {"kernel": kernel})
     monkeypatch.setattr(IPython, "get_ipython", lambda: shell.__new__(shell))
     monkeypatch.delenv("GENMNIST_PROGRESS_FILE", raising=False)
-    assert not plots.in_jupyterlab()
+    assert not live.in_jupyterlab()
     metadata["cellId"] = "c1"
-    assert plots.in_jupyterlab()
+    assert live.in_jupyterlab()
     monkeypatch.setenv("GENMNIST_PROGRESS_FILE", "progress.log")  # make report
-    assert not plots.in_jupyterlab()
+    assert not live.in_jupyterlab()

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lib import config
+from harness import config
 from builder import report as R
 
 ROOT = Path(__file__).resolve().parent.parent

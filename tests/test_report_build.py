@@ -16,7 +16,7 @@ import nbformat
 import pytest
 
 from builder import report as R
-from lib.config import ParameterError
+from harness.config import ParameterError
 
 ROOT = Path(__file__).resolve().parent.parent
 

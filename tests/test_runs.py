@@ -173,19 +173,19 @@ def test_run_id_covers_parameters_data_and_code(monkeypatch):
 
 # One line of real code in each module a run id hashes, as someone tuning the project would change it.
 CODE_EDITS = {
-    "data.py": ("IMAGE_SIDE = 28", "IMAGE_SIDE = 29"),
-    "models.py": ("nn.LeakyReLU(0.2, inplace=True),", "nn.LeakyReLU(0.3, inplace=True),"),
-    "losses.py": ("logvar.exp() - logvar - 1.0", "logvar.exp() - logvar - 0.5"),
-    "noise.py": ("replaced = u < amount", "replaced = u <= amount"),
-    "bounds.py": ("EVAL_BATCH = 1000", "EVAL_BATCH = 500"),
-    "train.py": ("GRID = 64", "GRID = 32"),
+    "lib/data.py": ("IMAGE_SIDE = 28", "IMAGE_SIDE = 29"),
+    "lib/models.py": ("nn.LeakyReLU(0.2, inplace=True),", "nn.LeakyReLU(0.3, inplace=True),"),
+    "lib/losses.py": ("logvar.exp() - logvar - 1.0", "logvar.exp() - logvar - 0.5"),
+    "lib/noise.py": ("replaced = u < amount", "replaced = u <= amount"),
+    "lib/bounds.py": ("EVAL_BATCH = 1000", "EVAL_BATCH = 500"),
+    "lib/train.py": ("GRID = 64", "GRID = 32"),
 }
 
 
 def _copy_result_sources(dst: Path) -> Path:
-    dst.mkdir()
     for name in store.RESULT_SOURCES:
-        (dst / name).write_text((store.LIB / name).read_text(encoding="utf-8"), encoding="utf-8")
+        (dst / name).parent.mkdir(parents=True, exist_ok=True)
+        (dst / name).write_text((store.PACKAGES / name).read_text(encoding="utf-8"), encoding="utf-8")
     return dst
 
 
@@ -193,7 +193,7 @@ def _copy_result_sources(dst: Path) -> Path:
 def test_source_hash_changes_when_one_line_of_code_changes(tmp_path, monkeypatch, name):
     """Every hashed module counts: one changed line of code in a copy of lib gives another hash
     (and so another run id), whichever of RESULT_SOURCES it is in."""
-    copy = _copy_result_sources(tmp_path / "lib")
+    copy = _copy_result_sources(tmp_path / "packages")
     original = store.source_hash(folder=copy)
     assert original == store.source_hash(), "the hash depends on the files' code, not on their folder"
     old, new = CODE_EDITS.get(name, ("\n", "\n_hash_probe = 1\n"))  # a module added later: one new statement
@@ -208,17 +208,17 @@ def test_source_hash_changes_when_one_line_of_code_changes(tmp_path, monkeypatch
 
 def test_source_hash_ignores_docstring_and_comment_edits(tmp_path):
     """Prose edits in every hashed module (module and function docstrings, comments) keep the hash: they retrain nothing."""
-    copy = _copy_result_sources(tmp_path / "lib")
+    copy = _copy_result_sources(tmp_path / "packages")
     original = store.source_hash(folder=copy)
     for name in store.RESULT_SOURCES:
         src = (copy / name).read_text()
         assert src.startswith('"""'), f"{name} has no module docstring to reword"
         reworded = '"""Reworded for the test. ' + src[3:] + "\n# a trailing comment added by the test\n"
         (copy / name).write_text(reworded)
-    models_src = (copy / "models.py").read_text()
+    models_src = (copy / "lib/models.py").read_text()
     doc = '"""x_hat = sigmoid(logits)'
     assert doc in models_src
-    (copy / "models.py").write_text(models_src.replace(doc, '"""The image: x_hat = sigmoid(logits)', 1))
+    (copy / "lib/models.py").write_text(models_src.replace(doc, '"""The image: x_hat = sigmoid(logits)', 1))
     assert store.source_hash(folder=copy) == original
 
 

@@ -241,19 +241,19 @@ def _runs(rung, device="cpu", **precision_of):
 
 
 def test_a_ladder_is_not_resumed_where_auto_precision_would_train_other_models(tmp_path, monkeypatch):
-    import lib.config
+    import harness.config
 
     _runs(tmp_path / "rung-1", ConvVAE="bf16", GAN="bf16", BetaVAE="fp32")
     _runs(tmp_path / "rung-2", BetaVAE="fp32")  # a rung of β-VAEs only: always fp32, never a mismatch
     _runs(tmp_path / "rung-3", ConvVAE="fp32")
     _runs(tmp_path / "rung-4", device="cuda (NVIDIA H200)", ConvVAE="bf16")
-    monkeypatch.setattr(lib.config, "resolve_precision", lambda precision, device: "fp32")
+    monkeypatch.setattr(harness.config, "resolve_precision", lambda precision, device: "fp32")
     why = study.mixed_precision(tmp_path, [1, 2], "cpu")
     assert why.startswith("rung 1 trained its ConvVAEs and GANs in bf16 on CPU (cpu, Intel(R) Xeon(R) Processor); "
                           "here they would train in fp32 on CPU") and "on a CPU with AMX or AVX-512 BF16" in why
     assert "move report/study/ aside" in why
     assert study.mixed_precision(tmp_path, [2, 3], "cpu") is None
-    monkeypatch.setattr(lib.config, "resolve_precision", lambda precision, device: "bf16")
+    monkeypatch.setattr(harness.config, "resolve_precision", lambda precision, device: "bf16")
     assert study.mixed_precision(tmp_path, [1, 2], "cpu") is None
     assert "on a CPU without bf16 instructions" in study.mixed_precision(tmp_path, [3], "cpu")
     assert "in bf16 on CUDA" in study.mixed_precision(tmp_path, [4], "cpu") and "on a GPU" in \

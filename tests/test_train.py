@@ -7,7 +7,8 @@ import sys
 import pytest
 import torch
 
-from lib import config, train
+from harness import config
+from lib import train
 from lib.train import RunSpec, lr_at
 
 
@@ -88,7 +89,7 @@ def _threads_in_a_fresh_process(omp):
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
     if omp is not None:
         env["OMP_NUM_THREADS"] = omp
-    code = "import torch; from lib import config; n = config.set_threads(); print(n, torch.get_num_threads())"
+    code = "import torch; from harness import config; n = config.set_threads(); print(n, torch.get_num_threads())"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True,
                          cwd=config.ROOT, timeout=120)
     return tuple(int(v) for v in out.stdout.split())

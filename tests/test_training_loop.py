@@ -9,7 +9,8 @@ import math
 import pytest
 import torch
 
-from lib import config, store, train
+from harness import config
+from lib import store, train
 from lib.train import RunSpec, fit, fit_arms, fit_many
 
 SPEC = RunSpec(tag="loop", epochs=2, train_subset=192, test_subset=200, batch_size=64)

@@ -17,7 +17,7 @@ How the candidate and the target came about, so the rule can be judged: an explo
 (seeds 0 and 1, 2,200 steps, not kept) showed β2 = 0.99 reaching the validation bound's 106.5 region earlier;
 the final 5-epoch bounds had not been measured. ``make bench``'s time to quality (test images) played no part.
 
-Writes bench/adam_choice.json and prints a table; ``lib.config._VAE`` holds the choice.
+Writes bench/adam_choice.json and prints a table; ``harness.config._VAE`` holds the choice.
 
     .venv/bin/python tools/choose_adam.py
 
@@ -34,11 +34,12 @@ import torch
 
 from lib import data
 from lib.bounds import test_bound
-from lib.config import TRAIN_IMAGES, VALIDATION_IMAGES as VALIDATION, resolve, resolve_precision, set_threads
+from harness.config import TRAIN_IMAGES, VALIDATION_IMAGES as VALIDATION, resolve, resolve_precision, set_threads
 from lib.data import generator
 from builder.report import environment
 from lib.store import source_hash
-from lib.train import VAEFamily, spec_from
+from harness.notebook import spec_from
+from lib.train import VAEFamily
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))

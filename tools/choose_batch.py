@@ -14,7 +14,7 @@ seed 0, scores it on the held-out last 5,000 training images, and applies a rule
 The same rule answers a third question (``gan_epochs``): can the GAN, at the course report's batch and lr, train fewer
 epochs than the default profile's 20 and score as well on the validation images?
 
-Writes bench/batch_choice.json and prints a table; ``lib.config.PROFILES`` holds the choice (default profile;
+Writes bench/batch_choice.json and prints a table; ``harness.config.PROFILES`` holds the choice (default profile;
 the full profile keeps the course report's settings). Measured here (bench/batch_choice.json): neither net keeps its
 quality at a larger batch within these budgets, so both kept batch 64.
 
@@ -33,11 +33,12 @@ import torch
 
 from lib import data, evaluate
 from lib.bounds import test_bound
-from lib.config import TRAIN_IMAGES, VALIDATION_IMAGES as VALIDATION, resolve, set_threads
+from harness.config import TRAIN_IMAGES, VALIDATION_IMAGES as VALIDATION, resolve, set_threads
 from lib.data import generator
 from builder.report import environment
 from lib.store import source_hash
-from lib.train import fit, spec_from
+from harness.notebook import spec_from
+from lib.train import fit
 
 ROOT = Path(__file__).resolve().parent.parent
 SEED_SETTING = (64, 1e-3)

@@ -2,7 +2,7 @@
 
 Trains the BCE ConvVAE of 01_vae_basic (default profile, seed 0) on the first 55,000 training images for each
 candidate (learning rate, schedule) and scores the negative ELBO on the held-out last 5,000 training images.
-Writes bench/lr_choice.json and prints a table; `lib.config._VAE` holds the choice. Rows of earlier runs at
+Writes bench/lr_choice.json and prints a table; `harness.config._VAE` holds the choice. Rows of earlier runs at
 another epoch count stay in the file (``earlier``), so the cost of a shorter budget can be read there.
 
     .venv/bin/python tools/choose_lr.py [--epochs N]   # default: the default profile's epochs
@@ -20,7 +20,7 @@ import torch
 
 from lib import data
 from lib.bounds import test_bound
-from lib.config import VALIDATION_IMAGES as VALIDATION, resolve, resolve_precision, set_threads
+from harness.config import VALIDATION_IMAGES as VALIDATION, resolve, resolve_precision, set_threads
 from lib.data import generator
 from builder.report import environment
 from lib.store import source_hash

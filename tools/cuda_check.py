@@ -14,7 +14,7 @@ What it checks (each a real property; the script exits 1 if any fails):
    seeds 0, 1 and 2 on the CPU span 4 %).
 4. Evaluation runs on the GPU: test bound, IWAE bound (``lib.bounds``) and the classifier FID, the
    FID equal to the CPU's for the same classifier weights.
-6. Two trainings of the same spec give bit-identical histories (lib.config.deterministic_cuda).
+6. Two trainings of the same spec give bit-identical histories (harness.config.deterministic_cuda).
 7. The CUDA path (``lib.train``'s speed section): a captured graph draws the same noise as eager code
    from a reseeded generator; one epoch of each family with CUDA graphs matches the same epoch launched op
    by op (``GENMNIST_CUDA_GRAPHS=0``) within 1e-3 relative on every logged number (bit-identical where the
@@ -43,7 +43,8 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from lib import bounds, config, data, evaluate, models, train  # noqa: E402
+from harness import config, notebook  # noqa: E402
+from lib import bounds, data, evaluate, models, train  # noqa: E402
 from lib.data import generator  # noqa: E402
 
 RESULTS: list[dict] = []
@@ -187,11 +188,11 @@ def checks_2_to_6(dev: torch.device, prec: str, cache: Path) -> None:
 
 
 def default_spec(notebook: str, model: str, prec: str, **changes) -> train.RunSpec:
-    """The RunSpec the notebook's default profile trains (lib.config + lib.train.spec_from)."""
+    """The RunSpec the notebook's default profile trains (harness.config + harness.notebook.spec_from)."""
     cfg = config.resolve(notebook, "default")
     cfg["precision"] = prec
     extra = {"GAN": dict(adam_betas=(0.5, 0.999))}.get(model, {})
-    return train.spec_from(cfg, f"cc-{model.lower()}", model=model, **{**extra, **changes})
+    return notebook.spec_from(cfg, f"cc-{model.lower()}", model=model, **{**extra, **changes})
 
 
 def strip(history):
@@ -214,7 +215,7 @@ def fresh() -> Path:
 def cuda_path(dev: torch.device, prec: str, cache: Path, full_arm: bool) -> dict:
     """Checks and timings of lib.train's CUDA path (module docstring, 7 and 8)."""
     torch.backends.cudnn.allow_tf32 = True  # torch's default, as the notebooks run (check 3 turned it off)
-    speed: dict = {"settings": "the default profile's (lib.config), 60,000 training images, batch 64; "
+    speed: dict = {"settings": "the default profile's (harness.config), 60,000 training images, batch 64; "
                                f"precision {prec} for ConvVAE and GAN, fp32 for BetaVAE"}
     # a graph replay draws what eager code draws from a reseeded, registered generator
     g = torch.Generator(device=dev)
@@ -308,7 +309,7 @@ def cuda_path(dev: torch.device, prec: str, cache: Path, full_arm: bool) -> dict
     if full_arm:  # one arm of the full profile end to end: the BCE model's 3 training seeds x 250 epochs
         cfg = config.resolve("01_vae_basic", "full")
         cfg["precision"] = prec
-        specs = [train.spec_from(cfg, "cc-full-bce", recon="bce", seed=s) for s in range(3)]
+        specs = [notebook.spec_from(cfg, "cc-full-bce", recon="bce", seed=s) for s in range(3)]
         t0 = time.perf_counter()
         runs = train.fit_many(specs, device=dev, cache=fresh(), show_progress=True)
         wall = time.perf_counter() - t0

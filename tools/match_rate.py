@@ -5,7 +5,7 @@ different rates (KL). For a like-for-like comparison, this finds for MSE and L1 
 ``w * recon + KL`` whose model (default profile, seed 0, its epochs) has the BCE models' rate on the last
 5,000 *training* images, within ``TOLERANCE`` nats: a secant search on log w (the rate grows roughly
 linearly in log w). It never looks at the test set; the 5,000 images were seen in training (a rate is a
-property of the fitted model, not a held-out score, so no split is held back). Writes bench/rate_match.json; `lib.config` holds the
+property of the fitted model, not a held-out score, so no split is held back). Writes bench/rate_match.json; `harness.config` holds the
 chosen weights (``matched_weights``). The models it trains are the ones the notebook then loads from the
 cache (same spec, same run id).
 
@@ -23,14 +23,15 @@ from pathlib import Path
 
 from lib import data
 from lib.bounds import test_bound
-from lib.config import MATCHED_WEIGHTS, VALIDATION_IMAGES as VALIDATION, resolve, set_threads  # the rate is read there
+from harness.config import MATCHED_WEIGHTS, VALIDATION_IMAGES as VALIDATION, resolve, set_threads  # the rate is read there
 from lib.data import generator
 from builder.report import environment
-from lib.train import arm_specs, fit, spec_from
+from harness.notebook import arm_specs, spec_from
+from lib.train import fit
 
 ROOT = Path(__file__).resolve().parent.parent
 TOLERANCE = 0.5  # nats: tighter than the notebook's ±1 nat check, which is made on the test images
-FIRST_GUESS = dict(MATCHED_WEIGHTS)  # start from the weights chosen last time (lib.config)
+FIRST_GUESS = dict(MATCHED_WEIGHTS)  # start from the weights chosen last time (harness.config)
 
 
 def rate(run, images, recon: str, weight: float) -> float:

@@ -1,7 +1,7 @@
 """Profiles, parameter validation, seeding and device choice, one place for all notebooks.
 
 A notebook's parameters cell holds the default profile's values as literals; the next cell calls
-``lib.notebook.setup``, which calls ``resolve``: the values merged over the profile and checked against
+``harness.notebook.setup``, which calls ``resolve``: the values merged over the profile and checked against
 ``SCHEMA`` before any training starts (``make report`` calls it too).
 """
 from __future__ import annotations
@@ -11,14 +11,14 @@ import os
 import random
 import re
 import tempfile
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from . import data
-from .losses import RECON_LOSSES
+from lib import data
+from lib.losses import RECON_LOSSES
+from lib.train import LR_SCHEDULES
 
 ROOT = data.ROOT  # the project checkout
 NOTEBOOKS = ("01_vae_basic", "02_vae_derivation", "03_gan", "04_beta_vae", "05_noisy_data")
@@ -86,7 +86,6 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
                           (1, 1, 1, 3, 1))},
 }
 ALWAYS = dict(seed=0, device="auto", precision="auto", output_dir="report/lab")
-LR_SCHEDULES = ("constant", "cosine")
 NONE_MEANS_ALL = {"train_subset": int, "test_subset": int}  # None = every image of the split
 
 # Sizes that bound the parameters (checked before any training, rather than failing after it).
@@ -303,3 +302,4 @@ def set_threads() -> int:
     if not os.environ.get("OMP_NUM_THREADS"):
         torch.set_num_threads(os.cpu_count() or 1)
     return torch.get_num_threads()
+

@@ -1,15 +1,20 @@
 """What a tier notebook calls: ``cfg, ctx = setup("01_vae_basic", globals())`` (parameters -> validated
-config, and a context that scores and writes figures and runs), ``table``, ``summary`` and ``budget_check``."""
+config, and a context that scores, records runs, saves figures and the verdicts of ``lib.claims``), the RunSpecs
+a config describes (``spec_from``, ``arm_specs``, ``basic_bce_specs``), ``table``, ``summary``, ``budget_check`` and
+``gate_markdown``."""
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from . import data, evaluate, stats, store
+from lib import claims, data, evaluate, stats, store
+from lib.claims import Finding
+from lib.train import RunSpec
 from .config import parameter_names, resolve, seed_everything, set_threads
 
 SAVED_SAMPLES = 1000  # samples kept per run in report/runs/ (the scores use all n_samples)
@@ -67,6 +72,12 @@ class Context:
             self.record(run, metrics, samples, label)
         return metrics, samples
 
+    def findings(self, findings: list[Finding]) -> str:
+        """Save the verdicts (verdicts/<notebook>.json, what the report's findings table is built from) and return
+        them as Markdown to display."""
+        save_findings(findings, self.out, self.notebook, self.cfg["profile"])
+        return findings_markdown(findings)
+
     def figure(self, fig, name: str):
         """Save ``fig`` as figures/<notebook>_<name>.png and return it (so the notebook shows it)."""
         fig.savefig(self.out / "figures" / f"{self.notebook}_{name}.png", dpi=110, bbox_inches="tight")
@@ -95,6 +106,34 @@ def setup(notebook: str, namespace: dict[str, Any]) -> tuple[dict[str, Any], Con
     threads = set_threads()
     seed_everything(cfg["seed"])
     return cfg, Context(notebook, cfg, threads)
+
+
+def spec_from(cfg: dict[str, Any], tag: str, model: str = "ConvVAE", **changes: Any) -> RunSpec:
+    """The RunSpec a notebook's resolved config describes (same config -> same run id -> cache hit)."""
+    base = dict(tag=tag, model=model, epochs=cfg["epochs"], batch_size=cfg["batch_size"], lr=cfg["lr"],
+                lr_schedule=cfg.get("lr_schedule", "constant"), latent_dim=cfg["latent_dim"], seed=cfg["seed"],
+                train_subset=cfg["train_subset"], adam_betas=(0.9, cfg.get("adam_beta2", 0.999)),
+                test_subset=cfg["test_subset"],
+                # bf16 does not pay for the tiny BetaVAE on a CPU (make bench), so it stays fp32
+                precision="fp32" if model == "BetaVAE" else cfg.get("precision", "fp32"))
+    return RunSpec(**{**base, **changes})
+
+
+def arm_specs(cfg: dict[str, Any], tag: str, seeds: str = "seeds", model: str = "ConvVAE", **changes: Any) -> list[RunSpec]:
+    """One arm's RunSpecs, one per training seed: seed, seed + 1, ... (``cfg[seeds]`` of them). The first seed
+    keeps the plain tag, so that another tier asking for the same model gets the same run from the cache."""
+    first = cfg["seed"]
+    return [spec_from(cfg, tag if s == first else f"{tag}-s{s}", model, seed=s, **changes)
+            for s in range(first, first + cfg.get(seeds, 1))]
+
+
+def basic_bce_specs(cfg: dict[str, Any], epochs: int) -> list[RunSpec]:
+    """The basic tier's BCE VAE (01_vae_basic's, in ``cfg``'s profile) trained for ``epochs``, for each of its
+    training seeds: the models 02, 03 and 05 share with 01."""
+    shared = ("seed", "device", "precision", "train_subset", "test_subset", "classifier", "output_dir")
+    basic = resolve("01_vae_basic", cfg["profile"], epochs=epochs, **{k: str(cfg[k]) if k == "device" else cfg[k]
+                                                                      for k in shared})
+    return arm_specs(basic, "vae-bce", recon="bce")
 
 
 def _plain(x):
@@ -154,3 +193,34 @@ def budget_check(runs: list, epochs: int) -> str:
             + ("The budget is long enough by this rule." if max(moved) < spread else
                "It still moves more than the seed spread: **the budget is short by this rule**, and the verdicts "
                "judge models that are still improving (the `full` profile trains the course report's budgets)."))
+
+
+def findings_markdown(findings: list[Finding]) -> str:
+    """The verdicts as Markdown: one heading line per claim, one line per sub-claim with its anchor."""
+    lines, last = [], None
+    for f in findings:
+        if f.claim != last:
+            lines.append(f"\n**({f.claim}) {f.claim_text}**\n")
+            last = f.claim
+        note = f" *{f.note}.*" if f.note else ""
+        lines.append(f'- <span id="{f.anchor}"></span>{claims.LABELS[f.label]} **{f.label}** — {f.id}: {f.text}. '
+                     f"{f.deciding.rstrip('.')}.{note}")
+    return "\n".join(lines) if lines else "No sub-claim has the arms it needs in this run."
+
+
+def save_findings(findings: list[Finding], out: Path, notebook: str, profile: str) -> Path:
+    """<out>/verdicts/<notebook>.json: what the report's findings table is built from."""
+    path = Path(out) / "verdicts" / f"{notebook}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    doc = {"notebook": notebook, "profile": profile, "subclaims": [asdict(f) for f in findings]}
+    path.write_text(json.dumps(doc, indent=1, ensure_ascii=False) + "\n")
+    return path
+
+
+def gate_markdown(checks: dict[str, bool], known: dict[str, dict], metrics: list[str]) -> str:
+    """The known-case gate as Markdown: each known case's scores on ``metrics``, then every check of
+    ``evaluate.METRIC_CHECKS`` and whether it passed (a metric that failed enters no verdict)."""
+    rows = [{"known case": name, **{m: s[m] for m in metrics}} for name, s in known.items()]
+    return table(rows, ["known case", *metrics], digits=4) + "\n\n" + "\n".join(
+        f"- **{m}** ({word}): {rule} — {'passes ✓' if checks[m] else '**fails** ✗ (enters no verdict)'}"
+        for m, (word, rule, _) in evaluate.METRIC_CHECKS.items())
