@@ -160,8 +160,8 @@ def plan(notebooks: list[str], profile: str, overrides: dict[str, Any], output_d
 
 
 def source_files() -> list[Path]:
-    return sorted([*(ROOT / "lib").glob("*.py"), *(ROOT / "builder").glob("*.py"), *NB_DIR.glob("*.ipynb"),
-                   ROOT / "pyproject.toml", ROOT / "constraints.txt"])
+    return sorted([*(ROOT / "lib").glob("*.py"), *(ROOT / "harness").glob("*.py"), *(ROOT / "builder").glob("*.py"),
+                   *NB_DIR.glob("*.ipynb"), ROOT / "pyproject.toml", ROOT / "constraints.txt"])
 
 
 def sources_hash() -> str:
@@ -180,9 +180,9 @@ def _git(*args) -> str:
 
 
 def git_dirty() -> bool | str:
-    """Whether lib/, notebooks/ or the pinned dependencies differ from the commit; "unknown" where git cannot tell
+    """Whether lib/, harness/, notebooks/ or the pinned dependencies differ from the commit; "unknown" where git cannot tell
     (no git, no checkout)."""
-    status = _git("status", "--porcelain", "--", "lib", "notebooks", "pyproject.toml", "constraints.txt")
+    status = _git("status", "--porcelain", "--", "lib", "harness", "notebooks", "pyproject.toml", "constraints.txt")
     return "unknown" if status == "unknown" else bool(status)
 
 

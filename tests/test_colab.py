@@ -65,19 +65,20 @@ def test_install_cell_does_nothing_where_lib_is_importable(monkeypatch):
 
 
 def test_lib_finds_the_checkout_without_an_editable_install(tmp_path):
-    """lib copied into a site-packages-like folder (as `pip install .` leaves it), imported from a notebook
+    """lib and harness copied into a site-packages-like folder (as `pip install .` leaves it), imported from a notebook
     folder of a checkout: data/, the cache and the report folder are the checkout's, not site-packages'."""
     site, checkout = tmp_path / "site", tmp_path / "genmnist"
-    shutil.copytree(ROOT / "lib", site / "lib", ignore=shutil.ignore_patterns("__pycache__"))
+    for package in ("lib", "harness"):
+        shutil.copytree(ROOT / package, site / package, ignore=shutil.ignore_patterns("__pycache__"))
     (checkout / "notebooks").mkdir(parents=True)
     (checkout / "lib").mkdir()
     env = {k: v for k, v in os.environ.items() if k not in ("GENMNIST_ROOT", "MNIST_ROOT", "GENMNIST_CACHE")}
     env["PYTHONPATH"] = str(site)
-    code = ("import json, lib, harness.config, lib.data, lib.store; print(json.dumps([lib.__file__, str(harness.config.ROOT), "
-            "str(lib.data.DEFAULT_ROOT), str(lib.store.CACHE)]))")
+    code = ("import json, lib, harness.config, lib.data, lib.store; print(json.dumps([lib.__file__, harness.__file__, "
+            "str(harness.config.ROOT), str(lib.data.DEFAULT_ROOT), str(lib.store.CACHE)]))")
     out = subprocess.run([sys.executable, "-c", code], cwd=checkout / "notebooks", env=env, capture_output=True,
                          text=True, check=True).stdout
-    where, root, data, cache = json.loads(out.splitlines()[-1])
-    assert Path(where).is_relative_to(site)
+    where, harness, root, data, cache = json.loads(out.splitlines()[-1])
+    assert Path(where).is_relative_to(site) and Path(harness).is_relative_to(site)
     assert Path(root) == checkout.resolve() and Path(data) == checkout.resolve() / "data"
     assert Path(cache) == checkout.resolve() / "data" / "cache"
