@@ -1,6 +1,5 @@
 """harness.notebook, what the tier notebooks call: ``setup`` reads and validates their parameters, ``table``
 and ``summary`` format results."""
-import random
 
 import numpy as np
 import pytest
