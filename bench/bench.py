@@ -394,7 +394,7 @@ def machine() -> dict:
             "torch": torch.__version__, "torchvision": torchvision.__version__, "python": platform.python_version(),
             "torch_threads": torch.get_num_threads(), "precision_auto": lconfig.resolve_precision("auto", CPU),
             "git_commit": git("rev-parse", "--short", "HEAD"),
-            "git_dirty_lib_bench": bool(git("status", "--porcelain", "--", "lib", "bench"))}
+            "git_dirty_lib_bench": bool(git("status", "--porcelain", "--", "lib", "harness", "bench"))}
 
 
 # --- measure 3: two kernels at once ----------------------------------------------------------

@@ -1,2 +1,3 @@
-"""The notebooks' harness: profiles and parameter checks (``config``), and what a tier notebook calls around ``lib``
-(``notebook``: setup, the run context that scores and records, tables and verdicts shown)."""
+"""The notebooks' harness around ``lib``: profiles and parameter checks (``config``), what a tier notebook calls
+(``notebook``: setup, the run context that scores and records, tables and verdicts shown) and what needs a person at
+the kernel (``live``: 04's latent-space explorer). It imports ``lib``; ``lib`` never imports it."""

@@ -302,4 +302,3 @@ def set_threads() -> int:
     if not os.environ.get("OMP_NUM_THREADS"):
         torch.set_num_threads(os.cpu_count() or 1)
     return torch.get_num_threads()
-

@@ -66,7 +66,7 @@ class Context:
                "test": store.digest(test_x), "reference": None if reference_x is None else store.digest(reference_x),
                **({} if target is None else {"target": store.digest(target)}),
                **{k: cfg[k] for k in ("n_samples", "iwae_k", "iwae_images")}}
-        metrics, samples = store.memo("score", key, compute)
+        metrics, samples = store.memo("score", key, compute, files=(*store.SCORE_SOURCES, "harness/notebook.py"))
         metrics["seed"] = s.seed  # the training seed: lib.claims pairs arms by it
         if label is not None:
             self.record(run, metrics, samples, label)

@@ -22,7 +22,7 @@ from .data import ROOT
 CACHE = Path(os.environ.get("GENMNIST_CACHE", ROOT / "data" / "cache"))
 PACKAGES = Path(__file__).resolve().parent.parent  # lib/ and harness/ (the checkout, or site-packages)
 RESULT_SOURCES = tuple(f"lib/{m}.py" for m in ("data", "models", "losses", "noise", "bounds", "train"))  # run ids
-SCORE_SOURCES = (*RESULT_SOURCES, "lib/evaluate.py", "lib/stats.py", "harness/notebook.py")  # hashed by memo keys
+SCORE_SOURCES = (*RESULT_SOURCES, "lib/evaluate.py", "lib/stats.py")  # hashed by memo keys
 
 
 def code_only(source: str) -> str:
@@ -145,13 +145,14 @@ def digest(*parts: Any) -> str:
     return h.hexdigest()[:16]
 
 
-def memo(kind: str, key: dict[str, Any], compute: Callable[[], Any], cache: Path = CACHE) -> Any:
+def memo(kind: str, key: dict[str, Any], compute: Callable[[], Any], cache: Path = CACHE,
+         files: tuple[str, ...] = SCORE_SOURCES) -> Any:
     """``compute()``, kept in ``cache/scores/`` under ``key`` and the code of ``SCORE_SOURCES``; always the loaded
     copy (tuples become lists), so a first and a later call give the same types. An unreadable entry is computed
     again; ``GENMNIST_MEMO=0`` turns keeping off."""
     if os.environ.get("GENMNIST_MEMO", "1") == "0":
         return compute()
-    path = Path(cache) / "scores" / f"{kind}-{digest(key, source_hash(files=SCORE_SOURCES))}.pt"
+    path = Path(cache) / "scores" / f"{kind}-{digest(key, source_hash(files=files))}.pt"
     with exclusive(path):
         remove_orphans(path)
         if path.exists():

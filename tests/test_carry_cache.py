@@ -3,6 +3,7 @@ bit, copied (never moved) under today's run ids, and nothing carried that the ol
 import importlib.util
 from pathlib import Path
 
+import pytest
 import torch
 
 from lib import store
@@ -46,3 +47,33 @@ def test_carry_copies_what_the_old_code_trained_under_todays_ids_and_nothing_els
     assert store.checkpoint_path(runs[0].run_id, cache).exists(), "the original stays"
     assert not store.checkpoint_path("t1-today", cache).exists(), "a run the old code did not train is not carried"
     assert carry_cache.carry("old", cache) == (0, 1, 2), "a second carry finds it there (and skips the copy itself)"
+
+
+def test_carry_leaves_a_checkpoint_under_a_foreign_folder_and_a_kind_the_check_did_not_train(tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    run = fit(RunSpec("t", train_subset=64, test_subset=64, epochs=1), cache=cache, show_progress=False)
+    moved = store.checkpoint_path("elsewhere", cache)  # the right state, in another run's folder
+    moved.parent.mkdir(parents=True)
+    moved.write_bytes(store.checkpoint_path(run.run_id, cache).read_bytes())
+    untested = store.checkpoint_path("gan-bf16", cache)  # a kind the CPU check never trains
+    store.save_checkpoint(untested, {"run_id": "gan-bf16", "spec": {**run.spec.key(), "model": "GAN",
+                                                                    "precision": "bf16"}})
+    monkeypatch.setattr(carry_cache, "run_in", lambda checkout, specs, mode, cache=None:
+                        [run.run_id if checkout == "old" else "t-today" for _ in specs])
+    assert carry_cache.carry("old", cache) == (1, 0, 2)
+    assert not store.checkpoint_path("gan-bf16-today", cache).exists()
+
+
+def test_check_refuses_when_the_two_codes_train_different_models(tmp_path, monkeypatch, capsys):
+    def run_in(checkout, specs, mode, cache=None):  # the "old" code trains one more step's worth of difference
+        ids = [f"{s['tag']}-{i}" for i, s in enumerate(specs)]
+        for i, run_id in enumerate(ids):
+            w = torch.full((2,), float(i)) + (1e-6 if Path(checkout).name == "old" and i == 3 else 0.0)
+            store.save_checkpoint(store.checkpoint_path(run_id, cache), {"model": {"w": w}, "run_id": run_id})
+        return ids
+
+    monkeypatch.setattr(carry_cache, "run_in", run_in)
+    with pytest.raises(SystemExit, match="train different models .1 differences.; nothing carried"):
+        carry_cache.check(tmp_path / "old", tmp_path)
+    out = capsys.readouterr().out
+    assert out.count("bit-identical") == len(carry_cache.CHECK_SPECS) - 1 and "DIFFERS: /model/w" in out

@@ -158,3 +158,13 @@ def test_lib_holds_no_build_machinery():
         names |= {n.module.split(".")[0] for n in ast.walk(tree)
                   if isinstance(n, ast.ImportFrom) and n.module and n.level == 0}
         assert not names & banned, f"lib/{path.name} imports {sorted(names & banned)}"
+
+
+def test_harness_never_imports_the_report_build():
+    """harness/ sits between lib and builder: the notebooks run it in JupyterLab and Colab, where no build runs."""
+    for path in sorted((ROOT / "harness").glob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        names = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        names |= {n.module.split(".")[0] for n in ast.walk(tree)
+                  if isinstance(n, ast.ImportFrom) and n.module and n.level == 0}
+        assert not names & {"builder", "papermill", "nbconvert"}, f"harness/{path.name} imports {sorted(names)}"

@@ -287,7 +287,7 @@ def test_report_refuses_a_misspelt_parameter_before_running_with_a_hint(tmp_path
                      r"'epoch' -> 'epochs'", r.stderr), r.stderr
     assert not (tmp_path / "report").exists() and _leftovers(tmp_path) == []
     with pytest.raises(ParameterError, match=r"unknown parameter\(s\) \['iwae_k'\] for \['03_gan'\]"):
-        R.plan(["03_gan"], "smoke", {"iwae_k": 5}, tmp_path / "out")  # in lib's profile, not in 03's cell
+        R.plan(["03_gan"], "smoke", {"iwae_k": 5}, tmp_path / "out")  # in harness.config's profile, not in 03's cell
 
 
 def test_p_profile_is_the_profile_and_p_output_dir_is_refused_with_the_reason(tmp_path):

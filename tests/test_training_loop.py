@@ -5,6 +5,7 @@ inconsistent grids) or a killed save's leftover never stops a notebook. The CUDA
 streams) needs a GPU: tools/cuda_check.py checks it there."""
 import dataclasses
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -187,3 +188,18 @@ def test_a_continued_run_keeps_only_the_grids_its_own_schedule_draws(tmp_path, m
     long = fit(dataclasses.replace(short, epochs=2 * train.GRID_EPOCHS + 4), cache=tmp_path, show_progress=False)
     assert set(long.grid_epochs) <= set(train.grid_epochs(long.spec.epochs)) and len(long.grids) == len(long.grid_epochs)
     assert long.grid_epochs == sorted(long.grid_epochs) and long.grid_epochs[-1] == long.spec.epochs
+
+
+def test_cuda_checks_build_the_default_profiles_specs_without_a_gpu():
+    """tools/cuda_check.py runs only where a GPU is lent: the specs it trains are built here, so a broken name in it
+    is found before a device session is spent on it."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "tools" / "cuda_check.py"
+    spec = importlib.util.spec_from_file_location("cuda_check", path)
+    cc = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cc)
+    vae = cc.default_spec("01_vae_basic", "ConvVAE", "bf16")
+    gan = cc.default_spec("03_gan", "GAN", "fp32")
+    assert (vae.model, vae.precision, vae.lr_schedule) == ("ConvVAE", "bf16", "cosine")
+    assert (gan.model, gan.adam_betas, gan.tag) == ("GAN", (0.5, 0.999), "cc-gan")

@@ -9,8 +9,10 @@ The check comes first and decides: in two empty caches, the code at OLD (a git w
 train the same smoke-sized runs, one of every kind the notebooks train (BCE, MSE and L1 with a weight, no KL, the
 BetaVAE, the GAN, noisy data, a denoising VAE, bf16, and a constant-lr run continued from a shorter one); every
 tensor, history number and grid of every checkpoint must be equal (the epoch times aside), or nothing is carried.
-A checkpoint already under its new id is left alone, nothing is deleted, and score memos are not carried: today's
-code computes them again (and so re-derives every number of the report from the carried weights).
+The check runs on the CPU, so only runs of a model and precision it trained are carried (a checkpoint does not say
+which device trained it: a cache trained on a GPU needs the check run there). A checkpoint already under its new id
+is left alone, nothing is deleted, and score memos are not carried: today's code computes them again (and so
+re-derives every number of the report from the carried weights).
 """
 from __future__ import annotations
 
@@ -94,10 +96,10 @@ def check(old: Path, work: Path) -> None:
     ids = {}
     for name, checkout in (("old", old), ("new", ROOT)):
         print(f"training {len(CHECK_SPECS)} smoke runs with the {name} code ({checkout})", flush=True)
-        ids[name] = run_in(checkout, CHECK_SPECS, "train", work / name)
+        ids[name] = run_in(checkout, CHECK_SPECS, "train", work / f"cache-{name}")
     bad = []
-    for spec, old_id, new_id in zip(CHECK_SPECS, ids["old"], ids["new"]):
-        a, b = (torch.load(store.checkpoint_path(i, work / n), map_location="cpu", weights_only=True)
+    for spec, old_id, new_id in zip(CHECK_SPECS, ids["old"], ids["new"], strict=True):
+        a, b = (torch.load(store.checkpoint_path(i, work / f"cache-{n}"), map_location="cpu", weights_only=True)
                 for i, n in ((old_id, "old"), (new_id, "new")))
         found = differences(a, b)
         print(f"  {spec['tag']} ({spec['epochs']} epochs): {'bit-identical' if not found else 'DIFFERS: ' + found[0]}")
@@ -107,25 +109,38 @@ def check(old: Path, work: Path) -> None:
                          "nothing carried: retrain instead")
 
 
+CHECKED = {(s.get("model", "ConvVAE"), s.get("precision", "fp32")) for s in CHECK_SPECS}
+
+
 def carry(old: Path, cache: Path) -> tuple[int, int, int]:
-    """Copy each checkpoint of ``cache`` whose run id is the one the old code gives its spec to the new run id.
-    Returns (carried, already there, skipped as trained by other code)."""
-    paths = sorted(cache.glob("*/checkpoint.pt"))
-    states = [(p, torch.load(p, map_location="cpu", weights_only=True)) for p in paths]
+    """Copy each checkpoint of ``cache`` whose run id is the one the old code gives its spec, and whose model and
+    precision the check trained, to the new run id. Returns (carried, already there, left: trained by other code,
+    unreadable, or of a kind the check did not train)."""
+    states = []
+    for path in sorted(cache.glob("*/checkpoint.pt")):
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            spec = state["spec"]
+        except Exception:  # noqa: BLE001 - unreadable, or no spec: not ours to carry
+            continue
+        if (spec.get("model", "ConvVAE"), spec.get("precision", "fp32")) in CHECKED:
+            states.append((path, state))
+    left = len(list(cache.glob("*/checkpoint.pt"))) - len(states)
     specs = [s["spec"] for _, s in states]
     old_ids, new_ids = run_in(old, specs, "ids"), run_in(ROOT, specs, "ids")
-    carried = there = other = 0
-    for (path, state), old_id, new_id in zip(states, old_ids, new_ids):
+    carried = there = 0
+    for (path, state), old_id, new_id in zip(states, old_ids, new_ids, strict=True):
         if state.get("run_id") != old_id or path.parent.name != old_id:
-            other += 1
+            left += 1
             continue
         target = store.checkpoint_path(new_id, cache)
-        if target.exists():
-            there += 1
-            continue
-        store.save_checkpoint(target, {**state, "run_id": new_id})
+        with store.exclusive(target):  # a build training this very run waits, then finds it
+            if target.exists():
+                there += 1
+                continue
+            store.save_checkpoint(target, {**state, "run_id": new_id})
         carried += 1
-    return carried, there, other
+    return carried, there, left
 
 
 def main(argv=None) -> None:
@@ -142,7 +157,7 @@ def main(argv=None) -> None:
             if not args.check_only:
                 carried, there, other = carry(old, args.cache)
                 print(f"{args.cache}: {carried} checkpoints carried to today's run ids, {there} already there, "
-                      f"{other} trained by other code left as they are")
+                      f"{other} left as they are (trained by other code, unreadable, or of a kind not checked)")
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(old)], cwd=ROOT, check=False)
 

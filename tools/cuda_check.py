@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from harness import config, notebook  # noqa: E402
+from harness import config, notebook as hnotebook  # noqa: E402
 from lib import bounds, data, evaluate, models, train  # noqa: E402
 from lib.data import generator  # noqa: E402
 
@@ -192,7 +192,7 @@ def default_spec(notebook: str, model: str, prec: str, **changes) -> train.RunSp
     cfg = config.resolve(notebook, "default")
     cfg["precision"] = prec
     extra = {"GAN": dict(adam_betas=(0.5, 0.999))}.get(model, {})
-    return notebook.spec_from(cfg, f"cc-{model.lower()}", model=model, **{**extra, **changes})
+    return hnotebook.spec_from(cfg, f"cc-{model.lower()}", model=model, **{**extra, **changes})
 
 
 def strip(history):
@@ -309,7 +309,7 @@ def cuda_path(dev: torch.device, prec: str, cache: Path, full_arm: bool) -> dict
     if full_arm:  # one arm of the full profile end to end: the BCE model's 3 training seeds x 250 epochs
         cfg = config.resolve("01_vae_basic", "full")
         cfg["precision"] = prec
-        specs = [notebook.spec_from(cfg, "cc-full-bce", recon="bce", seed=s) for s in range(3)]
+        specs = [hnotebook.spec_from(cfg, "cc-full-bce", recon="bce", seed=s) for s in range(3)]
         t0 = time.perf_counter()
         runs = train.fit_many(specs, device=dev, cache=fresh(), show_progress=True)
         wall = time.perf_counter() - t0
