@@ -109,23 +109,28 @@ def check(old: Path, work: Path) -> None:
                          "nothing carried: retrain instead")
 
 
-CHECKED = {(s.get("model", "ConvVAE"), s.get("precision", "fp32")) for s in CHECK_SPECS}
+def kind(spec: dict) -> tuple[str, str]:
+    """A spec's model and precision (RunSpec's defaults where a key is absent)."""
+    return spec.get("model", "ConvVAE"), spec.get("precision", "fp32")
+
+
+CHECKED = {kind(s) for s in CHECK_SPECS}
 
 
 def carry(old: Path, cache: Path) -> tuple[int, int, int]:
     """Copy each checkpoint of ``cache`` whose run id is the one the old code gives its spec, and whose model and
     precision the check trained, to the new run id. Returns (carried, already there, left: trained by other code,
     unreadable, or of a kind the check did not train)."""
-    states = []
-    for path in sorted(cache.glob("*/checkpoint.pt")):
+    paths, states = sorted(cache.glob("*/checkpoint.pt")), []
+    for path in paths:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
             spec = state["spec"]
         except Exception:  # noqa: BLE001 - unreadable, or no spec: not ours to carry
             continue
-        if (spec.get("model", "ConvVAE"), spec.get("precision", "fp32")) in CHECKED:
+        if kind(spec) in CHECKED:
             states.append((path, state))
-    left = len(list(cache.glob("*/checkpoint.pt"))) - len(states)
+    left = len(paths) - len(states)
     specs = [s["spec"] for _, s in states]
     old_ids, new_ids = run_in(old, specs, "ids"), run_in(ROOT, specs, "ids")
     carried = there = 0
