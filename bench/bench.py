@@ -45,7 +45,7 @@ from lib import data as ldata, losses as llosses, train as ltrain  # noqa: E402
 from lib.bounds import test_bound as lib_test_bound  # noqa: E402
 
 TARGET_NATS = 106.0  # BCE test bound, nats/image, over all 10,000 test images
-TARGET_SEED_OVER_LIB = 4.0  # course-report pipeline ("seed" in bench.json) time to quality / lib's, at least
+TARGET_COURSE_OVER_LIB = 4.0  # course-report pipeline ("course" in bench.json) time to quality / lib's, at least
 TARGET_MLP_OVER_LIB = 1.0  # pytorch/examples MLP time / lib time, more than
 EVAL_EVERY = 100  # training steps between evaluations
 TEST_SEED = 12345  # evaluation noise: the same generator seed for every trainer and evaluation
@@ -55,7 +55,7 @@ CPU = torch.device("cpu")
 
 # --- the course report's pipelines, faithfully (CPU instead of .cuda(), the train split) --------
 
-class SeedConvVAE(nn.Module):
+class CourseConvVAE(nn.Module):
     """The course report's basic-tier VAE, layer for layer; ``forward`` runs the encoder twice."""
 
     def __init__(self):
@@ -90,7 +90,7 @@ class SeedConvVAE(nn.Module):
         return self.decoder(self.get_temp(z).view(-1, 128, 7, 7))
 
 
-def seed_vae_loss(new_x, old_x, mu, logvar):
+def course_vae_loss(new_x, old_x, mu, logvar):
     bce = F.binary_cross_entropy(new_x, old_x, reduction="sum")  # the course report's size_average=False
     return bce - 0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())  # + its KLD
 
@@ -137,10 +137,10 @@ class ExamplesMLPVAE(nn.Module):
 
 # --- one training step of each torchvision pipeline, fetching its batch included --------------
 
-def seed_vae_step(model, opt, it, tally):
+def course_vae_step(model, opt, it, tally):
     data, _ = next(it)
     new_img, mu, logvar = model(data)
-    loss = seed_vae_loss(new_img, data, mu, logvar)
+    loss = course_vae_loss(new_img, data, mu, logvar)
     tally[0] += loss.item()
     opt.zero_grad()
     loss.backward()
@@ -204,10 +204,10 @@ def throughput_plan(train_x, test_x):
     the test bound of 1,000 test images."""
     th, conv = torch.get_num_threads(), lib_spec("01_vae_basic", recon="bce")
     beta = lib_spec("04_beta_vae", model="BetaVAE", beta=2.0)
-    sv = ltrain.seeded_init(SeedConvVAE, INIT_SEED)
-    sv_step = partial(seed_vae_step, sv, torch.optim.Adam(sv.parameters(), lr=1e-3), tv_batches(64, 0), [0.0])
+    cv = ltrain.seeded_init(CourseConvVAE, INIT_SEED)
+    cv_step = partial(course_vae_step, cv, torch.optim.Adam(cv.parameters(), lr=1e-3), tv_batches(64, 0), [0.0])
     return {"ConvVAE": (64, [
-        ("seed", sv_step, th, "DataLoader+ToTensor, encoder twice, fp32, Adam 1e-3, .item()"),
+        ("course", cv_step, th, "DataLoader+ToTensor, encoder twice, fp32, Adam 1e-3, .item()"),
         ("lib", lib_vae_variant(conv, train_x), th, f"VAEFamily.step: {conv.precision}, fused Adam, channels_last"),
         ("lib fp32", lib_vae_variant(dataclasses.replace(conv, precision="fp32"), train_x), th, "no autocast"),
         ("lib NCHW", lib_vae_variant(conv, train_x, nchw=True), th, "default memory layout"),
@@ -242,7 +242,7 @@ def measure_throughput(plan, rounds, min_run_time, log):
         for name, _, threads, note in variants:
             row = out[model][name] = {"threads": threads, "note": note, "images_per_s": [round(v, 1) for v in
                                       ips[name]], "images_per_s_median": round(statistics.median(ips[name]), 1)}
-            for ref in ("seed", "lib"):
+            for ref in ("course", "lib"):
                 if name != ref and ref in ips:
                     per_round = [a / b for a, b in zip(ips[name], ips[ref])]
                     row[f"ratio_vs_{ref}_per_round"] = [round(v, 3) for v in per_round]
@@ -256,7 +256,7 @@ def measure_throughput(plan, rounds, min_run_time, log):
 def bce_bound(model, x):
     """Negative ELBO in nats/image over all of x: eval mode, one z per image, eps drawn per 1,000-image
     batch from a generator seeded TEST_SEED (as lib.bounds.test_bound draws it). ``encode`` -> (mu,
-    logvar), then ``decode_logits`` (lib) or ``decode_probs`` (seed, MLP: BCE on probabilities with
+    logvar), then ``decode_logits`` (lib) or ``decode_probs`` (course report, MLP: BCE on probabilities with
     torch's log clamp at -100, the loss those pipelines train on)."""
     was_training, g, total = model.training, torch.Generator().manual_seed(TEST_SEED), 0.0
     model.eval()
@@ -318,10 +318,10 @@ def time_to_quality(train_x, test_x, budget, every, log):
     seconds, or (lib) ends its schedule."""
     spec = lib_spec("01_vae_basic", recon="bce")
     fam, mlp = ltrain.VAEFamily(spec, CPU), ltrain.seeded_init(ExamplesMLPVAE, 1)
-    seed = ltrain.seeded_init(SeedConvVAE, INIT_SEED)
+    course = ltrain.seeded_init(CourseConvVAE, INIT_SEED)
     trainers = {  # name: (model, batch, generator factory, description)
-        "seed": (seed, 64, partial(torchvision_trainer, seed, seed_vae_step, tv_batches(64, 0), 0, every),
-                 "seed ConvVAE: Adam 1e-3 constant, batch 64, fp32, DataLoader+ToTensor, encoder twice"),
+        "course": (course, 64, partial(torchvision_trainer, course, course_vae_step, tv_batches(64, 0), 0, every),
+                   "course report ConvVAE: Adam 1e-3 constant, batch 64, fp32, DataLoader+ToTensor, encoder twice"),
         "lib": (fam.parts["model"], spec.batch_size, partial(lib_trainer, fam, spec, train_x, every),
                 f"lib ConvVAE, 01_vae_basic/default: lr {spec.lr} {spec.lr_schedule} over {spec.epochs} epochs, "
                 f"batch {spec.batch_size}, {spec.precision}, fused Adam betas {tuple(spec.adam_betas)}"),
@@ -350,7 +350,7 @@ def time_to_quality(train_x, test_x, budget, every, log):
                 r["eval_seconds"] += time.perf_counter() - t0
                 r["history"].append([r["steps"], round(r["train_seconds"], 2), round(b, 3)])
                 r["best_bound"] = b if r["best_bound"] is None else min(b, r["best_bound"])
-                log(f"ttq {name:4} step {r['steps']:6d}  epoch {r['epochs']:5.2f}  train {r['train_seconds']:7.1f} s"
+                log(f"ttq {name:6} step {r['steps']:6d}  epoch {r['epochs']:5.2f}  train {r['train_seconds']:7.1f} s"
                     f"  eval {r['eval_seconds']:6.1f} s  bound {b:7.2f}")
                 if b <= TARGET_NATS:
                     r["reached"], r["seconds_to_target"], r["stopped"] = True, r["train_seconds"], "target reached"
@@ -441,19 +441,19 @@ def two_kernels(seconds: float, log) -> dict:
 
 def print_summary(rep) -> None:
     num = lambda v, spec: "" if v is None else format(v, spec)  # noqa: E731
-    print(f"\n{'model':12} {'variant':18} {'threads':>7} {'img/s':>8} {'x seed':>7} {'x lib':>6}  note")
+    print(f"\n{'model':12} {'variant':18} {'threads':>7} {'img/s':>8} {'x course':>8} {'x lib':>6}  note")
     for model, rows in rep["throughput"].items():
         for name, r in rows.items():
             print(f"{model:12} {name:18} {r['threads']:7d} {r['images_per_s_median']:8.0f} "
-                  f"{num(r.get('ratio_vs_seed'), '.2f'):>7} {num(r.get('ratio_vs_lib'), '.2f'):>6}  {r['note']}")
+                  f"{num(r.get('ratio_vs_course'), '.2f'):>8} {num(r.get('ratio_vs_lib'), '.2f'):>6}  {r['note']}")
     s = rep["settings"]
     print(f"\nTime to a test bound <= {TARGET_NATS} nats/image ({s['test_images']} test images, every "
           f"{s['eval_every_steps']} steps, budget {s['ttq_budget_s']:.0f} s of training each):")
     for name, r in rep["time_to_quality"].items():
         got = f"{r['seconds_to_target']:.1f} s" if r["reached"] else f"not reached in {r['train_seconds']:.0f} s"
-        print(f"  {name:4} {got:22} best {num(r['best_bound'], '.2f'):>7}  {r['steps']} steps "
+        print(f"  {name:6} {got:22} best {num(r['best_bound'], '.2f'):>7}  {r['steps']} steps "
               f"({r['epochs']:.2f} epochs), eval {r['eval_seconds']:.1f} s, stopped: {r['stopped']}")
-    for key, label in (("seed_over_lib", "seed / lib"), ("mlp_over_lib", "MLP / lib")):
+    for key, label in (("course_over_lib", "course / lib"), ("mlp_over_lib", "MLP / lib")):
         t = rep["targets"][key]
         print(f"  {label}: {t['kind']} {num(t['value'], '.2f')}  (target {t['target']}, met: {t['met']})")
     print(f"\nTwo kernels at once, {rep['settings']['threads']} cores shared (summed img/s over one kernel's):")
@@ -516,7 +516,7 @@ def main(argv=None) -> int:
         "time_to_quality": ttq,
         "time_to_quality_definition": f"training s (evaluation excluded) until the BCE test bound first <= "
                                       f"{TARGET_NATS}, evaluated every {every} steps; history: [steps, train s, bound]",
-        "targets": {"seed_over_lib": ttq_ratio(ttq["seed"], ttq["lib"], TARGET_SEED_OVER_LIB),
+        "targets": {"course_over_lib": ttq_ratio(ttq["course"], ttq["lib"], TARGET_COURSE_OVER_LIB),
                     "mlp_over_lib": ttq_ratio(ttq["mlp"], ttq["lib"], TARGET_MLP_OVER_LIB, strict=True),
                     "note": "reported, never asserted; '>=' / '<=': one side's training seconds stand in for its time"},
         "two_kernels": kernels,

@@ -7,7 +7,8 @@ Each claim (a)-(g) is split into sub-claims, each naming its metric (one that pa
 (g > 0: as the claim says) is
 
 * **kept** when lo >= the floor (the whole interval: a difference at least the floor's size); **refuted** when
-  hi < 0 (the other way) or hi < the floor (any difference is smaller than the floor); **inconclusive** otherwise
+  hi < the floor (the interval rules out a gain as large as the floor: the other way, none, or too small to
+  count); **inconclusive** otherwise
   (among them a gain above the floor whose interval reaches below it), or when the metric failed its known-case
   check, where
 * the **effect floor** is ``FLOOR`` x the metric's known-case separation (e.g. real vs blurred digits), or a fixed
@@ -15,13 +16,16 @@ Each claim (a)-(g) is split into sub-claims, each naming its metric (one that pa
 * [lo, hi] is g's two-sided t-interval (``lib.stats.difference``: paired when both arms have exactly the same training
   seeds and are the same kind of model, else Welch) at confidence 1 - 0.05 / m for a claim with m tested sub-claims
   (Bonferroni); an arm with one training seed has no spread of its own: [lo, hi] is then the t-interval it would
-  have if both arms had the largest seed SD of that metric among the notebook's arms with several seeds, at that
-  SD's degrees of freedom (``lib.stats.borrowed_interval``: "a gap larger than any plausible seed SD", as far as
-  the largest SD measured is plausible for these arms); with no seed SD at all, nothing is decided.
+  have if both arms' seed SD were ``PLAUSIBLE`` (5) times the largest seed SD of that metric among the notebook's
+  arms with several seeds, at that SD's degrees of freedom (``lib.stats.borrowed_interval``): a label is given
+  only to "a gap larger than any plausible seed SD", a plausible SD being up to 5x one measured on another arm
+  (the seed SDs of one metric differed 3-5x between arms in the reviews of earlier builds); with no seed SD at
+  all, nothing is decided.
 
 Written in December 2026, after the numbers of earlier builds had been seen (it replaced a 2-SE margin on pooled
-seed SDs with flat "partly kept" labels, and was revised once after a review); a sub-claim's ``note`` says what
-else changed, and docs/methods.md (Disclosure) lists every change made after numbers were seen.
+seed SDs with flat "partly kept" labels, was revised once after a review, and on 7 December 2026 widened the
+one-seed arms' borrowed SD by ``PLAUSIBLE`` after a second review); a sub-claim's ``note`` says what else
+changed, and docs/methods.md (Disclosure) lists every change made after numbers were seen.
 """
 from __future__ import annotations
 
@@ -31,6 +35,7 @@ from .stats import Arm, arm, borrowed_interval, difference
 
 FLOOR = 0.1   # fraction of a metric's known-case separation below which a difference does not count
 ALPHA = 0.05  # split over a claim's tested sub-claims (Bonferroni)
+PLAUSIBLE = 5.0  # a one-seed arm's seed SD is taken as this many times the largest measured on a notebook's arms
 # metric -> (known case, known case) whose difference is its separation; or a fixed floor (nats)
 SEPARATION: dict[str, tuple[str, str] | float] = {
     "fid": ("real", "blurred"), "fid_inverted": ("real", "blurred"),
@@ -80,7 +85,10 @@ CLAIMS: dict[str, Claim] = {
                   "not the decoder's point summary)", "sharpness_gap_binarised", "L1", "MSE",
             note="added in December 2026 after an expert review of earlier numbers"),
         Sub("a4", "at matched rate (KL): L1 nearer real digits' edge energy than MSE", "sharpness_gap",
-            "L1 matched", "MSE matched"))),
+            "L1 matched", "MSE matched"),
+        Sub("a5", "control: the edge advantage over BCE survives binarising every sample at 0.5",
+            "sharpness_gap_binarised", "L1", "BCE", note="added on 7 December 2026 after a second review (a2 had no "
+                                                          "control); it changes (a)'s Bonferroni level from 4 to 5 tests"))),
     "b": Claim("MSE digits are darker but crisper than BCE's", "01_vae_basic", (
         Sub("b1", "MSE samples darker (lower stroke brightness)", "stroke_brightness", "MSE", "BCE"),
         Sub("b2", "MSE samples crisper (less grey between black and white)", "greyness", "MSE", "BCE"),
@@ -93,7 +101,9 @@ CLAIMS: dict[str, Claim] = {
         Sub("d1", "β=2 samples clearer (lower FID) than β=1's", "fid", "β=2", "β=1"),
         Sub("d2", "... than β=3's", "fid", "β=2", "β=3"),
         Sub("d3", "... than β=4's", "fid", "β=2", "β=4"),
-        Sub("d4", "β=2 reconstructs more accurately (lower distortion) than β=1", "test_recon", "β=2", "β=1"),
+        Sub("d4", "β=2 reconstructs more accurately (lower distortion) than β=1", "test_recon", "β=2", "β=1",
+            note="the objective predicts the opposite: at each β's optimum distortion cannot fall as β grows (the "
+                 "rate-distortion trade-off), so a refutation here agrees with the objective rather than adding to it"),
         Sub("d5", "larger β carries less information (rate β=4 below β=1)", "test_kl", "β=4", "β=1",
             kind="construction", note="the β-weighted objective trades rate for distortion by design"))),
     "e": Claim("up to 10 % noise barely hurts; beyond 10 % it hurts, 80 % badly", "05_noisy_data", (
@@ -138,6 +148,7 @@ class Finding:
     deciding: str
     anchor: str
     note: str = ""
+    numbers: dict | None = None  # a tested sub-claim's gain, interval, floor and how the interval was made
 
 
 def floors(known: dict[str, dict]) -> dict[str, float]:
@@ -166,8 +177,9 @@ def judge(letters: str, scores: dict[str, list[dict]], checks: dict[str, bool], 
         confidence = 1 - ALPHA / max(len(tested), 1)
         for s in (s for s in claim.subs if (s in tested or s.kind != "test")
                   and (s.notebook == where if s.notebook else where in (None, claim.notebook))):
+            measured = None
             if s.kind == "test":
-                label, deciding = _decide(s, scores, checks, fl, confidence)
+                label, deciding, measured = _decide(s, scores, checks, fl, confidence)
             else:
                 label = "holds by construction" if s.kind == "construction" else "untestable as stated"
                 deciding = (numbers or {}).get(s.id, "")
@@ -175,7 +187,7 @@ def judge(letters: str, scores: dict[str, list[dict]], checks: dict[str, bool], 
                     a, b = arm(s.a, scores[s.a], s.metric), arm(s.b, scores[s.b], s.metric)
                     deciding = f"{a.text(2)} vs {b.text(2)}. " + deciding
             found.append(Finding(letter, claim.text, s.id, s.text, s.metric, label, deciding.strip(),
-                                 f"verdict-{s.id}", s.note))
+                                 f"verdict-{s.id}", s.note, measured))
     return found
 
 
@@ -183,33 +195,38 @@ def _has(scores: dict[str, list[dict]], s: Sub) -> bool:
     return all(n in scores and scores[n] and all(s.metric in x for x in scores[n]) for n in (s.a, s.b))
 
 
-def _decide(s: Sub, scores, checks, fl, confidence) -> tuple[str, str]:
+def _decide(s: Sub, scores, checks, fl, confidence) -> tuple[str, str, dict]:
     a, b0 = arm(s.a, scores[s.a], s.metric), arm(s.b, scores[s.b], s.metric)
     b = Arm(f"{s.factor:g} x {s.b}" if s.factor != 1 else s.b, tuple(v * s.factor for v in b0.values), b0.seeds)
     d = difference(a, b, s.better, confidence, limit=s.limit, paired=s.paired)
     floor = fl.get(s.metric)
     digits = 4 if s.metric.startswith("sharpness") else 3 if s.metric in ("stroke_brightness", "greyness", "ssim") else 2
     lo, hi, why = d.lo, d.hi, f"{d.method}, df {d.df:.1f}, {confidence:.1%}" if d.df else ""
-    if lo is None:  # a one-seed arm: the largest seed SD measured for this metric in this notebook, borrowed
+    numbers = {"a": list(a.values), "a_seeds": list(a.seeds), "b": list(b.values), "b_seeds": list(b.seeds),
+               "gain": d.gain, "lo": lo, "hi": hi, "df": d.df, "method": d.method, "confidence": confidence,
+               "floor": floor}
+    if lo is None:  # a one-seed arm: PLAUSIBLE x the largest seed SD measured for this metric in this notebook
         spread = [x for x in (arm(n, v, s.metric) for n, v in scores.items() if len(v) >= 2 and s.metric in v[0])]
         if spread:
             big = max(spread, key=lambda x: x.sd)
             n_b = None if s.limit else b.n
-            lo, hi = borrowed_interval(d.gain, big.sd, big.n - 1, a.n, n_b, s.factor, confidence)
+            lo, hi = borrowed_interval(d.gain, PLAUSIBLE * big.sd, big.n - 1, a.n, n_b, s.factor, confidence)
             root = f"√(1/{a.n}" + (f" + {s.factor:g}²/{n_b})" if n_b else ")")
-            why = (f"one-seed arm: t({big.n - 1} df, {confidence:.1%}) x {root} x the largest seed SD of this metric "
-                   f"here, {big.name}'s {big.sd:.{digits}g}")
+            why = (f"one-seed arm: t({big.n - 1} df, {confidence:.1%}) x {root} x {PLAUSIBLE:g} x the largest seed SD "
+                   f"of this metric here, {big.name}'s {big.sd:.{digits}g}")
+            numbers |= {"lo": lo, "hi": hi, "df": big.n - 1, "method": "one-seed arm, borrowed SD",
+                        "borrowed_sd": big.sd, "borrowed_from": big.name, "sd_factor": PLAUSIBLE}
     text = (f"{a.text(digits)} vs {b.text(digits)}; gain {d.gain:+.{digits}f}"
             + (f" [{lo:+.{digits}f}, {hi:+.{digits}f}] ({why})" if lo is not None else " (no seed spread)")
             + (f"; floor {floor:.{digits}f}" if floor is not None else "; no floor"))
     gate = GATE.get(s.metric, s.metric)
     if not checks.get(gate, gate in ("test_recon", "test_kl")):
-        return "inconclusive", text + f"; {gate} failed its known-case check"
+        return "inconclusive", text + f"; {gate} failed its known-case check", numbers
     if lo is None or floor is None:
-        return "inconclusive", text
+        return "inconclusive", text, numbers
     if lo >= floor:
-        return "kept", text
+        return "kept", text, numbers
     if hi < 0 or hi < floor:
-        return "refuted", text + ("" if hi < 0 else ": a gain as large as the floor is ruled out")
-    return "inconclusive", text + (": the gain clears the floor, its interval does not" if d.gain >= floor else "")
+        return "refuted", text + ("" if hi < 0 else ": a gain as large as the floor is ruled out"), numbers
+    return "inconclusive", text + (": the gain clears the floor, its interval does not" if d.gain >= floor else ""), numbers
 

@@ -77,22 +77,27 @@ def test_a_metric_that_failed_its_check_decides_nothing():
     assert label(found, "d1") == "inconclusive" and "failed its known-case check" in found[0].deciding
 
 
-def test_a_one_seed_arm_is_judged_on_the_t_interval_of_the_largest_seed_sd_at_its_df():
+def test_a_one_seed_arm_is_judged_on_the_t_interval_of_plausible_x_the_largest_seed_sd_at_its_df():
     from scipy import stats as st
 
+    from lib.claims import PLAUSIBLE
+    assert PLAUSIBLE == 5
     bce = seeds("stroke_brightness", [0.95, 0.96, 0.94])  # SD 0.01 from 3 seeds: 2 df
-    half = st.t.ppf(0.975, 2) * 0.01 * (1 + 1 / 3) ** 0.5  # f has one tested sub-claim: 95 %; √(1/1 + 1/3)
-    assert half == pytest.approx(0.0497, abs=1e-4)
+    half = st.t.ppf(0.975, 2) * 5 * 0.01 * (1 + 1 / 3) ** 0.5  # f has one tested sub-claim: 95 %; √(1/1 + 1/3)
+    assert half == pytest.approx(0.2484, abs=1e-4)
     far = {"no KL": seeds("stroke_brightness", [0.60]), "BCE": bce}
     f1 = next(f for f in judge("f", far, CHECKS, KNOWN) if f.id == "f1")
     assert f1.label == "kept"
     assert f"[{0.35 - half:+.3f}, {0.35 + half:+.3f}]" in f1.deciding
-    assert "t(2 df, 95.0%) x √(1/1 + 1²/3) x the largest seed SD of this metric here, BCE's 0.01" in f1.deciding
-    # 0.92: gain 0.03, inside the t-interval's half-width and below the floor 0.04: inconclusive
-    assert label(judge("f", {"no KL": seeds("stroke_brightness", [0.92]), "BCE": bce}, CHECKS, KNOWN), "f1") == "inconclusive"
-    two = seeds("stroke_brightness", [0.95, 0.96])  # 1 df: 12.7 x 0.0071 x √(1/1 + 1/2): the interval is ± 0.11
-    assert label(judge("f", {"no KL": seeds("stroke_brightness", [0.85]), "BCE": two}, CHECKS, KNOWN), "f1") == "inconclusive"
-    assert label(judge("f", {"no KL": seeds("stroke_brightness", [0.60]), "BCE": two}, CHECKS, KNOWN), "f1") == "kept"
+    assert "t(2 df, 95.0%) x √(1/1 + 1²/3) x 5 x the largest seed SD of this metric here, BCE's 0.01" in f1.deciding
+    n = f1.numbers
+    assert n["borrowed_from"] == "BCE" and n["sd_factor"] == 5 and n["df"] == 2 and n["a"] == [0.6]
+    assert n["lo"] == pytest.approx(0.35 - half) and n["floor"] == pytest.approx(0.04)
+    # 0.85: gain 0.10 clears the floor 0.04 and would be kept on the measured SD alone (half-width 0.05), not on 5x it
+    assert label(judge("f", {"no KL": seeds("stroke_brightness", [0.85]), "BCE": bce}, CHECKS, KNOWN), "f1") == "inconclusive"
+    two = seeds("stroke_brightness", [0.95, 0.96])  # 1 df: 12.7 x 5 x 0.0071 x √(1/1 + 1/2): the interval is ± 0.55
+    assert label(judge("f", {"no KL": seeds("stroke_brightness", [0.60]), "BCE": two}, CHECKS, KNOWN), "f1") == "inconclusive"
+    assert label(judge("f", {"no KL": seeds("stroke_brightness", [0.20]), "BCE": two}, CHECKS, KNOWN), "f1") == "kept"
     alone = {"no KL": seeds("stroke_brightness", [0.60]), "BCE": seeds("stroke_brightness", [0.95])}
     assert label(judge("f", alone, CHECKS, KNOWN), "f1") == "inconclusive", "no seed SD anywhere: nothing decided"
 
@@ -104,7 +109,7 @@ def test_a_one_seed_arm_against_an_exact_baseline_counts_only_its_own_borrowed_s
     g2 = next(f for f in judge("g", psnr, {"psnr": True}, known) if f.id == "g2")
     assert "√(1/1)" in g2.deciding and "noise 0%'s 0.5" in g2.deciding
     from scipy import stats as st
-    half = st.t.ppf(1 - 0.05 / 2 / 1, 2) * 0.5  # only g2 has its arms here: one tested sub-claim
+    half = st.t.ppf(1 - 0.05 / 2 / 1, 2) * 5 * 0.5  # only g2 has its arms here: one tested sub-claim
     assert f"[{1.0 - half:+.2f}, {1.0 + half:+.2f}]" in g2.deciding and g2.label == "inconclusive"
 
 
@@ -130,9 +135,9 @@ def test_construction_and_untestable_subclaims_are_labelled_so_and_never_judged(
 
 def test_a_factor_scales_the_reference_arm():
     clean = seeds("fid_inverted", [100.0, 102.0, 98.0])
-    ok = {"noise 10%": seeds("fid_inverted", [110.0]), "noise 0%": clean}
+    ok = {"noise 10%": seeds("fid_inverted", [40.0]), "noise 0%": clean}
     bad = {"noise 10%": seeds("fid_inverted", [400.0]), "noise 0%": clean}
-    assert label(judge("e", ok, CHECKS, KNOWN), "e2") == "kept"  # 110 well below 1.5 x 100
+    assert label(judge("e", ok, CHECKS, KNOWN), "e2") == "kept"  # 40 far below 1.5 x 100, even on 5 x the SD
     assert label(judge("e", bad, CHECKS, KNOWN), "e2") == "refuted"
 
 
