@@ -237,6 +237,13 @@ def is_superimposed(scores: dict) -> bool:
 
 
 @torch.inference_mode()
+def active_units(mu: torch.Tensor, threshold: float = 0.01) -> int:
+    """The latent dimensions a VAE uses (Burda et al. 2016): those whose posterior mean moves with the image,
+    Var_x(E_q[z_u | x]) > ``threshold``, over the rows of ``mu`` ([N, latent], one per image). A dimension whose
+    KL is small but not 0 can still count as unused: the test is how much it tells images apart."""
+    return int((mu.var(0) > threshold).sum())
+
+
 def reconstruct(model, x: torch.Tensor, batch_size: int = EVAL_BATCH) -> torch.Tensor:
     """Decoder mean at z = mu (no sampling): deterministic reconstructions in [0, 1]."""
     model.eval()

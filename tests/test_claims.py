@@ -176,3 +176,13 @@ def test_gate_markdown_shows_the_known_cases_and_every_check():
     assert table.splitlines()[:3] == ["| known case | fid | greyness |", "|---|---|---|", "| real | 2.0000 | 0.1000 |"]
     assert len(bullets.splitlines()) == len(evaluate.METRIC_CHECKS)
     assert "- **greyness** (crisper" in bullets and bullets.count("**fails** ✗ (enters no verdict)") == 1
+
+
+def test_active_units_count_the_dimensions_whose_posterior_mean_moves_with_the_image():
+    import torch
+
+    from lib.evaluate import active_units
+    g = torch.Generator().manual_seed(0)
+    mu = torch.randn(500, 4, generator=g) * torch.tensor([1.0, 0.5, 0.05, 0.0])  # variances 1, 0.25, 0.0025, 0
+    assert active_units(mu) == 2
+    assert active_units(mu, threshold=0.001) == 3
