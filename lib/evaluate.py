@@ -383,6 +383,10 @@ METRIC_CHECKS: dict[str, tuple[str, str, Callable[[dict], bool]]] = {
                       "real digits' gap is under 1/4 of the blurred and the speckled sets'",
                       lambda s: all(s["real"]["sharpness_gap"] * 4 < s[c]["sharpness_gap"]
                                     for c in ("blurred", "speckled"))),
+    "sharpness_gap_binarised": ("sharper in shape (lower: the same gap after thresholding every image at 0.5)",
+                                "real digits' gap is under 1/4 of the blurred and the speckled sets'",
+                                lambda s: all(s["real"]["sharpness_gap_binarised"] * 4 < s[c]["sharpness_gap_binarised"]
+                                              for c in ("blurred", "speckled"))),
     "stroke_brightness": ("darker (lower)", "dimmed digits score 0.2 below real digits",
                           lambda s: s["dimmed"]["stroke_brightness"] < s["real"]["stroke_brightness"] - 0.2),
     "greyness": ("crisper (lower: less grey between black and white)", "blurred digits score 0.05 above real digits",

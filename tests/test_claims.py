@@ -7,10 +7,12 @@ from harness.notebook import findings_markdown, gate_markdown, save_findings
 from lib import claims
 from lib.claims import CLAIMS, judge
 
-KNOWN = {"real": {"sharpness_gap": 0.001, "stroke_brightness": 0.95, "greyness": 0.10, "fid": 2.0},
-         "blurred": {"sharpness_gap": 0.051, "stroke_brightness": 0.80, "greyness": 0.30, "fid": 102.0},
+KNOWN = {"real": {"sharpness_gap": 0.001, "sharpness_gap_binarised": 0.002, "stroke_brightness": 0.95, "greyness": 0.10,
+                  "fid": 2.0},
+         "blurred": {"sharpness_gap": 0.051, "sharpness_gap_binarised": 0.015, "stroke_brightness": 0.80, "greyness": 0.30,
+                     "fid": 102.0},
          "dimmed": {"stroke_brightness": 0.55}}
-CHECKS = {"sharpness_gap": True, "stroke_brightness": True, "greyness": True, "fid": True}
+CHECKS = {"sharpness_gap": True, "sharpness_gap_binarised": True, "stroke_brightness": True, "greyness": True, "fid": True}
 
 
 def seeds(metric, values, first=0):
@@ -36,7 +38,9 @@ def test_floor_is_a_tenth_of_the_known_case_separation():
     assert fl["stroke_brightness"] == pytest.approx(0.1 * 0.40)
     assert fl["fid"] == pytest.approx(10.0)
     assert fl["test_recon"] == 0.5
-    assert fl["sharpness_gap_binarised"] == pytest.approx(fl["sharpness_gap"]), "a control borrows its parent's cases"
+    assert fl["sharpness_gap_binarised"] == pytest.approx(0.1 * 0.013), "the binarised control has its own known cases"
+    assert claims.floors({"real": {"fid": 2.0}, "blurred": {"fid": 102.0}})["fid_inverted"] == pytest.approx(10.0), \
+        "a derived metric without known-case scores of its own uses its parent's"
 
 
 def test_a_clear_paired_gain_above_the_floor_is_kept():

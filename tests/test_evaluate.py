@@ -258,7 +258,7 @@ def test_superimposed_rule_on_known_images():
 def test_metric_checks_catch_a_metric_that_does_not_measure_its_word():
     """The checks are computed from known-case scores: a fake set of scores where recognisability cannot tell
     real digits from an untrained decoder must fail its check, and FID that ranks them properly must pass."""
-    base = {"fid": 5.0, "recognisability": 0.9, "sharpness_gap": 0.001, "stroke_brightness": 0.97,
+    base = {"fid": 5.0, "recognisability": 0.9, "sharpness_gap": 0.001, "sharpness_gap_binarised": 0.002, "stroke_brightness": 0.97,
             "greyness": 0.08, "mean_digit_similarity": 0.6, "pixel_spread": 1.0}
     scores = {c: dict(base) for c in ("real", "blurred", "speckled", "dimmed", "one class", "mean digit",
                                       "untrained decoder")}
@@ -266,12 +266,16 @@ def test_metric_checks_catch_a_metric_that_does_not_measure_its_word():
         scores[c]["fid"] = 100.0
     scores["blurred"].update(sharpness_gap=0.05, greyness=0.2)
     scores["speckled"]["sharpness_gap"] = 0.2
+    scores["blurred"]["sharpness_gap_binarised"] = 0.006  # thresholding undoes most of the blur: under 4x real's
+    scores["speckled"]["sharpness_gap_binarised"] = 0.2
     scores["dimmed"]["stroke_brightness"] = 0.6
     scores["mean digit"].update(mean_digit_similarity=1.0, pixel_spread=0.0)
     scores["one class"]["pixel_spread"] = 0.5
     ok = {m: check(scores) for m, (_, _, check) in evaluate.METRIC_CHECKS.items()}
-    assert ok == {"fid": True, "recognisability": False, "sharpness_gap": True, "stroke_brightness": True,
-                  "greyness": True, "superimposed": True}
+    assert ok == {"fid": True, "recognisability": False, "sharpness_gap": True, "sharpness_gap_binarised": False,
+                  "stroke_brightness": True, "greyness": True, "superimposed": True}
+    scores["blurred"]["sharpness_gap_binarised"] = 0.015
+    assert evaluate.METRIC_CHECKS["sharpness_gap_binarised"][2](scores)
     scores["untrained decoder"]["fid"] = 10.0  # an FID that barely separates them fails
     assert not evaluate.METRIC_CHECKS["fid"][2](scores)
 
