@@ -513,8 +513,10 @@ def _findings_table(report: Path) -> str:
     return ('<p class="note">One row per sub-claim of the declared claims table (<code>lib/claims.py</code>): '
             'kept / refuted / inconclusive by one rule (a metric that passed its known-case check, '
             'a t-interval over training seeds wholly above an effect floor, or for an arm of one training seed the '
-            't-interval of the largest seed SD measured for its metric, borrowed from the notebook\'s arms of several training seeds: '
-            '<code>docs/methods.md</code>); sub-claims the objective guarantees are marked so and count as no support. The rule was written in December 2026, after earlier builds\' numbers had been seen. '
+            't-interval of 5 × the largest seed SD measured for its metric on the notebook\'s arms of several training seeds, '
+            'a label only for a gap larger than any plausible seed SD: '
+            '<code>docs/methods.md</code>); sub-claims the objective guarantees are marked so and count as no support. The rule was '
+            'written in December 2026 after earlier builds\' numbers had been seen, and revised after each of two reviews since. '
             '<a href="verdicts.json">verdicts.json</a></p><div class="table-wrap findings"><table><thead><tr>'
             '<th>claim</th><th>sub-claim</th><th>label</th><th>deciding numbers</th><th>page</th></tr></thead>'
             f'<tbody>{"".join(rows)}</tbody></table></div>')
