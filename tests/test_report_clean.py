@@ -72,3 +72,28 @@ def test_check_report_kernels_get_the_build_kernels_thread_count(tmp_path, monke
     assert check_report.kernel_env()["OMP_NUM_THREADS"] == "1"
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     assert check_report.kernel_env()["OMP_NUM_THREADS"] == "3"
+
+
+def test_check_report_refuses_before_training_when_the_reports_models_are_not_in_the_cache(tmp_path, monkeypatch, capsys):
+    """Run with another cache than the build's, make check-report would silently train every model again: it says so
+    and stops (exit 2) unless CHECK_REPORT_TRAIN is set; with the checkpoints present it counts nothing missing."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("check_report", ROOT / "tools" / "check_report.py")
+    check_report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(check_report)
+    from lib import store
+    report, cache = tmp_path / "report", tmp_path / "cache"
+    (report / "runs" / "vae-bce-0123456789").mkdir(parents=True)
+    (report / "runs" / "vae-bce-0123456789" / "metrics.json").write_text(json.dumps({"run_id": "vae-bce-0123456789"}))
+    (report / "01_vae_basic.ipynb").write_text("{}")
+    monkeypatch.setattr(check_report, "REPORT", report)
+    monkeypatch.setattr(store, "CACHE", cache)
+    monkeypatch.delenv("CHECK_REPORT_TRAIN", raising=False)
+    assert check_report.missing_models() == (1, ["vae-bce-0123456789"])
+    assert check_report.main([]) == 2
+    err = capsys.readouterr().err
+    assert "1 of the 1 models" in err and "GENMNIST_CACHE" in err and str(cache) in err
+    store.checkpoint_path("vae-bce-0123456789", cache).parent.mkdir(parents=True)
+    store.checkpoint_path("vae-bce-0123456789", cache).write_bytes(b"")
+    assert check_report.missing_models() == (1, [])

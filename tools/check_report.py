@@ -2,7 +2,8 @@
 that the cells tagged ``nbval-check-output`` (headline tables, verdicts) reproduce their committed
 outputs. Run it after ``make report`` with the cache the build used (data/cache, or the same
 ``GENMNIST_CACHE``), so nothing retrains and it takes a few minutes; a difference means the committed
-report no longer follows from the code.
+report no longer follows from the code. When models report/ was built from are missing from the cache, it stops
+before running anything and says so (``CHECK_REPORT_TRAIN=1`` trains them instead).
 
 The notebooks are copied to a temporary folder first, and their injected ``output_dir`` points
 there, so the committed report/ is never written. The kernels get the thread count the build's kernels had
@@ -35,12 +36,36 @@ def kernel_env() -> dict[str, str]:
     return env
 
 
+def missing_models(cache: Path | None = None) -> tuple[int, list[str]]:
+    """How many models report/ was built from (the run ids of its runs/*/metrics.json), and those whose checkpoint
+    is not in the model cache (``lib.store.CACHE``: data/cache, or ``GENMNIST_CACHE``): rerunning would train them."""
+    from lib import store
+    ids = set()
+    for p in REPORT.glob("runs/*/metrics.json"):
+        try:
+            run_id = json.loads(p.read_text()).get("run_id")
+        except (OSError, ValueError):
+            continue
+        if isinstance(run_id, str):
+            ids.add(run_id)
+    cache = store.CACHE if cache is None else cache
+    return len(ids), sorted(r for r in ids if not store.checkpoint_path(r, cache).exists())
+
+
 def main(argv: list[str]) -> int:
     pages = sorted(REPORT.glob("[0-9][0-9]_*.ipynb"))
     if argv:
         pages = [p for p in pages if p.stem in argv or p.name in argv]
     if not pages:
         print("error: no executed notebooks in report/ (run `make report` first)", file=sys.stderr)
+        return 2
+    total, missing = missing_models()
+    if missing and not os.environ.get("CHECK_REPORT_TRAIN"):
+        from lib import store
+        print(f"error: {len(missing)} of the {total} models report/ was built from are not in the model cache "
+              f"{store.CACHE} (e.g. {missing[0]}), so the check would train them again (hours on a CPU) before it "
+              "compares anything. Fix: set GENMNIST_CACHE to the cache `make report` used, or CHECK_REPORT_TRAIN=1 "
+              "to train them.", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory(prefix="check-report-") as tmp:
         copies = []
