@@ -236,7 +236,6 @@ def is_superimposed(scores: dict) -> bool:
     return scores["mean_digit_similarity"] > 0.9 and scores["pixel_spread"] < 0.1
 
 
-@torch.inference_mode()
 def active_units(mu: torch.Tensor, threshold: float = 0.01) -> int:
     """The latent dimensions a VAE uses (Burda et al. 2016): those whose posterior mean moves with the image,
     Var_x(E_q[z_u | x]) > ``threshold``, over the rows of ``mu`` ([N, latent], one per image). A dimension whose
@@ -244,6 +243,7 @@ def active_units(mu: torch.Tensor, threshold: float = 0.01) -> int:
     return int((mu.var(0) > threshold).sum())
 
 
+@torch.inference_mode()
 def reconstruct(model, x: torch.Tensor, batch_size: int = EVAL_BATCH) -> torch.Tensor:
     """Decoder mean at z = mu (no sampling): deterministic reconstructions in [0, 1]."""
     model.eval()
