@@ -820,19 +820,25 @@ def training_estimate(profile: str, device: str = "auto", params: dict[str, dict
     return line
 
 
-def models_trained(runs_dir: Path, since: float, cache: Path | None = None) -> dict[str, int]:
-    """Of the models a build recorded in ``runs_dir`` (the distinct run ids of its ``*/metrics.json``), how many it
-    trained: those whose checkpoint in the model cache was written at or after ``since`` (``time.time()`` at the
-    build's start). The others were loaded from the cache, trained by an earlier build or notebook run, so the
-    build's wall time says little about training them."""
-    from lib import store
-    cache = store.CACHE if cache is None else Path(cache)
+def run_ids(runs_dir: Path) -> set[str]:
+    """The distinct run ids a build recorded in ``runs_dir`` (its ``*/metrics.json``): the models it was built from."""
     ids = set()
     for p in Path(runs_dir).glob("*/metrics.json"):
         with contextlib.suppress(OSError, ValueError):
             run_id = json.loads(p.read_text()).get("run_id")
             if isinstance(run_id, str):
                 ids.add(run_id)
+    return ids
+
+
+def models_trained(runs_dir: Path, since: float, cache: Path | None = None) -> dict[str, int]:
+    """Of the models a build recorded in ``runs_dir`` (``run_ids``), how many it trained: those whose checkpoint
+    in the model cache was written at or after ``since`` (``time.time()`` at the build's start). The others were
+    loaded from the cache, trained by an earlier build or notebook run, so the build's wall time says little
+    about training them."""
+    from lib import store
+    cache = store.CACHE if cache is None else Path(cache)
+    ids = run_ids(runs_dir)
     trained = 0
     for run_id in ids:
         with contextlib.suppress(OSError):

@@ -39,15 +39,9 @@ def kernel_env() -> dict[str, str]:
 def missing_models(cache: Path | None = None) -> tuple[int, list[str]]:
     """How many models report/ was built from (the run ids of its runs/*/metrics.json), and those whose checkpoint
     is not in the model cache (``lib.store.CACHE``: data/cache, or ``GENMNIST_CACHE``): rerunning would train them."""
+    from builder.report import run_ids
     from lib import store
-    ids = set()
-    for p in REPORT.glob("runs/*/metrics.json"):
-        try:
-            run_id = json.loads(p.read_text()).get("run_id")
-        except (OSError, ValueError):
-            continue
-        if isinstance(run_id, str):
-            ids.add(run_id)
+    ids = run_ids(REPORT / "runs")
     cache = store.CACHE if cache is None else cache
     return len(ids), sorted(r for r in ids if not store.checkpoint_path(r, cache).exists())
 
