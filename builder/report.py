@@ -164,12 +164,24 @@ def source_files() -> list[Path]:
                    *NB_DIR.glob("*.ipynb"), ROOT / "pyproject.toml", ROOT / "constraints.txt"])
 
 
-def sources_hash() -> str:
+def sources_hash(files: list[Path] | None = None) -> str:
     h = hashlib.sha256()
-    for p in source_files():
+    for p in source_files() if files is None else files:
         h.update(str(p.relative_to(ROOT)).encode())
         h.update(p.read_bytes())
     return h.hexdigest()
+
+
+def code_state() -> tuple[bool | str, str]:
+    """What the notebooks' kernels load, now: (``git_dirty()``, a hash of lib/, harness/, the notebooks and the pinned
+    dependencies). builder/ is left out: it schedules and renders in this process, which imported it at the start."""
+    return git_dirty(), sources_hash([p for p in source_files() if p.parent != ROOT / "builder"])
+
+
+def built_dirty(at_start: tuple[bool | str, str]) -> bool | str:
+    """A build's ``git_dirty``: the state at its start (``code_state``), or True when the code its kernels load
+    changed while they ran (a commit or edit to lib/ or the notebooks during an hour-long build; not builder/)."""
+    return at_start[0] if code_state() == at_start else True
 
 
 def _git(*args) -> str:
@@ -860,7 +872,7 @@ def _run(args: argparse.Namespace, report: Path, notebooks: list[str], profile: 
     staging: Path | None = None
     devices = {str(p.get("device", "auto")) for p in params.values()}
     # the code the notebooks run, as it is when they start (a commit made during an hour-long build is not theirs)
-    code_at_start = (_git("rev-parse", "HEAD"), git_dirty(), sources_hash())
+    code_at_start = (_git("rev-parse", "HEAD"), sources_hash(), code_state())
     try:
         print(training_estimate(profile, "cpu" if devices == {"cpu"} else "auto", params, jobs), flush=True)
     except KeyboardInterrupt:  # it times a few training steps: Ctrl-C may land here, before anything ran
@@ -909,9 +921,9 @@ def _run(args: argparse.Namespace, report: Path, notebooks: list[str], profile: 
         manifest.update({
             "profile": sorted({str(v["profile"]) for v in entries if "profile" in v}),
             "git_commit": code_at_start[0],
-            # dirty also when the sources changed while the notebooks ran
-            "git_dirty": code_at_start[1] if code_at_start[1:] == (git_dirty(), sources_hash()) else True,
-            "sources_sha256": code_at_start[2],
+            # dirty also when the code the kernels load changed while they ran
+            "git_dirty": built_dirty(code_at_start[2]),
+            "sources_sha256": code_at_start[1],
             "sources": [str(p.relative_to(ROOT)) for p in source_files()],
             "environment": environment(),
             "total_wall_seconds": round(sum(float(v.get("wall_seconds", 0)) for v in entries), 1),

@@ -362,3 +362,31 @@ def test_the_report_index_says_when_its_pages_were_built_from_older_code(tmp_pat
     (report / "manifest.json").write_text(json.dumps(manifest | {"notebooks": {"01_vae_basic": {}}}))
     with pytest.raises(prose.ProseError, match=r"code of lib/a.py has changed since .*make report, not make pages"):
         prose.refresh(report, repo / "notebooks")
+
+
+def test_a_build_is_dirty_when_the_code_its_kernels_load_changes_while_it_runs_but_not_builder(tmp_path, monkeypatch):
+    """A rung built while builder/ was committed (it renders and schedules, imported once) stays clean; an edit to
+    lib/ or a notebook during the build marks it dirty (a rung whose manifest says clean is trusted by make study)."""
+    repo = tmp_path / "repo"
+    for path in ("lib/a.py", "harness/h.py", "builder/report.py", "notebooks/01.ipynb", "pyproject.toml", "constraints.txt"):
+        (repo / path).parent.mkdir(parents=True, exist_ok=True)
+        (repo / path).write_text("x = 1\n")
+    _git(repo, "init", "-q")
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-qm", "built here")
+    monkeypatch.setattr(study.build, "ROOT", repo)
+    monkeypatch.setattr(study.build, "NB_DIR", repo / "notebooks")
+    start = study.build.code_state()
+    assert start[0] is False
+    (repo / "builder/report.py").write_text("x = 2\n")
+    _git(repo, "commit", "-qam", "a builder change, mid-build")
+    assert study.build.built_dirty(start) is False
+    (repo / "lib/a.py").write_text("x = 2\n")
+    assert study.build.built_dirty(start) is True
+    _git(repo, "commit", "-qam", "committed: git sees no change, the kernels loaded the old code")
+    assert study.build.built_dirty(start) is True
+    (repo / "lib/a.py").write_text("x = 1\n")
+    _git(repo, "commit", "-qam", "back as it was")
+    assert study.build.built_dirty(start) is False
+    (repo / "notebooks/01.ipynb").write_text("x = 3\n")
+    assert study.build.built_dirty(start) is True
