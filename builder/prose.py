@@ -27,7 +27,7 @@ from . import html
 from . import report as build
 
 INJECTED = "injected-parameters"  # papermill's cell of the build's parameters, after the 'parameters' cell
-RESULT_PATHS = ("lib", "harness", "notebooks", "pyproject.toml", "constraints.txt")  # what can change a number of the report
+RESULT_PATHS = build.KERNEL_SOURCES  # what can change a number of the report
 
 
 def _module_code(source: str) -> str:

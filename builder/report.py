@@ -159,6 +159,11 @@ def plan(notebooks: list[str], profile: str, overrides: dict[str, Any], output_d
     return params
 
 
+# what the notebooks' kernels load (git pathspecs): what a build's dirty flag and a study rung's staleness are about;
+# builder/ is not among them (it schedules and renders in the build's own process, imported at its start)
+KERNEL_SOURCES = ("lib", "harness", "notebooks", "pyproject.toml", "constraints.txt")
+
+
 def source_files() -> list[Path]:
     return sorted([*(ROOT / "lib").glob("*.py"), *(ROOT / "harness").glob("*.py"), *(ROOT / "builder").glob("*.py"),
                    *NB_DIR.glob("*.ipynb"), ROOT / "pyproject.toml", ROOT / "constraints.txt"])
@@ -173,9 +178,8 @@ def sources_hash(files: list[Path] | None = None) -> str:
 
 
 def code_state() -> tuple[bool | str, str]:
-    """What the notebooks' kernels load, now: (``git_dirty()``, a hash of lib/, harness/, the notebooks and the pinned
-    dependencies). builder/ is left out: it schedules and renders in this process, which imported it at the start."""
-    return git_dirty(), sources_hash([p for p in source_files() if p.parent != ROOT / "builder"])
+    """What the notebooks' kernels load, now: (``git_dirty()``, a hash of the ``KERNEL_SOURCES`` files)."""
+    return git_dirty(), sources_hash([p for p in source_files() if p.relative_to(ROOT).parts[0] in KERNEL_SOURCES])
 
 
 def built_dirty(at_start: tuple[bool | str, str]) -> bool | str:
@@ -194,7 +198,7 @@ def _git(*args) -> str:
 def git_dirty() -> bool | str:
     """Whether lib/, harness/, notebooks/ or the pinned dependencies differ from the commit; "unknown" where git cannot tell
     (no git, no checkout)."""
-    status = _git("status", "--porcelain", "--", "lib", "harness", "notebooks", "pyproject.toml", "constraints.txt")
+    status = _git("status", "--porcelain", "--", *KERNEL_SOURCES)
     return "unknown" if status == "unknown" else bool(status)
 
 

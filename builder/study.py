@@ -54,9 +54,8 @@ def rung_params(ladder: dict[str, tuple[int, ...]], i: int) -> dict[str, dict[st
 
 # what can change a rung's numbers: the build's sources but the build itself (builder/ renders and schedules; a
 # change there leaves the rungs built) and the notebooks no rung runs (02: no claims)
-RESULT_PATHS = ("lib", "harness", "notebooks",
-                *(f":(exclude)notebooks/{nb}.ipynb" for nb in build.NOTEBOOKS if nb not in ORDER),
-                "pyproject.toml", "constraints.txt")
+RESULT_PATHS = (*build.KERNEL_SOURCES,
+                *(f":(exclude)notebooks/{nb}.ipynb" for nb in build.NOTEBOOKS if nb not in ORDER))
 
 
 def changed_code(manifest: dict) -> list[str] | None:
