@@ -56,7 +56,7 @@ report: $(STAMP) ## execute the notebooks into report/ (PROFILE=default; NB=01_v
 	@# the budget ladder's page shows the default report's labels beside its rungs': redrawn from the new ones
 	@if [ -f report/study/ladder.json ]; then $(PY) -m builder.study --assemble; fi
 
-study: $(STAMP) ## the budget ladder: every verdict at four training budgets into report/study/ (about 4 h on 2 CPU cores with bf16; minutes on a GPU; resumable)
+study: $(STAMP) ## the budget ladder: every verdict at four training budgets into report/study/ (about 2.5 h on 2 cores of an Intel Xeon with AMX, nearly 4 h without AMX; minutes on a GPU; resumable)
 	$(PY) -m builder.study --jobs=$(call quoted,JOBS)
 
 pages: $(STAMP) ## after editing only Markdown cells, comments or docstrings: refresh report/'s pages, executing nothing

@@ -33,8 +33,9 @@ from . import prose
 
 STUDY = build.REPORT / "study"
 LADDERS = {
-    # about four hours on a 2-core CPU with bf16 (docs/methods.md, the budget ladder): 10x for the ConvVAE and
-    # the GAN (the top 3x the default profile's 20 epochs), 15x for the β-VAE up to the course report's 15
+    # about 2.5 h on a 2-core Intel Xeon with AMX bf16, nearly 4 h on a 2-core AMD EPYC Zen 4 (docs/methods.md, the
+    # budget ladder): 10x for the ConvVAE and the GAN (the top 3x the default profile's 20 epochs), 15x for the
+    # β-VAE up to the course report's 15
     "cpu": {"ConvVAE": (2, 5, 10, 20), "BetaVAE": (1, 3, 8, 15), "GAN": (6, 15, 30, 60)},
     # the course report's own budgets at the top rung (a GPU's ladder)
     "course": {"ConvVAE": (25, 50, 125, 250), "BetaVAE": (1, 3, 8, 15), "GAN": (20, 50, 100, 200)},
@@ -305,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m builder.study", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ladder", choices=sorted(LADDERS), default=None,
-                    help="cpu (about four hours on 2 cores with bf16) or course (the course report's budgets: a GPU); "
+                    help="cpu (about 2.5 h on 2 cores with AMX bf16, nearly 4 h without AMX) or course (the course report's budgets: a GPU); "
                          "default: course where CUDA is available, else cpu")
     ap.add_argument("--jobs", default="auto", help="notebooks executed at a time (as make report)")
     ap.add_argument("--study-dir", default=str(STUDY), help=argparse.SUPPRESS)  # tests build elsewhere
