@@ -306,8 +306,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m builder.study", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ladder", choices=sorted(LADDERS), default=None,
-                    help="cpu (about 2.5 h on 2 cores with AMX bf16, nearly 4 h without AMX) or course (the course report's budgets: a GPU); "
-                         "default: course where CUDA is available, else cpu")
+                    help="cpu (about 2.5 h on 2 cores with AMX bf16, nearly 4 h without AMX) or course "
+                         "(the course report's budgets: a GPU); default: course where CUDA is available, else cpu")
     ap.add_argument("--jobs", default="auto", help="notebooks executed at a time (as make report)")
     ap.add_argument("--study-dir", default=str(STUDY), help=argparse.SUPPRESS)  # tests build elsewhere
     ap.add_argument("--nb", nargs="*", default=list(ORDER), help=argparse.SUPPRESS)  # tests: fewer notebooks
